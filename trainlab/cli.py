@@ -1,0 +1,174 @@
+"""The `trainlab` command: dispatches to a subcommand; Hydra parses the rest of the command line.
+
+User errors (bad config, data, paths) print one line on stderr and exit with status 2; set
+TRAINLAB_DEBUG=1 (or HYDRA_FULL_ERROR=1) to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import trainlab
+from trainlab.errors import TrainlabError
+
+CONFIG_MODULE = "trainlab.conf"
+COMMANDS = {
+    "train": "train a model from composed configs, e.g. `trainlab train +experiment=quickstart`",
+}
+USAGE = f"""usage: trainlab <command> [overrides ...]
+
+A command-line experiment runner for PyTorch image classification (trainlab {trainlab.__version__}).
+
+commands:
+{chr(10).join(f"  {name:<10} {text}" for name, text in COMMANDS.items())}
+
+`trainlab <command> --help` shows that command's config groups and Hydra's flags
+(-m/--multirun, --cfg job, hydra.run.dir=...). Set TRAINLAB_DEBUG=1 to see tracebacks.
+"""
+# Hydra flags after which composing the config ourselves first would be wrong or pointless.
+_HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p",
+                "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--experimental-rerun", "--version"}
+_MULTIRUN_FLAGS = {"-m", "--multirun"}
+
+_failed_jobs: list[str] = []
+
+
+def _debug() -> bool:
+    return os.environ.get("TRAINLAB_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"trainlab: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines()]
+    keep = [ln for ln in lines if ln and not ln.startswith(("full_key:", "object_type", "reference_type"))]
+    return " ".join(keep)
+
+
+def _log_to_files(message: str) -> None:
+    """Put the error into the run's log file too, without printing it a second time on the console."""
+    record = logging.LogRecord("trainlab", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """`optimizer=foo` (or a sweep over several options) names an option that does not exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from importlib.resources import files
+
+    conf = files(CONFIG_MODULE)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = override.key_or_group
+        if override.package or not conf.joinpath(group).is_dir() or override.is_delete():
+            continue
+        options = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        for value in values:
+            if value not in options:
+                raise TrainlabError(f"unknown {group} '{value}': choose one of {', '.join(options)}")
+
+
+def preflight(args: list[str], config_name: str, check: Optional[Callable]) -> None:
+    """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
+    and no run directory is created for it."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+        return
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    try:
+        _check_group_choices(overrides)
+        if any(a in _MULTIRUN_FLAGS for a in args):
+            return  # sweeps are checked per job
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
+        if check is not None:
+            check(cfg)
+    except TrainlabError as e:
+        fail(str(e))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        fail(_one_line(str(e)))
+
+
+def _job(run: Callable, cfg) -> object:
+    """Run one Hydra job; a user error ends this job with one line (and, in a sweep, lets the others run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run(cfg, run_dir)
+    except TrainlabError as e:
+        if _debug():
+            raise
+        _log_to_files(f"error: {e}")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            print(f"trainlab: error: job {hydra_cfg.job.num} ({run_dir}): {e}", file=sys.stderr)
+            (run_dir / "error.txt").write_text(str(e) + "\n")
+            _failed_jobs.append(str(run_dir))
+            return None
+        fail(str(e))
+
+
+def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
+              check: Optional[Callable] = None) -> None:
+    import hydra
+
+    preflight(args, config_name, check)
+    sys.argv = [f"trainlab {command}"] + args
+
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
+    def task(cfg):
+        return _job(run, cfg)
+
+    task()
+    if _failed_jobs:
+        fail(f"{len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}", code=1)
+
+
+def _train(cfg, run_dir: Path):
+    from trainlab.train import train
+
+    return train(cfg, run_dir)
+
+
+def _check_train(cfg) -> None:
+    from trainlab.config import load_settings
+
+    load_settings(cfg)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"trainlab {trainlab.__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        fail(f"unknown command '{command}': choose one of {', '.join(COMMANDS)} (see trainlab --help)")
+    try:
+        if command == "train":
+            run_hydra("train", rest, _train, check=_check_train)
+    except KeyboardInterrupt:
+        print("trainlab: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

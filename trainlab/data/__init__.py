@@ -1,0 +1,7 @@
+"""Data sets: each decodes its images once into uint8 tensors and hands out batch loaders (see base.py)."""
+
+from trainlab.data.base import EpochBatches, ImageData, Split
+from trainlab.data.fake import FakeData
+from trainlab.data.files import Digits, ImageFolderData, TinyImageNet
+
+__all__ = ["Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet"]

@@ -1,0 +1,136 @@
+"""What every data set gives the runner: decoded uint8 image tensors per split, and batch loaders over them.
+
+Images are decoded once (see `decode.py`) into an (N, 3, H, W) uint8 tensor, so a batch is one gather
+from memory; augmentation and normalisation happen per batch on the training device (`trainlab.augment`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor            # uint8 (N, 3, H, W); may be memory-mapped from the cache
+    labels: Optional[torch.Tensor]  # int64 (N,); None for an unlabelled split (Tiny-ImageNet's test)
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class EpochBatches(Sampler):
+    """Yields index tensors, one per batch. The order depends only on (seed, epoch), so a run
+    can be repeated, and resumed at any epoch, exactly."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        # Never drop the only batch: a data set smaller than one batch still trains.
+        self.drop_last = drop_last and size >= batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full if (self.drop_last or rest == 0) else full + 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g)
+        else:
+            order = torch.arange(self.size)
+        for i in range(len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+class _Batches(Dataset):
+    """Dataset whose items are whole batches: `view[index_tensor] -> (uint8 images, labels)`."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self.split.labels[index] if self.split.labels is not None else torch.full((len(index),), -1)
+        return self.split.images[index], labels
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Workers only gather slices, but seed them anyway so any user transform added later is repeatable.
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class ImageData:
+    """Base of every data set: subclasses fill `classes`, `class_names` and `splits` in `setup()`."""
+
+    def __init__(self, image_size: int, batch_size: int, num_workers: int = 0):
+        self.image_size, self.batch_size, self.num_workers = int(image_size), int(batch_size), int(num_workers)
+        self.classes: list[str] = []       # class ids in index order (wnids for Tiny-ImageNet)
+        self.class_names: list[str] = []   # human-readable names, same order
+        self.splits: dict[str, Split] = {}
+        self.mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+        self.std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+        self.cache_info: dict = {}
+
+    def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def loader(self, split: str, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+        """Train shuffles (seeded per epoch through `loader.sampler.set_epoch`); val and test keep file order."""
+        data = self.splits[split]
+        train = split == "train"
+        batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train)
+        return DataLoader(
+            _Batches(data), sampler=batches, batch_size=None, num_workers=self.num_workers,
+            pin_memory=pin_memory, worker_init_fn=_seed_worker if self.num_workers else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def describe(self) -> dict:
+        return {
+            "name": type(self).__name__,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "sizes": {name: len(s) for name, s in self.splits.items()},
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "cache": self.cache_info,
+        }
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1], accumulated in float64 chunk by chunk."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())

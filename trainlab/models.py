@@ -1,0 +1,87 @@
+"""Model builders: torchvision ResNets (with the optional 64x64 stem), a small CNN and an MLP.
+
+`num_classes` always comes from the data set; the configs leave it out. Nothing is downloaded unless
+`weights` names torchvision pretrained weights.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torchvision
+from torch import nn
+
+from trainlab.errors import ConfigError
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, init: str = "default",
+           dropout: float = 0.0, weights: Optional[str] = None) -> nn.Module:
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
+    builder = getattr(torchvision.models, arch)
+    if weights:
+        # Pretrained weights have a 1000-way head: load them as they are, then replace the head.
+        model = builder(weights=weights)
+    else:
+        model = builder(weights=None, num_classes=num_classes)
+    if small_stem:
+        # 3x3 stride-1 conv1 without max-pool keeps 64x64 inputs at full resolution into layer1
+        # (what published from-scratch Tiny-ImageNet results use).
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    in_features = model.fc.in_features
+    head = nn.Linear(in_features, num_classes) if (weights or dropout) else model.fc
+    model.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout else head
+    return initialize(model, init, skip_pretrained=bool(weights))
+
+
+def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0) -> nn.Module:
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    w = int(width)
+    model = nn.Sequential(
+        block(3, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w), nn.MaxPool2d(2),
+        block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes),
+    )
+    return initialize(model, init)
+
+
+def mlp(num_classes: int, image_size: int, hidden: Sequence[int] = (256,), init: str = "default",
+        dropout: float = 0.0) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 3 * int(image_size) ** 2
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return initialize(nn.Sequential(*layers), init)
+
+
+def initialize(model: nn.Module, init: str, skip_pretrained: bool = False) -> nn.Module:
+    """Re-initialise conv and linear weights (biases to zero); `default` keeps PyTorch's own init."""
+    if init == "default" or skip_pretrained:
+        return model
+    if init not in ("kaiming", "xavier"):
+        raise ConfigError(f"model.init must be default, kaiming or xavier (got {init!r})")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def l1_norm(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over all parameters, for the optional L1 penalty."""
+    return torch.stack([p.abs().sum() for p in model.parameters() if p.requires_grad]).sum()

@@ -1,0 +1,84 @@
+"""Optimizer and learning-rate schedule built from their config groups' `_target_`.
+
+trainlab adds three keys of its own, taken out before the torch classes see the rest:
+`optimizer.l1` (L1 penalty weight), `scheduler.interval` (step per epoch or per optimizer step) and
+`scheduler.warmup_epochs` (linear warm-up before the main schedule). `scheduler.monitor` names the
+metric ReduceLROnPlateau watches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
+
+from trainlab.errors import ConfigError
+
+WARMUP_START_FACTOR = 0.01  # warm-up starts at lr/100: small enough to be safe, large enough to move
+
+
+def build_optimizer(make: Callable[..., torch.optim.Optimizer], params) -> torch.optim.Optimizer:
+    try:
+        return make(params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build the optimizer: {e} (check the optimizer.* keys)") from None
+
+
+class LRSchedule:
+    """Wraps a torch scheduler so the loop calls `after_step()` every optimizer step and
+    `after_epoch(metrics)` every epoch; only the one matching `interval` advances the schedule."""
+
+    def __init__(self, make: Callable[..., object], optimizer: torch.optim.Optimizer, *, interval: str,
+                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: Optional[str] = None):
+        self.interval, self.monitor = interval, monitor
+        self.optimizer = optimizer
+        per_unit = steps_per_epoch if interval == "step" else 1
+        warmup = int(warmup_epochs) * per_unit
+        remaining = max(1, (epochs - int(warmup_epochs)) * per_unit)
+        kwargs = {}
+        keywords = getattr(make, "keywords", {}) or {}
+        if keywords.get("T_max", 0) is None:
+            kwargs["T_max"] = remaining
+        if keywords.get("total_steps", 0) is None:
+            kwargs["total_steps"] = epochs * steps_per_epoch
+            if interval != "step":
+                raise ConfigError("scheduler=onecycle must step per optimizer step: set scheduler.interval=step")
+        try:
+            main = make(optimizer, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build the lr scheduler: {e} (check the scheduler.* keys)") from None
+        self.plateau = isinstance(main, ReduceLROnPlateau)
+        if self.plateau and warmup:
+            raise ConfigError("scheduler=plateau does not combine with warm-up: set scheduler.warmup_epochs=0")
+        if self.plateau and not monitor:
+            raise ConfigError("scheduler=plateau needs scheduler.monitor (for example val/loss)")
+        if warmup:
+            ramp = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=warmup)
+            main = SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+        self.scheduler: LRScheduler | ReduceLROnPlateau = main
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def after_step(self) -> None:
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        if self.interval != "epoch":
+            return
+        if self.plateau:
+            if self.monitor not in metrics:
+                raise ConfigError(f"scheduler.monitor={self.monitor} is not a recorded metric "
+                                  f"(choose from {', '.join(sorted(metrics))})")
+            self.scheduler.step(metrics[self.monitor])
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)

@@ -1,0 +1,61 @@
+"""Matplotlib figures of a run's history (PNG files) and of a confusion matrix (for TensorBoard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, and no GUI toolkit to import
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+CURVES = {
+    "loss.png": ("loss (mean cross-entropy per sample)", ["train/loss", "val/loss"]),
+    "accuracy.png": ("accuracy (fraction correct)", ["train/acc1", "val/acc1", "train/acc5", "val/acc5"]),
+    "metrics.png": ("score (macro average)", ["val/precision", "val/recall", "val/f1", "val/kappa", "val/auroc"]),
+    "lr.png": ("learning rate", ["lr"]),
+    "grad_norm.png": ("global L2 gradient norm", ["grad_norm", "grad_norm_max"]),
+}
+
+
+def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, (ylabel, columns) in CURVES.items():
+        present = [c for c in columns if c in history and history[c].notna().any()]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+        for column in present:
+            ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=column)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def confusion_figure(confusion: torch.Tensor, labels: list[str], title: str):
+    """Row-normalised heat-map (each row: where the images of one true class went)."""
+    cm = confusion.double()
+    cm = cm / cm.sum(dim=1, keepdim=True).clamp_min(1)
+    n = len(labels)
+    size = min(12.0, 3.0 + 0.3 * n)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    image = ax.imshow(cm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if n <= 30:  # beyond that the names overlap; the CSV carries them
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels, fontsize=7)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,70 @@
+"""Console progress: rich bars on a terminal, a few plain lines when stdout is a file or a pipe."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Iterable, Iterator, Optional, Sized, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+log = logging.getLogger("trainlab")
+T = TypeVar("T")
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty()
+
+
+def _bar(transient: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        console=Console(file=sys.stdout), transient=transient,
+    )
+
+
+def progress_iter(items: Sized, description: str) -> Iterator:
+    """Iterate `items` with a bar (terminal) or a start/end line (log)."""
+    if not _interactive():
+        log.info("%s ...", description)
+        start = time.perf_counter()
+        yield from items
+        log.info("%s: done in %.1fs", description, time.perf_counter() - start)
+        return
+    with _bar(transient=True) as bar:
+        task = bar.add_task(description, total=len(items), status="")
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+class EpochProgress:
+    """The per-epoch bar of the training loop: `update(n, status)` is called every log interval only,
+    so it never adds a host sync of its own. Without a terminal it writes the same status as a plain log line."""
+
+    def __init__(self, description: str, total: int):
+        self.description, self.total = description, total
+        self._bar: Optional[Progress] = _bar(transient=True) if _interactive() else None
+        if self._bar is not None:
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, status="")
+
+    def update(self, completed: int, status: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, status=status)
+        else:
+            log.info("%s %d/%d  %s", self.description, completed, self.total, status)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "EpochProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,112 @@
+"""Everything a run writes about itself: metrics.csv, TensorBoard, confusion CSVs, plots, classes.csv,
+run.json at the start and summary.json at the end. One object, called from the training loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from trainlab.metrics import METRIC_NAMES
+from trainlab.plots import confusion_figure, plot_history
+
+log = logging.getLogger(__name__)
+
+# The metrics.csv columns, in order: a public contract shared with TensorBoard and the reports.
+COLUMNS = (
+    ["epoch", "step"]
+    + [f"train/{m}" for m in METRIC_NAMES if m != "auroc"]
+    + [f"val/{m}" for m in METRIC_NAMES]
+    + ["lr", "grad_norm", "grad_norm_max", "time/train_s", "time/val_s", "throughput/train_ips", "memory/peak_mb"]
+)
+
+
+def class_labels(ids: list[str], names: list[str]) -> list[str]:
+    """Axis labels: the id plus the first human name when they differ ('n01443537 goldfish')."""
+    return [i if n == i else f"{i} {n.split(',')[0].strip()}" for i, n in zip(ids, names)]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+class RunRecorder:
+    def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.labels = class_labels(class_ids, class_names)
+        self.histogram_every = histogram_every
+        self.history: list[dict] = []
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        (self.run_dir / "confusion").mkdir(exist_ok=True)
+        classes = pd.DataFrame({"index": range(len(class_ids)), "id": class_ids, "name": class_names})
+        classes.to_csv(self.run_dir / "classes.csv", index=False)
+
+    def write_json(self, name: str, payload: dict) -> None:
+        atomic_write_text(self.run_dir / name, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+    def log_step(self, step: int, loss: float) -> None:
+        self.writer.add_scalar("train/loss_step", loss, step)
+
+    def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.writer.add_graph(model, example)
+        except Exception as e:  # tracing is best-effort (e.g. data-dependent control flow): say so, keep training
+            log.warning("could not trace the model graph for TensorBoard: %s", str(e).splitlines()[0])
+
+    def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: Optional[torch.nn.Module]) -> None:
+        epoch = row["epoch"]
+        self.history.append(row)
+        frame = pd.DataFrame(self.history).reindex(columns=COLUMNS)
+        tmp = self.run_dir / "metrics.csv.tmp"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                self.writer.add_scalar(key, value, epoch)
+        for split, confusion in confusions.items():
+            table = pd.DataFrame(confusion.numpy(), index=self.labels, columns=self.labels)
+            table.index.name = "true \\ predicted"
+            table.to_csv(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv")
+            self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
+                                                                          f"{split} confusion, epoch {epoch}"), epoch)
+        if model is not None and self.histogram_every and epoch % self.histogram_every == 0:
+            for name, param in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
+                if param.grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), epoch)
+        plot_history(frame, self.run_dir / "plots")
+        self.writer.flush()
+
+    def finish(self, summary: dict, hparams: dict) -> None:
+        self.write_json("summary.json", summary)
+        final = {k: v for k, v in summary.get("final", {}).items()
+                 if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v)}
+        if final:
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            # Written into this run's own event file so TensorBoard's HParams tab links it to its scalars.
+            for event in hparams_summary(hparams, final):
+                self.writer.file_writer.add_summary(event)
+        self.writer.close()

@@ -1,0 +1,106 @@
+"""The execution choices of a run: device, precision, memory format, threads and seeding.
+
+"auto" settings are resolved here, once, and every choice is logged and recorded in the run
+(no silent fallbacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from trainlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    device: str
+    precision: str          # 32 | bf16-mixed | 16-mixed
+    channels_last: bool
+    threads: int
+    compile: bool
+    reasons: dict
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def autocast(self):
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device_type=self.torch_device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 don't.
+        return torch.amp.GradScaler(self.torch_device.type, enabled=self.precision == "16-mixed")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool) -> Runtime:
+    reasons = {}
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu")
+        device = "cuda:0"
+        has_bf16 = torch.cuda.is_bf16_supported()
+        reasons["device"] = torch.cuda.get_device_name(0)
+    else:
+        device = "cpu"
+        has_bf16 = _cpu_has_bf16()
+        reasons["device"] = f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+    if precision == "auto":
+        precision = "bf16-mixed" if has_bf16 else "32"
+        reasons["precision"] = ("auto: the hardware has native bf16, so bf16 autocast" if has_bf16
+                                else "auto: no native bf16 on this hardware, so fp32")
+    else:
+        reasons["precision"] = "set by trainer.precision"
+    if precision == "16-mixed" and device == "cpu":
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
+    if str(channels_last).lower() == "auto":
+        # channels_last speeds up convolutions with both oneDNN (CPU) and cuDNN (GPU) in mixed precision and fp32.
+        use_cl = True
+        reasons["channels_last"] = "auto: channels_last memory format for faster convolutions"
+    else:
+        use_cl = str(channels_last).lower() == "true"
+        reasons["channels_last"] = "set by trainer.channels_last"
+    if threads == "auto":
+        n_threads = torch.get_num_threads()
+        reasons["threads"] = f"auto: torch's default of {n_threads} compute threads"
+    else:
+        n_threads = int(threads)
+        torch.set_num_threads(n_threads)
+        reasons["threads"] = "set by trainer.threads"
+    runtime = Runtime(device, precision, use_cl, n_threads, bool(compile), reasons)
+    for key in ("device", "precision", "channels_last", "threads"):
+        log.info("runtime: %s = %s (%s)", key, getattr(runtime, key), reasons[key])
+    return runtime
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
