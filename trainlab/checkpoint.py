@@ -20,7 +20,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     the previous file intact and loadable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "trainlab_version": trainlab.__version__, "torch_version": torch.__version__, **payload}
+    payload = {"format": FORMAT, "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__), **payload}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:

@@ -104,7 +104,7 @@ def _num(node: DictConfig, group: str, key: str, default: float) -> float:
 def _check_groups(cfg: DictConfig) -> None:
     """Value rules for the component groups whose keys are passed straight to a `_target_`."""
     ds, opt, sched, aug, model = cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.augment, cfg.model
-    if "root" in ds:
+    if "root" in ds.keys():  # `in ds` is False for a ??? value
         _require(not OmegaConf.is_missing(ds, "root"),
                  f"dataset.root is not set: pass dataset.root=/path/to/your/data for dataset {_group_name(ds)}")
     _require(_num(ds, "dataset", "batch_size", 1) >= 1, f"dataset.batch_size must be >= 1 (got {ds.get('batch_size')})")

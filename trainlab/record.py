@@ -93,11 +93,16 @@ class RunRecorder:
                                                                           f"{split} confusion, epoch {epoch}"), epoch)
         if model is not None and self.histogram_every and epoch % self.histogram_every == 0:
             for name, param in model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
+                self._histogram(f"weights/{name}", param, epoch)
                 if param.grad is not None:
-                    self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), epoch)
+                    self._histogram(f"gradients/{name}", param.grad, epoch)
         plot_history(frame, self.run_dir / "plots")
         self.writer.flush()
+
+    def _histogram(self, tag: str, values: torch.Tensor, epoch: int) -> None:
+        values = values.detach().float().cpu()
+        if torch.isfinite(values).all():  # a diverged run has NaN weights: TensorBoard cannot bin those
+            self.writer.add_histogram(tag, values, epoch)
 
     def finish(self, summary: dict, hparams: dict) -> None:
         self.write_json("summary.json", summary)

@@ -179,7 +179,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     recorder = RunRecorder(run_dir, data.classes, data.class_names, trainer.histogram_every_n_epochs)
     recorder.write_json("run.json", {
-        "trainlab_version": trainlab.__version__, "torch_version": torch.__version__, "runtime": runtime.to_dict(),
+        "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__), "runtime": runtime.to_dict(),
         "settings": settings_dict(settings), "data": data.describe(), "augment": stepper.augment.describe(),
         "model": {"parameters": count_parameters(model)}, "steps_per_epoch": n_train, "val_batches": n_val,
         "config": OmegaConf.to_container(cfg, resolve=True)})

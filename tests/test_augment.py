@@ -1,0 +1,55 @@
+"""Batched augmentation against per-image references."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from trainlab.augment import BatchAugment, random_color_jitter, random_crop, random_flip, random_rotate
+
+
+def test_random_crop_matches_per_image_pad_and_crop():
+    images = torch.randint(0, 256, (6, 3, 10, 12), dtype=torch.uint8)
+    out = random_crop(images, 3, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # replay the same draws the batched op made
+    dy = torch.randint(0, 7, (6,), generator=g)
+    dx = torch.randint(0, 7, (6,), generator=g)
+    for i in range(6):
+        padded = TF.pad(images[i], [3, 3, 3, 3], fill=0)
+        reference = TF.crop(padded, int(dy[i]), int(dx[i]), 10, 12)
+        assert torch.equal(out[i], reference)
+
+
+def test_random_flip_flips_about_half_and_only_horizontally():
+    images = torch.randint(0, 256, (200, 3, 4, 5), dtype=torch.uint8)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, TF.horizontal_flip(i)) for o, i in zip(out, images)]
+    same = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert 70 < sum(flipped) < 130
+
+
+def test_rotation_by_zero_degrees_is_identity_and_jitter_stays_in_range():
+    x = torch.rand(4, 3, 8, 8)
+    assert torch.allclose(random_rotate(x, 1e-6), x, atol=1e-4)
+    y = random_color_jitter(x, 0.4, torch.Generator().manual_seed(1))
+    assert y.min() >= 0 and y.max() <= 1 and not torch.allclose(x, y)
+
+
+def test_normalisation_uses_dataset_mean_and_std():
+    aug = BatchAugment(mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.25])
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    expected = TF.normalize(images.float() / 255, [0.1, 0.2, 0.3], [0.5, 0.5, 0.25])
+    assert torch.allclose(aug.normalize(images), expected, atol=1e-6)
+    assert torch.allclose(aug.train(images), expected, atol=1e-6)  # no augmentation configured: same as eval
+
+
+def test_same_generator_seed_gives_the_same_batch():
+    aug = BatchAugment(mean=[0.5] * 3, std=[0.25] * 3, crop_padding=4, flip=True, rotation=10, color_jitter=0.2)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    a = aug.train(images, torch.Generator().manual_seed(7))
+    b = aug.train(images, torch.Generator().manual_seed(7))
+    c = aug.train(images, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert F.mse_loss(a, aug.normalize(images)) > 0

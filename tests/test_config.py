@@ -1,0 +1,157 @@
+"""Every YAML under conf/ composes and its components instantiate; bad values stop with one line."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import compose, run_cli
+from trainlab.build import build, build_partial, take
+from trainlab.config import load_settings
+from trainlab.errors import ConfigError
+from trainlab.optim import LRSchedule
+
+CONF = files("trainlab.conf")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.name[:-5] for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+
+
+def test_conf_ships_every_group():
+    for group in ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment"):
+        assert options(group), group
+    assert set(options("scheduler")) == {"none", "step", "multistep", "exponential", "cosine", "cyclic", "onecycle", "plateau"}
+    assert set(options("optimizer")) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"}
+    assert set(options("dataset")) == {"tiny_imagenet", "image_folder", "digits", "fake"}
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_builds_and_runs(name):
+    cfg = compose([f"model={name}", "dataset=fake"])
+    model = build_partial(cfg.model, "model", num_classes=7)
+    out = model(torch.randn(2, 3, cfg.dataset.image_size, cfg.dataset.image_size))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_every_optimizer_builds(name):
+    cfg = compose([f"optimizer={name}"])
+    rest, (l1,) = take(cfg.optimizer, "l1")
+    opt = build(rest, "optimizer")([torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr and l1 == 0.0
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_every_scheduler_builds(name):
+    cfg = compose([f"scheduler={name}"])
+    rest, (interval, warmup, monitor) = take(cfg.scheduler, "interval", "warmup_epochs", "monitor")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
+    schedule = LRSchedule(build(rest, "scheduler"), opt, interval=interval, warmup_epochs=warmup, epochs=4,
+                          steps_per_epoch=3, monitor=monitor)
+    used = []
+    for _ in range(4):
+        for _ in range(3):
+            used.append(schedule.lr)
+            opt.step()
+            schedule.after_step()
+        schedule.after_epoch({"val/loss": 1.0})
+    assert all(lr > 0 for lr in used), used  # every step trains with a positive lr
+
+
+@pytest.mark.parametrize("group", ["loss", "augment", "metrics", "device"])
+def test_other_groups_build(group):
+    for name in options(group):
+        cfg = compose([f"{group}={name}"])
+        if group == "loss":
+            assert isinstance(instantiate(cfg.loss), torch.nn.Module)
+        elif group == "augment":
+            aug = build(cfg.augment, "augment", mean=[0.5] * 3, std=[0.2] * 3)
+            out = aug.train(torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
+            assert out.shape == (4, 3, 16, 16) and out.dtype == torch.float32
+        elif group == "metrics":
+            m = build_partial(cfg.metrics, "metrics", num_classes=6, split="val")
+            m.update(torch.randn(8, 6), torch.arange(8) % 6, torch.tensor(1.0))
+            assert "val/acc5" in m.compute()[0]
+        else:
+            assert cfg.device.type == name and cfg.device.count == 1
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_every_dataset_config_builds(name, tmp_path):
+    overrides = [f"dataset={name}"]
+    if name != "fake":
+        overrides.append(f"dataset.root={tmp_path}")
+    cfg = compose(overrides)
+    data = build(cfg.dataset, "dataset")
+    assert data.batch_size == cfg.dataset.batch_size
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes_and_validates(name):
+    cfg = compose([f"+experiment={name}", "dataset.root=/somewhere"])
+    settings = load_settings(cfg)
+    assert settings.trainer.epochs >= 1
+    if name == "resnet18_tiny":
+        assert cfg.dataset._target_.endswith("TinyImageNet") and cfg.optimizer.lr == 0.2
+        assert cfg.dataset.batch_size == 256 and cfg.scheduler.warmup_epochs == 5
+
+
+def test_experiment_files_hold_only_overrides():
+    for name in options("experiment"):
+        text = CONF.joinpath("experiment", f"{name}.yaml").read_text()
+        assert "# @package _global_" in text
+        assert "_target_" not in text  # components come from their groups, never copied here
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=0", "trainer.epochs must be >= 1"),
+    ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+    ("trainer.epochs=abc", "trainer.epochs"),
+    ("trainer.precision=fp8", "trainer.precision must be one of"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("dataset.batch_size=0", "dataset.batch_size"),
+])
+def test_bad_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_settings(compose([override]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optimizer=foo"], "unknown optimizer 'foo': choose one of adadelta, adagrad, adam"),
+    (["trainer.epochs=0"], "trainer.epochs must be >= 1"),
+    (["trainer.epoch=3"], "trainer.epoch"),
+    (["+experiment=resnet18_tiny"], "dataset.root is not set"),
+    (["-m", "device=cpu,tpu"], "unknown device 'tpu'"),
+])
+def test_cli_config_errors_are_one_line(tmp_path, args, message):
+    result = run_cli("train", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trainlab: error:") and message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_cli_help_lists_commands_and_groups(tmp_path):
+    top = run_cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "train" in top.stdout
+    train_help = run_cli("train", "--help", cwd=tmp_path)
+    assert train_help.returncode == 0
+    for group in ("dataset:", "optimizer:", "scheduler:", "experiment:"):
+        assert group in train_help.stdout
+    unknown = run_cli("fly", cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = run_cli("train", "+experiment=quickstart", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.trainer.epochs == 8 and cfg.dataset._target_ == "trainlab.data.Digits"

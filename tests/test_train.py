@@ -1,0 +1,149 @@
+"""Training end to end: the in-process `train()` on synthetic data (fast) and the CLI with the real
+ResNet-18 on a generated Tiny-ImageNet tree (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from conftest import compose, run_cli, write_tiny_imagenet
+from trainlab.build import build_partial
+from trainlab.data import FakeData
+from trainlab.record import COLUMNS
+from trainlab.train import train
+
+FAST = ["dataset=fake", "model=small_cnn", "trainer.epochs=2", "trainer.precision=32", "trainer.log_every_n_steps=2",
+        "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05"]
+
+
+def test_train_writes_the_full_record(tmp_path):
+    cfg = compose(FAST)
+    last = train(cfg, tmp_path)
+    frame = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(frame.columns) == COLUMNS and list(frame["epoch"]) == [1, 2]
+    assert frame.notna().all().all(), frame.isna().sum()
+    assert list(frame["step"]) == [8, 16]  # 256 train images / batch 32
+    assert (frame["throughput/train_ips"] > 0).all() and (frame["grad_norm_max"] >= frame["grad_norm"]).all()
+    assert frame["val/acc1"].iloc[-1] == pytest.approx(last["val/acc1"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["best_epoch"] == int(frame["val/acc1"].idxmax()) + 1
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["runtime"]["precision"] == "32" and "threads" in run["runtime"]["reasons"]
+    confusion = pd.read_csv(tmp_path / "confusion" / "val_epoch002.csv", index_col=0)
+    assert confusion.shape == (10, 10) and confusion.values.sum() == 64
+    for name in ("loss.png", "accuracy.png", "lr.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_checkpoint_reproduces_the_recorded_val_metrics(tmp_path):
+    """Reload last.ckpt with weights_only=True, predict the val split ourselves, and recompute the
+    epoch's val metrics with scikit-learn."""
+    cfg = compose(FAST)
+    train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["classes"][0] == "class000" and ckpt["config"]["seed"] == 0
+    model = build_partial(cfg.model, "model", num_classes=10)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    data = FakeData(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
+    data.setup()
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((data.splits["val"].images.float() / 255 - mean) / std)
+    y = data.splits["val"].labels.numpy()
+    pred = logits.argmax(1).numpy()
+    row = pd.read_csv(tmp_path / "metrics.csv").iloc[-1]
+    assert row["val/acc1"] == pytest.approx(sk.accuracy_score(y, pred), abs=1e-6)
+    assert row["val/f1"] == pytest.approx(sk.f1_score(y, pred, average="macro", zero_division=0), abs=1e-5)
+    assert row["val/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).item(), rel=1e-4)
+
+
+def test_same_seed_same_run(tmp_path):
+    a = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "a")
+    b = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "b")
+    assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
+
+
+def test_l1_and_grad_clip_change_training(tmp_path):
+    base = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "base")
+    l1 = train(compose(FAST + ["trainer.epochs=1", "optimizer.l1=0.01"]), tmp_path / "l1")
+    assert l1["train/loss"] != base["train/loss"]
+    clipped = train(compose(FAST + ["trainer.epochs=1", "trainer.grad_clip=0.01"]), tmp_path / "clip")
+    assert clipped["train/loss"] != base["train/loss"]
+
+
+def test_non_finite_loss_stops_with_status_nan(tmp_path):
+    train(compose(FAST + ["optimizer.lr=1e30", "trainer.epochs=3"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "nan" and summary["epochs_run"] < 3
+
+
+def test_data_errors_are_one_line_from_the_cli(tmp_path):
+    root = write_tiny_imagenet(tmp_path / "t")
+    (root / "val" / "val_annotations.txt").unlink()
+    result = run_cli("train", "dataset=tiny_imagenet", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "val_annotations.txt does not" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "val_annotations.txt does not" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_multirun_makes_one_directory_per_job(tmp_path):
+    result = run_cli("train", "-m", *FAST[:2], "trainer.epochs=1", "trainer.precision=32", "optimizer=sgd,adam",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for job in ("0", "1"):
+        assert len(pd.read_csv(tmp_path / "sweep" / job / "metrics.csv")) == 1
+
+
+@pytest.mark.slow
+def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = write_tiny_imagenet(tmp_path / "tiny-imagenet-200", wnids=("n03", "n01", "n02", "n04", "n05"),
+                               train_per_class=8, val_per_class=4, grayscale={("n01", 1)}, cmyk={("n02", 2)})
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "+experiment=resnet18_tiny", f"dataset.root={root}", "trainer.epochs=2",
+                     "dataset.batch_size=16", "scheduler.warmup_epochs=1", "trainer.log_every_n_steps=1",
+                     "trainer.histogram_every_n_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frame = pd.read_csv(run_dir / "metrics.csv")
+    assert list(frame.columns) == COLUMNS and list(frame["epoch"]) == [1, 2]
+    assert frame.notna().all().all()
+    assert frame["lr"].iloc[0] < frame["lr"].iloc[1]  # warm-up epoch first
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in COLUMNS[1:] + ["train/loss_step"]:
+        assert name in tags, name
+    assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx(list(frame["val/acc1"]))
+    assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
+    assert events.Tags()["graph"] and "confusion/val" in events.Tags()["images"]
+    confusion = pd.read_csv(run_dir / "confusion" / "val_epoch002.csv", index_col=0)
+    assert list(confusion.index) == ["n01 name of n01", "n02 name of n02", "n03 name of n03", "n04 name of n04",
+                                     "n05 name of n05"]
+    assert confusion.values.sum() == 20
+    for name in ("loss.png", "accuracy.png", "lr.png", "metrics.png"):
+        assert (run_dir / "plots" / name).is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["classes"] == ["n01", "n02", "n03", "n04", "n05"]
+    assert ckpt["model"]["fc.weight"].shape == (5, 512)  # num_classes came from the data
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["runtime"]["device"] == "cpu"
+    assert "epoch 2/2" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_quickstart_learns_the_real_digits(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "+experiment=quickstart", f"dataset.root={tmp_path / 'digits'}", "trainer.epochs=3",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frame = pd.read_csv(run_dir / "metrics.csv")
+    assert frame["val/acc1"].max() > 0.5  # ten classes: chance is 0.1
