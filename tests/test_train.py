@@ -95,6 +95,14 @@ def test_data_errors_are_one_line_from_the_cli(tmp_path):
     assert "val_annotations.txt does not" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli("train", *FAST, "device=cuda", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA GPU is visible" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_multirun_makes_one_directory_per_job(tmp_path):
     result = run_cli("train", "-m", *FAST[:2], "trainer.epochs=1", "trainer.precision=32", "optimizer=sgd,adam",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
@@ -125,6 +133,7 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx(list(frame["val/acc1"]))
     assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
     assert events.Tags()["graph"] and "confusion/val" in events.Tags()["images"]
+    assert events.PluginTagToContent("hparams")  # hparams with the final metrics
     confusion = pd.read_csv(run_dir / "confusion" / "val_epoch002.csv", index_col=0)
     assert list(confusion.index) == ["n01 name of n01", "n02 name of n02", "n03 name of n03", "n04 name of n04",
                                      "n05 name of n05"]

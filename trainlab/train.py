@@ -61,6 +61,7 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, recorder: Ru
     params = [p for p in s.model.parameters() if p.requires_grad]
     grad_sum = torch.zeros((), device=s.runtime.torch_device)
     grad_max = torch.zeros((), device=s.runtime.torch_device)
+    correct = torch.zeros((), device=s.runtime.torch_device)  # running top-1 for the progress bar only
     seen, done, start = 0, 0, time.perf_counter()
     with EpochProgress(f"epoch {epoch} train", n_batches) as progress:
         for i, (images, target) in enumerate(loader):
@@ -84,11 +85,13 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, recorder: Ru
             grad_sum += norm
             torch.maximum(grad_max, norm, out=grad_max)
             metrics.update(logits, target, loss)
+            correct += (logits.argmax(1) == target).sum()
             step, done, seen = step + 1, done + 1, seen + target.shape[0]
             if step % log_every == 0:
-                value = loss.item()  # the only host sync inside the epoch: once per log interval
+                # The only host sync inside the epoch: once per log interval.
+                value, acc = torch.stack([loss.detach().float(), correct.float() / seen]).tolist()
                 recorder.log_step(step, value)
-                progress.update(i + 1, f"loss {value:.4f}  {seen / (time.perf_counter() - start):.0f} img/s")
+                progress.update(i + 1, f"loss {value:.4f}  acc {acc:.3f}  {seen / (time.perf_counter() - start):.0f} img/s")
                 if not math.isfinite(value):
                     break
     elapsed = time.perf_counter() - start
