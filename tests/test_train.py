@@ -13,6 +13,7 @@ from sklearn import metrics as sk
 from conftest import compose, run_cli, write_tiny_imagenet
 from trainlab.build import build_partial
 from trainlab.data import FakeData
+from trainlab.errors import RunStopped
 from trainlab.record import COLUMNS
 from trainlab.train import train
 
@@ -30,7 +31,7 @@ def test_train_writes_the_full_record(tmp_path):
     assert (frame["throughput/train_ips"] > 0).all() and (frame["grad_norm_max"] >= frame["grad_norm"]).all()
     assert frame["val/acc1"].iloc[-1] == pytest.approx(last["val/acc1"])
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
     assert summary["best_epoch"] == int(frame["val/acc1"].idxmax()) + 1
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["runtime"]["precision"] == "32" and "threads" in run["runtime"]["reasons"]
@@ -78,10 +79,18 @@ def test_l1_and_grad_clip_change_training(tmp_path):
     assert clipped["train/loss"] != base["train/loss"]
 
 
-def test_non_finite_loss_stops_with_status_nan(tmp_path):
-    train(compose(FAST + ["optimizer.lr=1e30", "trainer.epochs=3"]), tmp_path)
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    train(compose(FAST + ["trainer.epochs=1"]), tmp_path)
+    good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    blown = {**good, "optimizer": {**good["optimizer"], "param_groups": [
+        {**group, "lr": 1e30} for group in good["optimizer"]["param_groups"]]}}  # epoch 2 diverges at once
+    # step 9 (the first of epoch 2) applies the huge update; step 10 is the first to see its result
+    with pytest.raises(RunStopped, match="non-finite loss or gradient at epoch 2, step 10;"):
+        train(compose(FAST + ["trainer.epochs=3"]), tmp_path, resume=blown)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "nan" and summary["epochs_run"] < 3
+    assert summary["stopped"] == "nan" and summary["epochs_run"] == 2  # the bad epoch is recorded...
+    after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 1 and torch.equal(after["model"]["0.0.weight"], good["model"]["0.0.weight"])  # ...not saved
 
 
 def test_data_errors_are_one_line_from_the_cli(tmp_path):
@@ -144,7 +153,7 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
     assert ckpt["classes"] == ["n01", "n02", "n03", "n04", "n05"]
     assert ckpt["model"]["fc.weight"].shape == (5, 512)  # num_classes came from the data
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["runtime"]["device"] == "cpu"
+    assert summary["stopped"] == "completed" and summary["runtime"]["device"] == "cpu"
     assert "epoch 2/2" in (run_dir / "train.log").read_text()
 
 

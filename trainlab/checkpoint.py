@@ -1,18 +1,25 @@
-"""Checkpoint files: plain dicts of tensors and builtins, written atomically, read with weights_only=True."""
+"""Checkpoint files: plain dicts of tensors and builtins, written atomically, read with weights_only=True,
+and found again by `resume=<run_dir | file.ckpt | latest | YYYY-MM-DD>`."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import random
+import re
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 import trainlab
-from trainlab.errors import TrainlabError
+from trainlab.errors import CheckpointError, TrainlabError
 
 FORMAT = "trainlab-checkpoint-v1"
+RESUME_NAMES = ("interrupted.ckpt", "last.ckpt")  # a run resumes from the newer of these
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -20,7 +27,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     the previous file intact and loadable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__), **payload}
+    payload = {"format": FORMAT, "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
+               **payload}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -30,20 +38,100 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise TrainlabError(f"could not write checkpoint {path}: {e.strerror}; the previous checkpoint is intact") from None
+        hint = "free some disk space" if e.errno == errno.ENOSPC else "check the folder's permissions"
+        raise TrainlabError(f"could not write checkpoint {path}: {e.strerror}; {hint} "
+                            "(the previous checkpoint is intact)") from None
 
 
 def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Read a trainlab checkpoint without ever unpickling code."""
     path = Path(path)
     if not path.is_file():
-        raise TrainlabError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise TrainlabError(f"{path} is not a loadable trainlab checkpoint (truncated, corrupt, or holds "
-                            f"pickled code, which is never loaded): {reason}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        text = " ".join(str(e).split())
+        reason = "it holds pickled objects other than tensors and builtins" if "Unsupported global" in text \
+            else (text[:120] or type(e).__name__)
+        raise CheckpointError(f"{path} is not a loadable trainlab checkpoint (truncated or corrupt, or holds "
+                              f"pickled code, which trainlab never loads): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise TrainlabError(f"{path} is not a trainlab checkpoint (no '{FORMAT}' marker)")
+        raise CheckpointError(f"{path} is not a trainlab checkpoint (it lacks the '{FORMAT}' marker)")
     return payload
+
+
+class Checkpointer:
+    """last.ckpt every epoch, best.ckpt on improvement, epoch_NNN.ckpt every `every_n_epochs` keeping the
+    newest `keep` (0 = all), and interrupted.ckpt for a mid-epoch stop."""
+
+    def __init__(self, folder: Path, every_n_epochs: int, keep: int):
+        self.folder, self.every_n_epochs, self.keep = Path(folder), every_n_epochs, keep
+
+    def save_epoch(self, payload: dict, epoch: int, improved: bool) -> None:
+        save_checkpoint(self.folder / "last.ckpt", payload)
+        (self.folder / "interrupted.ckpt").unlink(missing_ok=True)  # superseded by a later complete epoch
+        if improved:
+            save_checkpoint(self.folder / "best.ckpt", payload)
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            save_checkpoint(self.folder / f"epoch_{epoch:03d}.ckpt", payload)
+            periodic = sorted(self.folder.glob("epoch_*.ckpt"))
+            for old in periodic[:-self.keep] if self.keep else []:
+                old.unlink()
+
+    def save_interrupted(self, payload: dict) -> Path:
+        path = self.folder / "interrupted.ckpt"
+        save_checkpoint(path, payload)
+        return path
+
+
+def capture_rng() -> dict:
+    """Python, NumPy, torch (and CUDA) generator states as tensors and builtins."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def run_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint a run resumes from: the newer of interrupted.ckpt and last.ckpt."""
+    found = [run_dir / "checkpoints" / n for n in RESUME_NAMES if (run_dir / "checkpoints" / n).is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def find_checkpoint(spec: str, outputs_root: Path) -> Path:
+    """Resolve `resume=`: a .ckpt file, a run directory, `latest`, or a date (YYYY-MM-DD)."""
+    usage = "use resume=<run_dir>, resume=<file.ckpt>, resume=latest or resume=YYYY-MM-DD"
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = run_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"resume={spec}: {path}/checkpoints has no last.ckpt or interrupted.ckpt")
+        return found
+    if spec == "latest" or re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
+        pattern = "*/*/checkpoints/*.ckpt" if spec == "latest" else f"{spec}/*/checkpoints/*.ckpt"
+        candidates = [p for p in outputs_root.glob(pattern) if p.name in RESUME_NAMES]
+        if not candidates:
+            where = outputs_root if spec == "latest" else outputs_root / spec
+            raise CheckpointError(f"resume={spec}: no run with a checkpoint under {where}; {usage}")
+        newest_run = max(candidates, key=lambda p: p.stat().st_mtime_ns).parent.parent
+        return run_checkpoint(newest_run)
+    raise CheckpointError(f"resume={spec}: no such checkpoint file or run directory; {usage}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import trainlab
-from trainlab.errors import TrainlabError
+from trainlab.errors import RunStopped, TrainlabError
 
 CONFIG_MODULE = "trainlab.conf"
 COMMANDS = {
@@ -42,8 +42,8 @@ def _debug() -> bool:
     return os.environ.get("TRAINLAB_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def fail(message: str, code: int = 2) -> None:
-    print(f"trainlab: error: {message}", file=sys.stderr)
+def fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
+    print(f"trainlab: {prefix}{message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -102,6 +102,27 @@ def preflight(args: list[str], config_name: str, check: Optional[Callable]) -> N
         fail(_one_line(str(e)))
 
 
+def resume_args(args: list[str]) -> list[str]:
+    """`resume=...` continues a run in its own directory: point Hydra's output there, and keep this
+    start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
+    from datetime import datetime
+
+    from trainlab.checkpoint import find_checkpoint
+    from trainlab.train import OUTPUTS_ROOT
+
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "")
+    if not spec or spec == "null" or any(a in _MULTIRUN_FLAGS for a in args):
+        return args
+    try:
+        run_dir = find_checkpoint(spec, OUTPUTS_ROOT).parent.parent
+    except TrainlabError as e:
+        fail(str(e))
+    extra = [f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        extra.append(f"hydra.run.dir={run_dir}")
+    return args + extra
+
+
 def _job(run: Callable, cfg) -> object:
     """Run one Hydra job; a user error ends this job with one line (and, in a sweep, lets the others run)."""
     from hydra.core.hydra_config import HydraConfig
@@ -110,7 +131,7 @@ def _job(run: Callable, cfg) -> object:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
     except TrainlabError as e:
         if _debug():
             raise
@@ -120,7 +141,7 @@ def _job(run: Callable, cfg) -> object:
             (run_dir / "error.txt").write_text(str(e) + "\n")
             _failed_jobs.append(str(run_dir))
             return None
-        fail(str(e))
+        fail(str(e), code=e.exit_code, prefix="" if isinstance(e, RunStopped) else "error: ")
 
 
 def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
@@ -128,6 +149,8 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     import hydra
 
     preflight(args, config_name, check)
+    if command == "train":
+        args = resume_args(args)
     sys.argv = [f"trainlab {command}"] + args
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
@@ -139,16 +162,17 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
         fail(f"{len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}", code=1)
 
 
-def _train(cfg, run_dir: Path):
-    from trainlab.train import train
+def _train(cfg, run_dir: Path, overrides: list[str], choices: dict):
+    from trainlab.train import train_command
 
-    return train(cfg, run_dir)
+    return train_command(cfg, run_dir, overrides, choices)
 
 
 def _check_train(cfg) -> None:
     from trainlab.config import load_settings
 
-    load_settings(cfg)
+    if not cfg.get("resume"):  # a resumed run is checked against its stored config, later
+        load_settings(cfg)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

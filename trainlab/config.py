@@ -14,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import ConfigError
+from trainlab.columns import COLUMNS
+
+METRIC_COLUMNS = COLUMNS[2:]  # everything but epoch and step can be monitored
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
@@ -36,6 +39,17 @@ class TrainerSettings:
 class CheckpointSettings:
     monitor: str = "val/acc1"
     mode: str = "max"
+    every_n_epochs: int = 0
+    keep: int = 0
+
+
+@dataclass
+class EarlyStoppingSettings:
+    enabled: bool = False
+    monitor: str = "val/loss"
+    mode: str = "min"
+    patience: int = 10
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -47,8 +61,10 @@ class DeviceSettings:
 @dataclass
 class Settings:
     seed: int = 0
+    resume: Optional[str] = None
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
     device: DeviceSettings = field(default_factory=DeviceSettings)
 
 
@@ -70,7 +86,7 @@ def _require(ok: bool, message: str) -> None:
 
 def load_settings(cfg: DictConfig) -> Settings:
     """Validate the whole composed config and return the typed top-level settings."""
-    top = {k: cfg[k] for k in ("seed", "trainer", "checkpoint", "device") if k in cfg}
+    top = {k: cfg[k] for k in ("seed", "resume", "trainer", "checkpoint", "early_stopping", "device") if k in cfg}
     settings: Settings = _typed(Settings, top, "")
     t = settings.trainer
     _require(t.epochs >= 1, f"trainer.epochs must be >= 1 (got {t.epochs})")
@@ -85,7 +101,15 @@ def load_settings(cfg: DictConfig) -> Settings:
     _require(str(t.channels_last).lower() in ("auto", "true", "false"), "trainer.channels_last must be auto, true or false")
     _require(t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1),
              f"trainer.threads must be auto or a positive integer (got {t.threads!r})")
-    _require(settings.checkpoint.mode in ("min", "max"), f"checkpoint.mode must be min or max (got {settings.checkpoint.mode!r})")
+    for name in ("checkpoint", "early_stopping"):
+        section = getattr(settings, name)
+        _require(section.mode in ("min", "max"), f"{name}.mode must be min or max (got {section.mode!r})")
+        _require(section.monitor in METRIC_COLUMNS,
+                 f"{name}.monitor={section.monitor} is not a recorded metric (choose from {', '.join(METRIC_COLUMNS)})")
+    _require(settings.checkpoint.every_n_epochs >= 0 and settings.checkpoint.keep >= 0,
+             "checkpoint.every_n_epochs and checkpoint.keep must be >= 0")
+    _require(settings.early_stopping.patience >= 1, "early_stopping.patience must be >= 1")
+    _require(settings.early_stopping.min_delta >= 0, "early_stopping.min_delta must be >= 0")
     _require(settings.device.type in ("cpu", "cuda"), f"device.type must be cpu or cuda (got {settings.device.type!r})")
     _require(settings.device.count == 1,
              f"device.count={settings.device.count}: multi-process training is not available yet; use device.count=1")

@@ -4,6 +4,8 @@
 class TrainlabError(Exception):
     """A problem the user can fix (bad config, data, path or checkpoint). The message names the fix."""
 
+    exit_code = 2
+
 
 class ConfigError(TrainlabError):
     """The composed configuration is invalid."""
@@ -11,3 +13,16 @@ class ConfigError(TrainlabError):
 
 class DataError(TrainlabError):
     """The data on disk is missing or malformed."""
+
+
+class CheckpointError(TrainlabError):
+    """A checkpoint is missing, unreadable, not trainlab's, or does not fit this run."""
+
+
+class RunStopped(TrainlabError):
+    """Training stopped before its end (non-finite loss, a signal) after saving what can be saved.
+    Everything is already written; the message says how to continue."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

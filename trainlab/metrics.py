@@ -19,7 +19,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-METRIC_NAMES = ("loss", "acc1", "acc5", "precision", "recall", "f1", "kappa", "auroc")
+from trainlab.columns import METRIC_NAMES
 
 
 class ClassificationMetrics:
@@ -41,7 +41,8 @@ class ClassificationMetrics:
         if with_auroc:
             metrics["auroc"] = MulticlassAUROC(average="macro", thresholds=None, **kw)
         self.split = split
-        self.collection = MetricCollection(metrics).to(device)
+        # compute_groups=False: every metric owns its state, so a mid-epoch checkpoint can save and restore it.
+        self.collection = MetricCollection(metrics, compute_groups=False).to(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
 
@@ -59,6 +60,21 @@ class ClassificationMetrics:
         out = {f"{self.split}/loss": (self.loss_sum / self.count.clamp_min(1)).item()}
         out.update({f"{self.split}/{k}": float(v) for k, v in values.items()})
         return {k: out[k] for k in _ordered(out, self.split)}, confusion
+
+    def state_dict(self) -> dict:
+        """The accumulated state mid-epoch (tensors only; list states such as AUROC's are not saved)."""
+        states = {f"{name}.{key}": getattr(metric, key).clone() for name, metric in self.collection.items()
+                  for key in metric.metric_state if isinstance(getattr(metric, key), torch.Tensor)}
+        return {"metrics": states, "loss_sum": self.loss_sum.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, metric in self.collection.items():
+            for key in metric.metric_state:
+                if f"{name}.{key}" in state["metrics"]:
+                    setattr(metric, key, state["metrics"][f"{name}.{key}"].to(self.loss_sum.device))
+            metric._update_count = max(metric._update_count, 1)  # states hold data: compute() must not warn
+        self.loss_sum.copy_(state["loss_sum"])
+        self.count.copy_(state["count"])
 
     def reset(self) -> None:
         self.collection.reset()

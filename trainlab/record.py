@@ -14,18 +14,12 @@ import pandas as pd
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab.metrics import METRIC_NAMES
+from trainlab.columns import COLUMNS
 from trainlab.plots import confusion_figure, plot_history
 
 log = logging.getLogger(__name__)
 
-# The metrics.csv columns, in order: a public contract shared with TensorBoard and the reports.
-COLUMNS = (
-    ["epoch", "step"]
-    + [f"train/{m}" for m in METRIC_NAMES if m != "auroc"]
-    + [f"val/{m}" for m in METRIC_NAMES]
-    + ["lr", "grad_norm", "grad_norm_max", "time/train_s", "time/val_s", "throughput/train_ips", "memory/peak_mb"]
-)
+__all__ = ["COLUMNS", "RunRecorder"]
 
 
 def class_labels(ids: list[str], names: list[str]) -> list[str]:
@@ -48,16 +42,22 @@ def _json_default(value):
 
 
 class RunRecorder:
-    def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int):
+    def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
+                 history: Optional[list[dict]] = None):
+        """`history`: the rows of the epochs already done (a resumed run appends to them)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.labels = class_labels(class_ids, class_names)
         self.histogram_every = histogram_every
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history or [])
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         (self.run_dir / "confusion").mkdir(exist_ok=True)
         classes = pd.DataFrame({"index": range(len(class_ids)), "id": class_ids, "name": class_names})
         classes.to_csv(self.run_dir / "classes.csv", index=False)
+
+    def read_json(self, name: str) -> dict:
+        path = self.run_dir / name
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_json(self, name: str, payload: dict) -> None:
         atomic_write_text(self.run_dir / name, json.dumps(payload, indent=2, default=_json_default) + "\n")

@@ -1,30 +1,35 @@
 """`trainlab train`: build data, model, optimizer, schedule and metrics from the config, then for each
-epoch train, validate, record, checkpoint, and stop early on a non-finite loss."""
+epoch train, validate, record, checkpoint, and stop early when asked (early stopping, a non-finite
+loss, SIGINT/SIGTERM). A run resumed from a checkpoint continues exactly where it stopped."""
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
 from trainlab.build import build, build_partial, take
-from trainlab.checkpoint import save_checkpoint
-from trainlab.config import load_settings, settings_dict
-from trainlab.errors import ConfigError
+from trainlab.checkpoint import Checkpointer, capture_rng, find_checkpoint, load_checkpoint, restore_rng
+from trainlab.columns import COLUMNS
+from trainlab.config import Settings, load_settings, settings_dict
+from trainlab.data import ImageData
+from trainlab.early_stopping import BestTracker, EarlyStopping
+from trainlab.errors import CheckpointError, RunStopped
+from trainlab.interrupt import StopRequest
 from trainlab.metrics import ClassificationMetrics
 from trainlab.models import count_parameters, l1_norm
 from trainlab.optim import LRSchedule, build_optimizer
 from trainlab.progress import EpochProgress
-from trainlab.record import COLUMNS, RunRecorder
+from trainlab.record import RunRecorder
+from trainlab.resume import check_classes, resumed_config
 from trainlab.runtime import Runtime, peak_memory_mb, resolve_runtime, seed_everything
 
 log = logging.getLogger("trainlab")
@@ -45,7 +50,41 @@ class Stepper:
     grad_clip: Optional[float]
 
 
-def _batch(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
+@dataclass
+class Run:
+    data: ImageData
+    stepper: Stepper
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    n_train: int                      # batches per epoch, after trainer.limit_train_batches
+    n_val: int
+    train_metrics: ClassificationMetrics
+    val_metrics: ClassificationMetrics
+    choices: dict                     # the config group options picked (model: resnet18, ...), as Hydra recorded them
+
+
+class EpochTally:
+    """Running sums of one training epoch, kept on the device so no step waits for the host."""
+
+    def __init__(self, device: torch.device, lr: float):
+        self.grad_sum = torch.zeros((), device=device)
+        self.grad_max = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)                          # for the progress bar
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
+        self.batches, self.seen, self.elapsed, self.lr = 0, 0, 0.0, lr
+
+    def state_dict(self) -> dict:
+        return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "correct": self.correct,
+                "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
+                "elapsed": self.elapsed, "lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("grad_sum", "grad_max", "correct", "first_bad"):
+            getattr(self, key).copy_(state[key])
+        self.batches, self.seen, self.elapsed, self.lr = state["batches"], state["seen"], state["elapsed"], state["lr"]
+
+
+def _to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
     device = runtime.torch_device
     return images.to(device, non_blocking=True), target.to(device, non_blocking=True)
 
@@ -54,20 +93,19 @@ def _as_input(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
-def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, recorder: RunRecorder, epoch: int,
-                step: int, n_batches: int, log_every: int, generator: torch.Generator) -> tuple[dict, int]:
+def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: EpochTally, recorder: RunRecorder,
+                epoch: int, step: int, n_batches: int, log_every: int, generator: torch.Generator,
+                stop: StopRequest) -> int:
+    """Train until the epoch ends, a non-finite loss shows up (checked every log interval) or a stop is
+    requested; the tally says how far it got. Returns the global step."""
     s.model.train()
-    metrics.reset()
     params = [p for p in s.model.parameters() if p.requires_grad]
-    grad_sum = torch.zeros((), device=s.runtime.torch_device)
-    grad_max = torch.zeros((), device=s.runtime.torch_device)
-    correct = torch.zeros((), device=s.runtime.torch_device)  # running top-1 for the progress bar only
-    seen, done, start = 0, 0, time.perf_counter()
+    start = time.perf_counter()
     with EpochProgress(f"epoch {epoch} train", n_batches) as progress:
-        for i, (images, target) in enumerate(loader):
-            if i >= n_batches:
+        for images, target in loader:  # after a mid-epoch resume the sampler starts at tally.batches
+            if tally.batches >= n_batches or stop.requested:
                 break
-            images, target = _batch(images, target, s.runtime)
+            images, target = _to_device(images, target, s.runtime)
             x = _as_input(s.augment.train(images, generator), s.runtime)
             with s.runtime.autocast():
                 logits = s.forward(x)
@@ -82,23 +120,26 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, recorder: Ru
             s.scaler.step(s.optimizer)
             s.scaler.update()
             s.schedule.after_step()
-            grad_sum += norm
-            torch.maximum(grad_max, norm, out=grad_max)
+            step += 1
+            # fp16's scaler skips steps with inf gradients by design; otherwise a bad gradient is a failure too.
+            bad = ~torch.isfinite(loss.detach()) if s.scaler.is_enabled() else ~torch.isfinite(loss.detach() + norm)
+            tally.first_bad = torch.where(bad & (tally.first_bad < 0), step, tally.first_bad)
+            tally.grad_sum += norm
+            torch.maximum(tally.grad_max, norm, out=tally.grad_max)
+            tally.correct += (logits.argmax(1) == target).sum()
+            tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
             metrics.update(logits, target, loss)
-            correct += (logits.argmax(1) == target).sum()
-            step, done, seen = step + 1, done + 1, seen + target.shape[0]
             if step % log_every == 0:
                 # The only host sync inside the epoch: once per log interval.
-                value, acc = torch.stack([loss.detach().float(), correct.float() / seen]).tolist()
+                value, acc, first_bad = torch.stack([loss.detach().float(), tally.correct.float() / tally.seen,
+                                                     tally.first_bad.float()]).tolist()
                 recorder.log_step(step, value)
-                progress.update(i + 1, f"loss {value:.4f}  acc {acc:.3f}  {seen / (time.perf_counter() - start):.0f} img/s")
-                if not math.isfinite(value):
+                speed = tally.seen / (tally.elapsed + time.perf_counter() - start)
+                progress.update(tally.batches, f"loss {value:.4f}  acc {acc:.3f}  {speed:.0f} img/s")
+                if first_bad >= 0:
                     break
-    elapsed = time.perf_counter() - start
-    values, confusion = metrics.compute()
-    values.update({"grad_norm": (grad_sum / max(done, 1)).item(), "grad_norm_max": grad_max.item(),
-                   "time/train_s": elapsed, "throughput/train_ips": seen / max(elapsed, 1e-9)})
-    return values | {"_confusion": confusion}, step
+    tally.elapsed += time.perf_counter() - start
+    return step
 
 
 @torch.no_grad()
@@ -109,13 +150,25 @@ def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int)
     for i, (images, target) in enumerate(loader):
         if i >= n_batches:
             break
-        images, target = _batch(images, target, s.runtime)
+        images, target = _to_device(images, target, s.runtime)
         with s.runtime.autocast():
             logits = s.forward(_as_input(s.augment.normalize(images), s.runtime))
             loss = s.criterion(logits, target)
         metrics.update(logits, target, loss)
     values, confusion = metrics.compute()
     return values | {"time/val_s": time.perf_counter() - start, "_confusion": confusion}
+
+
+def _epoch_row(run: Run, tally: EpochTally, epoch: int, step: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Validate, then put the epoch's numbers together in the public column order."""
+    train_values, train_confusion = run.train_metrics.compute()
+    val_values = validate(run.stepper, run.val_loader, run.val_metrics, run.n_val)
+    values = {"epoch": epoch, "step": step, **train_values, **val_values, "lr": tally.lr,
+              "grad_norm": (tally.grad_sum / max(tally.batches, 1)).item(), "grad_norm_max": tally.grad_max.item(),
+              "time/train_s": tally.elapsed, "throughput/train_ips": tally.seen / max(tally.elapsed, 1e-9),
+              "memory/peak_mb": peak_memory_mb()}
+    confusions = {"train": train_confusion, "val": values.pop("_confusion")}
+    return {k: values[k] for k in COLUMNS}, confusions
 
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
@@ -128,40 +181,34 @@ def epoch_line(row: dict, epochs: int, improved: bool) -> str:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     # Every epoch's randomness (shuffle, augmentation, dropout) depends only on (seed, epoch), so a run
-    # restarted at an epoch boundary repeats exactly.
+    # restarted at an epoch boundary repeats exactly; mid-epoch the generator states are checkpointed.
     return seed * 1_000_003 + epoch
 
 
-def _checkpoint(row: dict, stepper: Stepper, cfg: DictConfig, classes: list[str], names: list[str],
-                best_score: Optional[float], history: list[dict]) -> dict:
-    np_state = np.random.get_state()
-    return {
-        "epoch": row["epoch"], "step": row["step"], "best_score": best_score,
-        "model": stepper.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
-        "scheduler": stepper.schedule.state_dict(), "scaler": stepper.scaler.state_dict(),
-        "classes": classes, "class_names": names, "config": OmegaConf.to_container(cfg, resolve=True),
-        "history": history, "metrics": {k: v for k, v in row.items() if not k.startswith("_")},
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])}},
-    }
+def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
+    """The configured model; `model.weights=<file.ckpt>` starts it from a trainlab checkpoint's weights."""
+    model_cfg, (weights,) = take(cfg.model, "weights")
+    from_file = bool(weights) and (str(weights).endswith(".ckpt") or Path(str(weights)).expanduser().is_file())
+    extra = {"weights": weights} if weights and not from_file else {}  # torchvision pretrained weights by name
+    model = build_partial(model_cfg, "model", num_classes=num_classes, **extra)
+    if from_file:
+        ckpt = load_checkpoint(Path(str(weights)).expanduser())
+        check_classes(ckpt["classes"], classes, f"model.weights={weights}")
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"model.weights={weights} does not fit model={model_cfg['_target_']}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        log.info("model weights initialised from %s (epoch %s)", weights, ckpt["epoch"])
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    return model.to(runtime.torch_device, memory_format=memory_format)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as configured, writing the whole record into `run_dir`. Returns the last epoch's metrics."""
-    settings = load_settings(cfg)
+def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime) -> Run:
     trainer = settings.trainer
-    monitor, mode = settings.checkpoint.monitor, settings.checkpoint.mode
-    if monitor not in COLUMNS:
-        raise ConfigError(f"checkpoint.monitor={monitor} is not a recorded metric (choose from {', '.join(COLUMNS[2:])})")
-    started = time.perf_counter()
-    runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
-                              trainer.compile)
-    seed_everything(settings.seed)
-
     data = build(cfg.dataset, "dataset")
     data.setup(("train", "val"))
-    model = build_partial(cfg.model, "model", num_classes=data.num_classes)
-    model = model.to(runtime.torch_device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
+    model = build_model(cfg, data.num_classes, data.classes, runtime)
     opt_cfg, (l1,) = take(cfg.optimizer, "l1", defaults={"l1": 0.0})
     optimizer = build_optimizer(build(opt_cfg, "optimizer"), model.parameters())
     train_loader = data.loader("train", seed=settings.seed, pin_memory=runtime.device != "cpu")
@@ -172,68 +219,177 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                                                          defaults={"interval": "epoch", "warmup_epochs": 0})
     schedule = LRSchedule(build(sched_cfg, "scheduler"), optimizer, interval=interval, warmup_epochs=warmup,
                           epochs=trainer.epochs, steps_per_epoch=n_train, monitor=plateau_metric)
-    train_metrics = build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split="train",
-                                  with_auroc=False, device=runtime.torch_device)
-    val_metrics = build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split="val",
-                                with_auroc=True, device=runtime.torch_device)
+    metrics = {split: build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split=split,
+                                    with_auroc=split == "val", device=runtime.torch_device) for split in ("train", "val")}
+    if runtime.compile:
+        log.info("compiling the model with torch.compile (the first steps are slow while it compiles)")
     stepper = Stepper(model, torch.compile(model) if runtime.compile else model, optimizer, schedule,
                       build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std),
                       runtime.grad_scaler(), runtime, float(l1), trainer.grad_clip)
+    return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})
 
-    recorder = RunRecorder(run_dir, data.classes, data.class_names, trainer.histogram_every_n_epochs)
-    recorder.write_json("run.json", {
-        "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__), "runtime": runtime.to_dict(),
-        "settings": settings_dict(settings), "data": data.describe(), "augment": stepper.augment.describe(),
-        "model": {"parameters": count_parameters(model)}, "steps_per_epoch": n_train, "val_batches": n_val,
-        "config": OmegaConf.to_container(cfg, resolve=True)})
-    example = stepper.augment.normalize(data.splits["val"].images[:2]).to(runtime.torch_device)
-    model.eval()
-    recorder.log_graph(model, _as_input(example, runtime))
+
+def _checkpoint(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, stopper: EarlyStopping,
+                history: list[dict], elapsed: float) -> dict:
+    s = run.stepper
+    return {"choices": run.choices,
+        "epoch": epoch, "step": step, "best_score": best.best, "best": best.state_dict(),
+        "early_stopping": stopper.state_dict(), "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.schedule.state_dict(), "scaler": s.scaler.state_dict(), "rng": capture_rng(),
+        "classes": run.data.classes, "class_names": run.data.class_names,
+        "config": OmegaConf.to_container(cfg, resolve=True), "history": history,
+        "metrics": history[-1] if history else {}, "elapsed_s": elapsed,
+    }
+
+
+def _restore(resume: dict, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
+    """Load a checkpoint's training state; returns (first epoch to run, global step)."""
+    s = run.stepper
+    check_classes(resume["classes"], run.data.classes, "the checkpoint")
+    s.model.load_state_dict(resume["model"])
+    s.optimizer.load_state_dict(resume["optimizer"])
+    s.schedule.load_state_dict(resume["scheduler"])
+    s.scaler.load_state_dict(resume["scaler"])
+    best.load_state_dict(resume["best"])
+    stopper.load_state_dict(resume["early_stopping"])
+    restore_rng(resume["rng"])
+    where = f"epoch {resume['epoch'] + 1}, batch {resume['position']['tally']['batches']}" if "position" in resume \
+        else f"epoch {resume['epoch'] + 1}"
+    log.info("resuming at %s (global step %d)", where, resume["step"])
+    return resume["epoch"] + 1, resume["step"]
+
+
+def _start_epoch(run: Run, epoch: int, seed: int, position: Optional[dict]) -> tuple[EpochTally, torch.Generator]:
+    """Seed the epoch, or, for the epoch a mid-epoch checkpoint stopped in, restore where it was."""
+    device = run.stepper.runtime.torch_device
+    torch.manual_seed(_epoch_seed(seed, epoch))
+    generator = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch))
+    tally = EpochTally(device, run.stepper.schedule.lr)
+    run.train_metrics.reset()
+    if position is not None and position["epoch"] == epoch:
+        tally.load_state_dict(position["tally"])
+        run.train_metrics.load_state_dict(position["train_metrics"])
+        generator.set_state(position["generator"])
+        restore_rng(position["rng"])
+    run.train_loader.sampler.set_epoch(epoch, start_batch=tally.batches)
+    return tally, generator
+
+
+def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, run: Run,
+                  resumed_from: Optional[str], changed: list[str]) -> None:
+    info = recorder.read_json("run.json") if resumed_from else {}
+    if resumed_from:
+        info.setdefault("resumes", []).append({"time": datetime.now().isoformat(timespec="seconds"),
+                                               "from": resumed_from, "changed": changed})
+        log.info("resumed from %s%s", resumed_from, f"; changed: {', '.join(changed)}" if changed else "")
+    model = run.stepper.model
+    info.update({
+        "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
+        "runtime": run.stepper.runtime.to_dict(), "settings": settings_dict(settings), "data": run.data.describe(),
+        "augment": run.stepper.augment.describe(), "model": {"parameters": count_parameters(model)},
+        "steps_per_epoch": run.n_train, "val_batches": run.n_val, "config": OmegaConf.to_container(cfg, resolve=True)})
+    recorder.write_json("run.json", info)
+    if not resumed_from:  # the graph is the same on resume: write it once
+        example = run.stepper.augment.normalize(run.data.splits["val"].images[:2]).to(run.stepper.runtime.torch_device)
+        model.eval()
+        recorder.log_graph(model, _as_input(example, run.stepper.runtime))
     log.info("model: %s, %s parameters; %d train batches of %d per epoch; writing to %s", type(model).__name__,
-             f"{count_parameters(model):,}", n_train, data.batch_size, run_dir)
+             f"{count_parameters(model):,}", run.n_train, run.data.batch_size, recorder.run_dir)
 
-    best_score, best_epoch, step, row, status = None, None, 0, {}, "completed"
-    for epoch in range(1, trainer.epochs + 1):
-        torch.manual_seed(_epoch_seed(settings.seed, epoch))
-        train_loader.sampler.set_epoch(epoch)
-        generator = torch.Generator(device=runtime.torch_device).manual_seed(_epoch_seed(settings.seed, epoch))
-        lr = schedule.lr
-        train_values, step = train_epoch(stepper, train_loader, train_metrics, recorder, epoch, step, n_train,
-                                         trainer.log_every_n_steps, generator)
-        val_values = validate(stepper, val_loader, val_metrics, n_val)
-        confusions = {"train": train_values.pop("_confusion"), "val": val_values.pop("_confusion")}
-        row = {"epoch": epoch, "step": step, **train_values, **val_values, "lr": lr, "memory/peak_mb": peak_memory_mb()}
-        row = {k: row[k] for k in COLUMNS}
-        schedule.after_epoch(row)
-        score = row[monitor]
-        improved = math.isfinite(score) and (best_score is None or (score > best_score if mode == "max" else score < best_score))
-        if improved:
-            best_score, best_epoch = score, epoch
-        recorder.log_epoch(row, confusions, model)
-        log.info(epoch_line(row, trainer.epochs, improved))
-        if not math.isfinite(row["train/loss"]):
-            status = "nan"
-            log.error("stopped at epoch %d (step %d): the training loss is not finite; lower optimizer.lr, set "
-                      "trainer.grad_clip, or use trainer.precision=bf16-mixed instead of 16-mixed", epoch, step)
-            break
-        payload = _checkpoint(row, stepper, cfg, data.classes, data.class_names, best_score, recorder.history)
-        save_checkpoint(run_dir / "checkpoints" / "last.ckpt", payload)
-        if improved:
-            save_checkpoint(run_dir / "checkpoints" / "best.ckpt", payload)
 
+OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; resume=latest|DATE looks here
+
+
+def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: Optional[dict] = None) -> dict:
+    """`trainlab train`: a new run, or with `resume=` the stored run continued in its own directory
+    (the CLI already pointed Hydra's output directory there). `choices`: the config group options
+    picked (Hydra's runtime.choices), stored with the checkpoints."""
+    if not cfg.get("resume"):
+        return train(cfg, run_dir, choices=choices)
+    path = find_checkpoint(str(cfg.resume), OUTPUTS_ROOT)
+    ckpt = load_checkpoint(path)
+    resumed_cfg, changed = resumed_config(ckpt["config"], overrides, ckpt.get("choices", {}))
+    resumed_cfg.resume = str(path)
+    return train(resumed_cfg, path.parent.parent, resume=ckpt, resumed_from=str(path), changed=tuple(changed),
+                 choices=ckpt.get("choices"))
+
+
+def train(cfg: DictConfig, run_dir: Path, resume: Optional[dict] = None, resumed_from: Optional[str] = None,
+          changed: tuple[str, ...] = (), choices: Optional[dict] = None) -> dict:
+    """Train as configured, writing the whole record into `run_dir`; with `resume` (a loaded checkpoint)
+    continue that run. Returns the last epoch's metrics; raises RunStopped after a NaN or a signal."""
+    settings = load_settings(cfg)
+    trainer, started = settings.trainer, time.perf_counter()
+    runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
+                              trainer.compile)
+    seed_everything(settings.seed)
+    run = build_run(cfg, settings, runtime)
+    run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
+    best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
+    stopper = EarlyStopping(**vars(settings.early_stopping))
+    start_epoch, step = _restore(resume, run, best, stopper) if resume else (1, 0)
+    position, before = (resume or {}).get("position"), (resume or {}).get("elapsed_s", 0.0)
+    recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
+                           history=(resume or {}).get("history"))
+    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep)
+    _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
+    elapsed = lambda: before + time.perf_counter() - started  # noqa: E731
+    stopped, reason = "completed", f"reached trainer.epochs={trainer.epochs}"
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, trainer.epochs + 1):
+            tally, generator = _start_epoch(run, epoch, settings.seed, position)
+            step = train_epoch(run.stepper, run.train_loader, run.train_metrics, tally, recorder, epoch, step,
+                               run.n_train, trainer.log_every_n_steps, generator, stop)
+            first_bad = int(tally.first_bad)
+            if stop.requested and tally.batches < run.n_train and first_bad < 0:
+                payload = _checkpoint(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
+                payload["position"] = {"epoch": epoch, "tally": tally.state_dict(), "generator": generator.get_state(),
+                                       "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
+                path = checkpointer.save_interrupted(payload)
+                stopped, reason = "interrupted", f"{stop.name} at epoch {epoch}, batch {tally.batches}; saved {path}"
+                break
+            row, confusions = _epoch_row(run, tally, epoch, step)
+            recorder.log_epoch(row, confusions, run.stepper.model)
+            if first_bad >= 0:  # recorded for the diagnosis, never checkpointed: last.ckpt stays the last good state
+                stopped, reason = "nan", (f"non-finite loss or gradient at epoch {epoch}, step {first_bad}; lower "
+                                          "optimizer.lr, set trainer.grad_clip, or use trainer.precision=bf16-mixed "
+                                          "instead of 16-mixed (last.ckpt holds the last good epoch)")
+                break
+            run.stepper.schedule.after_epoch(row)
+            improved = best.update(row)
+            stopper.update(row)
+            log.info(epoch_line(row, trainer.epochs, improved))
+            checkpointer.save_epoch(_checkpoint(cfg, run, epoch, step, best, stopper, recorder.history, elapsed()),
+                                    epoch, improved)
+            if stop.requested:
+                stopped, reason = "interrupted", f"{stop.name} at the end of epoch {epoch}; saved last.ckpt"
+                break
+            if stopper.should_stop():
+                stopped, reason = "early_stopping", stopper.reason()
+                log.info("stopping early: %s", reason)
+                break
+    return _finish(recorder, cfg, runtime, run_dir, best, stopped, reason, elapsed(), stop.signum)
+
+
+def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: Path, best: BestTracker,
+            stopped: str, reason: str, elapsed: float, signum: Optional[int]) -> dict:
     history = recorder.history
-    best_row = next((r for r in history if r["epoch"] == best_epoch), None)
     summary = {
-        "status": status, "stop_reason": {"completed": f"reached trainer.epochs={trainer.epochs}",
-                                          "nan": "non-finite training loss"}[status],
-        "epochs_run": len(history), "monitor": monitor, "mode": mode, "best_epoch": best_epoch,
-        "best": best_row, "final": history[-1] if history else {}, "total_time_s": time.perf_counter() - started,
+        "stopped": stopped, "stop_reason": reason, "epochs_run": len(history),
+        "monitor": best.monitor, "mode": best.mode, "best_epoch": best.best_epoch,
+        "best": next((r for r in history if r["epoch"] == best.best_epoch), None),
+        "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
     }
     recorder.finish(summary, _hparams(cfg, runtime))
-    log.info("done: %s; best %s %.4f at epoch %s; outputs in %s", summary["stop_reason"], monitor,
-             best_score if best_score is not None else float("nan"), best_epoch, run_dir)
-    return {k: v for k, v in row.items()}
+    if stopped == "nan":
+        raise RunStopped(f"stopped: {reason}", exit_code=1)
+    if stopped == "interrupted":
+        raise RunStopped(f"interrupted by {reason}; continue with: trainlab train resume={run_dir}",
+                         exit_code=128 + (signum or 2))
+    log.info("done: %s; best %s %.4f at epoch %s; outputs in %s", reason, best.monitor,
+             best.best if best.best is not None else float("nan"), best.best_epoch, run_dir)
+    return dict(history[-1]) if history else {}
 
 
 def _hparams(cfg: DictConfig, runtime: Runtime) -> dict:

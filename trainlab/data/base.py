@@ -36,12 +36,14 @@ class EpochBatches(Sampler):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         # Never drop the only batch: a data set smaller than one batch still trains.
         self.drop_last = drop_last and size >= batch_size
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """`start_batch` > 0 continues an epoch that a checkpoint interrupted, skipping the batches done."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
+        """Batches in a whole epoch (whatever `start_batch` says)."""
         full, rest = divmod(self.size, self.batch_size)
         return full if (self.drop_last or rest == 0) else full + 1
 
@@ -51,7 +53,7 @@ class EpochBatches(Sampler):
             order = torch.randperm(self.size, generator=g)
         else:
             order = torch.arange(self.size)
-        for i in range(len(self)):
+        for i in range(self.start_batch, len(self)):
             yield order[i * self.batch_size:(i + 1) * self.batch_size]
 
 
@@ -104,10 +106,12 @@ class ImageData:
         data = self.splits[split]
         train = split == "train"
         batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train)
+        # A generator of its own: each DataLoader iterator draws a worker base seed from it, which would
+        # otherwise come from (and shift) the global RNG that dropout uses, breaking exact resumes.
         return DataLoader(
             _Batches(data), sampler=batches, batch_size=None, num_workers=self.num_workers,
             pin_memory=pin_memory, worker_init_fn=_seed_worker if self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(seed),
         )
 
     def describe(self) -> dict:
@@ -119,6 +123,7 @@ class ImageData:
             "mean": list(self.mean),
             "std": list(self.std),
             "cache": self.cache_info,
+            "skipped_images": {k: len(v) for k, v in getattr(self, "skipped", {}).items()},
         }
 
 

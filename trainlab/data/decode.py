@@ -54,11 +54,20 @@ def _decode_with_pil(path: str) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_files(paths: list[str], size: int, what: str) -> torch.Tensor:
+def decode_files(paths: list[str], size: int, what: str, skip_bad: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """Decode every file; returns (images of the good files, indices of the skipped bad ones).
+    A bad file is an error naming it, unless `skip_bad`."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    bad: list[int] = []
     for i, path in enumerate(progress_iter(paths, f"decoding {what}")):
-        out[i] = decode_file(path, size)
-    return out
+        try:
+            out[i - len(bad)] = decode_file(path, size)
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(f"{e}, or set dataset.skip_bad_images=true to leave such files out") from None
+            log.warning("skipping %s", e)
+            bad.append(i)
+    return out[:len(paths) - len(bad)], bad
 
 
 def fingerprint(paths: list[str], size: int) -> str:
@@ -84,11 +93,14 @@ def resolve_cache_dir(root: Path, cache_dir: Optional[str]) -> Path:
     return Path.home() / ".cache" / "trainlab" / f"{root.name}-{digest}"
 
 
-def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[Path]) -> tuple[torch.Tensor, dict]:
+def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[Path],
+                   skip_bad: bool = False) -> tuple[torch.Tensor, dict]:
     """Decoded images for `paths`, from the cache when it is current. Returns (images, meta); meta holds
-    the cache file (or None) and, once computed, the split's channel statistics."""
+    the cache file (or None), the indices of skipped bad files and, once computed, the split's channel
+    statistics."""
     if cache_dir is None:
-        return decode_files(paths, size, f"{len(paths)} {split} images"), {"file": None}
+        images, bad = decode_files(paths, size, f"{len(paths)} {split} images", skip_bad)
+        return images, {"file": None, "skipped": bad}
     key = fingerprint(paths, size)
     array_path = cache_dir / f"{split}-{size}px-{key}.npy"
     meta_path = array_path.with_suffix(".json")
@@ -100,7 +112,7 @@ def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[
     except OSError as e:
         raise DataError(f"cannot create the cache folder {cache_dir}: {e.strerror}; "
                         "set dataset.cache_dir=<writable folder> or dataset.cache=false") from None
-    images = decode_files(paths, size, f"{len(paths)} {split} images (once, into {cache_dir})")
+    images, bad = decode_files(paths, size, f"{len(paths)} {split} images (once, into {cache_dir})", skip_bad)
     tmp = array_path.with_name(array_path.name + ".tmp")
     with open(tmp, "wb") as f:  # write then rename: a killed run never leaves a half-written cache
         np.save(f, images.numpy())
@@ -109,7 +121,7 @@ def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[
         if stale != array_path:
             stale.unlink(missing_ok=True)
             stale.with_suffix(".json").unlink(missing_ok=True)
-    meta = {"file": str(array_path)}
+    meta = {"file": str(array_path), "skipped": bad}
     write_meta(array_path, meta)
     return images, meta
 

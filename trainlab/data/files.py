@@ -29,10 +29,11 @@ class FileImageData(ImageData):
     """Decodes the files listed by `index()` (with the cache) and computes the train mean/std once."""
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0,
-                 cache: bool = True, cache_dir: Optional[str] = None):
+                 cache: bool = True, cache_dir: Optional[str] = None, skip_bad_images: bool = False):
         super().__init__(image_size, batch_size, num_workers)
         self.root = Path(str(root)).expanduser()
-        self.cache, self.cache_dir = bool(cache), cache_dir
+        self.cache, self.cache_dir, self.skip_bad_images = bool(cache), cache_dir, bool(skip_bad_images)
+        self.skipped: dict[str, list[str]] = {}
 
     def index(self) -> dict[str, tuple[list[str], Optional[list[int]]]]:
         """Fill `classes`/`class_names`; return split -> (paths, labels or None)."""
@@ -48,7 +49,18 @@ class FileImageData(ImageData):
             if name not in listing:
                 raise DataError(f"{self.root} has no {name} split")
             paths, labels = listing[name]
-            images, meta = load_or_decode(paths, self.image_size, name, cache_dir)
+            images, meta = load_or_decode(paths, self.image_size, name, cache_dir, self.skip_bad_images)
+            if meta.get("skipped") and not self.skip_bad_images:  # the cache was built while skipping them
+                raise DataError(f"cannot decode image {paths[meta['skipped'][0]]}; replace or delete the file, "
+                                "or set dataset.skip_bad_images=true to leave such files out")
+            if meta.get("skipped"):
+                bad = set(meta["skipped"])
+                self.skipped[name] = [paths[i] for i in sorted(bad)]
+                log.warning("%s: skipped %d unreadable image(s) (dataset.skip_bad_images=true), e.g. %s",
+                            name, len(bad), self.skipped[name][0])
+                keep = [i for i in range(len(paths)) if i not in bad]
+                paths = [paths[i] for i in keep]
+                labels = [labels[i] for i in keep] if labels is not None else None
             if name == "train":
                 if "mean" not in meta:  # computed once from the train split, then kept beside the cache
                     meta["mean"], meta["std"] = channel_stats(images)
@@ -140,8 +152,9 @@ class ImageFolderData(FileImageData):
     train and val per class (stratified) by `val_fraction` and `split_seed`."""
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0, cache: bool = True,
-                 cache_dir: Optional[str] = None, val_fraction: float = 0.2, split_seed: int = 0):
-        super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir)
+                 cache_dir: Optional[str] = None, val_fraction: float = 0.2, split_seed: int = 0,
+                 skip_bad_images: bool = False):
+        super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir, skip_bad_images)
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
 
     def index(self):

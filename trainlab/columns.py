@@ -1,0 +1,12 @@
+"""The metric names: a public contract shared by metrics.csv, TensorBoard, the console and the reports.
+(No heavy imports here: the CLI checks configs against these names before torch is loaded.)"""
+
+METRIC_NAMES = ("loss", "acc1", "acc5", "precision", "recall", "f1", "kappa", "auroc")
+
+# The metrics.csv columns, in order.
+COLUMNS = (
+    ["epoch", "step"]
+    + [f"train/{m}" for m in METRIC_NAMES if m != "auroc"]
+    + [f"val/{m}" for m in METRIC_NAMES]
+    + ["lr", "grad_norm", "grad_norm_max", "time/train_s", "time/val_s", "throughput/train_ips", "memory/peak_mb"]
+)
