@@ -32,8 +32,12 @@ def test_conf_ships_every_group():
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_and_runs(name):
+    from trainlab.runtime import resolve_runtime
+    from trainlab.train import build_model
+
     cfg = compose([f"model={name}", "dataset=fake"])
-    model = build_partial(cfg.model, "model", num_classes=7)
+    runtime = resolve_runtime("cpu", "32", "false", "auto", False)
+    model = build_model(cfg, 7, [str(k) for k in range(7)], runtime)  # the runner's own path
     out = model(torch.randn(2, 3, cfg.dataset.image_size, cfg.dataset.image_size))
     assert out.shape == (2, 7)
 

@@ -11,7 +11,7 @@ import torch
 from sklearn import metrics as sk
 
 from conftest import compose, run_cli, write_tiny_imagenet
-from trainlab.build import build_partial
+from trainlab.models import small_cnn
 from trainlab.data import FakeData
 from trainlab.errors import RunStopped
 from trainlab.record import COLUMNS
@@ -48,7 +48,7 @@ def test_checkpoint_reproduces_the_recorded_val_metrics(tmp_path):
     train(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"][0] == "class000" and ckpt["config"]["seed"] == 0
-    model = build_partial(cfg.model, "model", num_classes=10)
+    model = small_cnn(num_classes=10, width=cfg.model.width)
     model.load_state_dict(ckpt["model"])
     model.eval()
     data = FakeData(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
