@@ -98,7 +98,7 @@ def test_mismatched_resumes_are_refused(tmp_path):
     train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "run")
     with pytest.raises(CheckpointError, match="picks a config group option"):
         train_command(compose(FAST + [f"resume={tmp_path / 'run'}", "model=mlp"]), tmp_path, overrides=["model=mlp"])
-    with pytest.raises(CheckpointError, match="cannot change the model"):
+    with pytest.raises(CheckpointError, match="model cannot change"):
         train_command(compose(FAST + [f"resume={tmp_path / 'run'}"]), tmp_path, overrides=["model.width=8"])
     with pytest.raises(CheckpointError, match="trained on 10 classes .* data has 5"):
         train_command(compose(FAST + [f"resume={tmp_path / 'run'}"]), tmp_path, overrides=["dataset.num_classes=5"])

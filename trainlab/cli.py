@@ -17,8 +17,16 @@ from trainlab.errors import RunStopped, TrainlabError
 
 CONFIG_MODULE = "trainlab.conf"
 COMMANDS = {
-    "train": "train a model from composed configs, e.g. `trainlab train +experiment=quickstart`",
+    "train": "train a model from composed configs: `trainlab train +experiment=quickstart`",
+    "evaluate": "metrics, predictions.csv and confusion.csv of a checkpoint: `trainlab evaluate ckpt=<file|run_dir>`",
+    "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
+    "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
 }
+COMPARE_USAGE = """usage: trainlab compare <A> <B> [n=10] [out=DIR]
+
+A and B: evaluation directories (from `trainlab evaluate`), checkpoints or run directories (evaluated on
+val first). Writes disagreements.csv, per_class.csv, compare.json and disagreements.png (n images).
+"""
 USAGE = f"""usage: trainlab <command> [overrides ...]
 
 A command-line experiment runner for PyTorch image classification (trainlab {trainlab.__version__}).
@@ -123,6 +131,21 @@ def resume_args(args: list[str]) -> list[str]:
     return args + extra
 
 
+def evaluate_args(args: list[str]) -> list[str]:
+    """Without hydra.run.dir, an evaluation goes beside its checkpoint: <run_dir>/eval/<ckpt>-<split>-<time>."""
+    from trainlab.compare import default_eval_dir
+    from trainlab.evaluate import checkpoint_path
+
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if "ckpt" not in values or "hydra.run.dir" in values or any(a in _MULTIRUN_FLAGS for a in args):
+        return args
+    try:
+        ckpt = checkpoint_path(values["ckpt"])
+    except TrainlabError as e:
+        fail(str(e))
+    return args + [f"hydra.run.dir={default_eval_dir(ckpt, values.get('split', 'val'))}"]
+
+
 def _job(run: Callable, cfg) -> object:
     """Run one Hydra job; a user error ends this job with one line (and, in a sweep, lets the others run)."""
     from hydra.core.hydra_config import HydraConfig
@@ -151,6 +174,8 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     preflight(args, config_name, check)
     if command == "train":
         args = resume_args(args)
+    if command == "evaluate":
+        args = evaluate_args(args)
     sys.argv = [f"trainlab {command}"] + args
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
@@ -175,6 +200,47 @@ def _check_train(cfg) -> None:
         load_settings(cfg)
 
 
+def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
+    from trainlab.evaluate import evaluate
+
+    return evaluate(cfg, run_dir, overrides)
+
+
+def _check_evaluate(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
+
+
+def _summary(cfg, run_dir: Path, overrides: list[str], choices: dict):
+    from trainlab.summary import model_summary
+
+    model_summary(cfg, run_dir, overrides)
+
+
+def _compare(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print(COMPARE_USAGE, end="")
+        sys.exit(0 if args else 2)
+    positional = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = set(options) - {"n", "out"}
+    if len(positional) != 2 or unknown:
+        fail(f"compare takes two evaluation dirs or checkpoints and optional n=, out= (got {' '.join(args)})")
+    if not options.get("n", "10").isdigit() or int(options.get("n", "10")) < 1:
+        fail(f"n must be a positive integer (got {options['n']})")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    from trainlab.compare import compare
+
+    try:
+        compare(positional[0], positional[1], int(options.get("n", 10)), Path(options["out"]) if "out" in options else None)
+    except TrainlabError as e:
+        if _debug():
+            raise
+        fail(str(e))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -189,6 +255,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         if command == "train":
             run_hydra("train", rest, _train, check=_check_train)
+        elif command == "evaluate":
+            run_hydra("evaluate", rest, _evaluate, config_name="evaluate", check=_check_evaluate)
+        elif command == "summary":
+            run_hydra("summary", rest, _summary, config_name="summary")
+        elif command == "compare":
+            _compare(rest)
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         sys.exit(130)

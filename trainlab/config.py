@@ -84,8 +84,9 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def load_settings(cfg: DictConfig) -> Settings:
-    """Validate the whole composed config and return the typed top-level settings."""
+def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
+    """Validate the whole composed config and return the typed top-level settings. `require_data=False`
+    for commands that do not read the data set (so dataset.root may be unset)."""
     top = {k: cfg[k] for k in ("seed", "resume", "trainer", "checkpoint", "early_stopping", "device") if k in cfg}
     settings: Settings = _typed(Settings, top, "")
     t = settings.trainer
@@ -113,7 +114,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     _require(settings.device.type in ("cpu", "cuda"), f"device.type must be cpu or cuda (got {settings.device.type!r})")
     _require(settings.device.count == 1,
              f"device.count={settings.device.count}: multi-process training is not available yet; use device.count=1")
-    _check_groups(cfg)
+    _check_groups(cfg, require_data)
     return settings
 
 
@@ -125,10 +126,10 @@ def _num(node: DictConfig, group: str, key: str, default: float) -> float:
         raise ConfigError(f"{group}.{key} must be a number (got {value!r})") from None
 
 
-def _check_groups(cfg: DictConfig) -> None:
+def _check_groups(cfg: DictConfig, require_data: bool = True) -> None:
     """Value rules for the component groups whose keys are passed straight to a `_target_`."""
     ds, opt, sched, aug, model = cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.augment, cfg.model
-    if "root" in ds.keys():  # `in ds` is False for a ??? value
+    if require_data and "root" in ds.keys():  # `in ds` is False for a ??? value
         _require(not OmegaConf.is_missing(ds, "root"),
                  f"dataset.root is not set: pass dataset.root=/path/to/your/data for dataset {_group_name(ds)}")
     _require(_num(ds, "dataset", "batch_size", 1) >= 1, f"dataset.batch_size must be >= 1 (got {ds.get('batch_size')})")

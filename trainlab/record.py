@@ -66,13 +66,17 @@ class RunRecorder:
         self.writer.add_scalar("train/loss_step", loss, step)
 
     def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        self.add_graph(self.writer, model, example)
+
+    @staticmethod
+    def add_graph(writer: SummaryWriter, model: torch.nn.Module, example: torch.Tensor) -> None:
         import warnings
 
         try:
             with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
                 warnings.simplefilter("ignore", FutureWarning)
-                self.writer.add_graph(model, example)
-        except Exception as e:  # tracing is best-effort (e.g. data-dependent control flow): say so, keep training
+                writer.add_graph(model, example)
+        except Exception as e:  # tracing is best-effort (e.g. data-dependent control flow): say so, keep going
             log.warning("could not trace the model graph for TensorBoard: %s", str(e).splitlines()[0])
 
     def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: Optional[torch.nn.Module]) -> None:

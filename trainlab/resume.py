@@ -1,6 +1,7 @@
-"""What `resume=` means for the config: a resumed run keeps the config stored in its checkpoint; single
-keys given on the command line (trainer.epochs=..., logging) are applied on top and recorded. Changing
-the model or the classes is refused: that is a new run (start it with model.weights=<file.ckpt>)."""
+"""The config of a run that comes from a checkpoint (`train resume=`, `evaluate ckpt=`): the config stored
+in the checkpoint, with single keys given on the command line (trainer.epochs=..., dataset.root=...)
+applied on top and recorded. Changing the model or the classes is refused: that is a new run (start it
+with model.weights=<file.ckpt>)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from trainlab.errors import CheckpointError
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment")
 
 
-def resumed_config(saved: dict, overrides: list[str], choices: dict) -> tuple[DictConfig, list[str]]:
+def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
+                           own_keys: tuple[str, ...] = ("resume",)) -> tuple[DictConfig, list[str]]:
     """The checkpoint's config with the command line's `key=value` overrides applied; returns the
     config and the overrides that changed something. Group options (`dataset=fake`, `+experiment=x`)
     may be repeated as the run was started (`choices`, Hydra's record of them), not changed."""
@@ -23,12 +25,12 @@ def resumed_config(saved: dict, overrides: list[str], choices: dict) -> tuple[Di
     changed = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
-        if key == "resume" or key.startswith("hydra"):
+        if key in own_keys or key.startswith("hydra"):  # the command's own keys, not the run's config
             continue
         if key in GROUPS or "/" in key:
             if choices.get(key) == override.value():
                 continue
-            raise CheckpointError(f"resume keeps the run's own config: '{override.input_line}' picks a config "
+            raise CheckpointError(f"a checkpoint's run keeps its own config: '{override.input_line}' picks a config "
                                   "group option; change single keys instead (e.g. trainer.epochs=20), or start "
                                   "a new run with model.weights=<file.ckpt>")
         value: Any = override.value()
@@ -36,7 +38,7 @@ def resumed_config(saved: dict, overrides: list[str], choices: dict) -> tuple[Di
             OmegaConf.update(cfg, key, value, force_add=True)
             changed.append(f"{key}={value}")
     if OmegaConf.to_container(cfg.model, resolve=True) != saved["model"]:
-        raise CheckpointError("resume cannot change the model (model.* keys): the checkpoint's weights would "
+        raise CheckpointError("a checkpoint's model cannot change (model.* keys): its weights would "
                               "not fit; start a new run with model.weights=<file.ckpt>")
     return cfg, changed
 

@@ -29,7 +29,7 @@ from trainlab.models import count_parameters, l1_norm
 from trainlab.optim import LRSchedule, build_optimizer
 from trainlab.progress import EpochProgress
 from trainlab.record import RunRecorder
-from trainlab.resume import check_classes, resumed_config
+from trainlab.resume import check_classes, config_from_checkpoint
 from trainlab.runtime import Runtime, peak_memory_mb, resolve_runtime, seed_everything
 
 log = logging.getLogger("trainlab")
@@ -237,6 +237,7 @@ def _checkpoint(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTrac
         "early_stopping": stopper.state_dict(), "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
         "scheduler": s.schedule.state_dict(), "scaler": s.scaler.state_dict(), "rng": capture_rng(),
         "classes": run.data.classes, "class_names": run.data.class_names,
+        "normalization": {"mean": list(run.data.mean), "std": list(run.data.std)},
         "config": OmegaConf.to_container(cfg, resolve=True), "history": history,
         "metrics": history[-1] if history else {}, "elapsed_s": elapsed,
     }
@@ -308,7 +309,7 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
         return train(cfg, run_dir, choices=choices)
     path = find_checkpoint(str(cfg.resume), OUTPUTS_ROOT)
     ckpt = load_checkpoint(path)
-    resumed_cfg, changed = resumed_config(ckpt["config"], overrides, ckpt.get("choices", {}))
+    resumed_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}))
     resumed_cfg.resume = str(path)
     return train(resumed_cfg, path.parent.parent, resume=ckpt, resumed_from=str(path), changed=tuple(changed),
                  choices=ckpt.get("choices"))

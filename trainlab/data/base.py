@@ -101,10 +101,11 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def loader(self, split: str, seed: int = 0, pin_memory: bool = False) -> DataLoader:
-        """Train shuffles (seeded per epoch through `loader.sampler.set_epoch`); val and test keep file order."""
+    def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: Optional[bool] = None) -> DataLoader:
+        """Training order shuffles (seeded per epoch through `loader.sampler.set_epoch`) and drops an incomplete
+        last batch; evaluation order (val, test, or any split with train=False) keeps file order, every image."""
         data = self.splits[split]
-        train = split == "train"
+        train = split == "train" if train is None else train
         batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train)
         # A generator of its own: each DataLoader iterator draws a worker base seed from it, which would
         # otherwise come from (and shift) the global RNG that dropout uses, breaking exact resumes.

@@ -1,0 +1,159 @@
+"""`trainlab compare A B`: the images two checkpoints judge differently.
+
+A and B are evaluation directories (from `trainlab evaluate`) or checkpoints / run directories, which
+are evaluated on their validation split first. Writes disagreements.csv, per_class.csv and
+disagreements.png (a labelled grid of the most confident disagreements).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from trainlab.errors import TrainlabError
+
+log = logging.getLogger("trainlab")
+
+TILE_INCHES, TILE_DPI = (2.4, 2.8), 100  # one labelled picture in the grid: 240 x 280 pixels
+
+
+def default_eval_dir(ckpt: Path, split: str) -> Path:
+    return ckpt.parent.parent / "eval" / f"{ckpt.stem}-{split}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def ensure_evaluated(spec: str) -> Path:
+    """An evaluation directory for `spec`: itself if it holds predictions.csv, else a fresh evaluation of
+    the checkpoint (or run directory) on its validation split."""
+    path = Path(spec).expanduser()
+    if (path / "predictions.csv").is_file() and (path / "metrics.json").is_file():
+        return path
+    from omegaconf import OmegaConf
+
+    from trainlab.evaluate import checkpoint_path, evaluate
+
+    ckpt = checkpoint_path(spec)
+    out = default_eval_dir(ckpt, "val")
+    log.info("evaluating %s on val first", ckpt)
+    evaluate(OmegaConf.create({"ckpt": str(ckpt), "split": "val"}), out, overrides=[])
+    return out
+
+
+def _load(eval_dir: Path) -> tuple[pd.DataFrame, dict]:
+    record = json.loads((eval_dir / "metrics.json").read_text())
+    frame = pd.read_csv(eval_dir / "predictions.csv")
+    if "target" not in frame:
+        raise TrainlabError(f"{eval_dir} holds predictions for an unlabelled split ({record['split']}): "
+                            "compare needs labels, evaluate on split=val or split=train")
+    return frame, record
+
+
+def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = None) -> dict:
+    a_dir, b_dir = ensure_evaluated(a_spec), ensure_evaluated(b_spec)
+    (a, a_rec), (b, b_rec) = _load(a_dir), _load(b_dir)
+    if list(a["path"]) != list(b["path"]) or list(a["target"]) != list(b["target"]):
+        raise TrainlabError(f"{a_dir} and {b_dir} were evaluated on different images "
+                            f"({a_rec['split']}: {len(a)} vs {b_rec['split']}: {len(b)}); evaluate both on the same split and data")
+    out_dir = Path(out_dir or Path("outputs") / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    both = pd.DataFrame({
+        "path": a["path"], "target": a["target"], "target_name": a["target_name"],
+        "a_pred": a["pred"], "a_pred_name": a["pred_name"], "a_confidence": a["confidence"],
+        "b_pred": b["pred"], "b_pred_name": b["pred_name"], "b_confidence": b["confidence"],
+    })
+    a_right, b_right = both["a_pred"] == both["target"], both["b_pred"] == both["target"]
+    both["right"] = [("both" if x and y else "A" if x else "B" if y else "neither") for x, y in zip(a_right, b_right)]
+    differ = both[both["a_pred"] != both["b_pred"]].copy()
+    # Most confident disagreements first, taking the true classes in turn so the grid is not one class.
+    differ["confidence"] = differ[["a_confidence", "b_confidence"]].max(axis=1)
+    differ = differ.sort_values("confidence", ascending=False, kind="stable")
+    differ["turn"] = differ.groupby("target").cumcount()
+    differ = differ.sort_values(["turn", "confidence"], ascending=[True, False], kind="stable")
+    differ = differ.drop(columns=["confidence", "turn"])
+    differ.to_csv(out_dir / "disagreements.csv", index=False)
+    per_class = pd.DataFrame({"class": both["target_name"], "a": a_right, "b": b_right}).groupby("class").mean()
+    per_class = per_class.rename(columns={"a": "a_acc", "b": "b_acc"})
+    per_class["change"] = per_class["b_acc"] - per_class["a_acc"]
+    per_class = per_class.reindex(per_class["change"].abs().sort_values(ascending=False).index)
+    per_class.to_csv(out_dir / "per_class.csv")
+    counts = {"images": len(both), "disagreements": len(differ),
+              "both_right": int((a_right & b_right).sum()), "only_a_right": int((a_right & ~b_right).sum()),
+              "only_b_right": int((~a_right & b_right).sum()), "both_wrong": int((~a_right & ~b_right).sum())}
+    shown = 0
+    if len(differ):
+        shown = min(n, len(differ))
+        disagreement_grid(differ.head(shown), a_rec["checkpoint"], b_rec["checkpoint"], out_dir / "disagreements.png")
+    result = {"a": str(a_dir), "b": str(b_dir), "a_checkpoint": a_rec["checkpoint"], "b_checkpoint": b_rec["checkpoint"],
+              "split": a_rec["split"], **counts, "shown": shown,
+              "largest_movers": [{"class": c, **{k: float(v) for k, v in row.items()}}
+                                 for c, row in per_class.head(5).iterrows()]}
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    _print(result, out_dir)
+    return result
+
+
+def _short(name: str, width: int = 18) -> str:
+    name = str(name).split(",")[0]
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def _tail(path: str, parts: int = 3) -> str:
+    return "/".join(Path(path).parts[-parts:])
+
+
+def disagreement_grid(rows: pd.DataFrame, a_name: str, b_name: str, path: Path) -> None:
+    """A grid of the images, each titled with the true class and both predictions (✓ right, ✗ wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainlab.data.decode import decode_file
+
+    cols = min(5, len(rows))
+    grid_rows = math.ceil(len(rows) / cols)
+    # Constrained layout fits the three-line titles inside each tile without changing the figure size.
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(cols * TILE_INCHES[0], grid_rows * TILE_INCHES[1]),
+                             dpi=TILE_DPI, squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes.flat, rows.iterrows()):
+        try:
+            ax.imshow(decode_file(row["path"], 64).permute(1, 2, 0).numpy())
+        except (TrainlabError, OSError, RuntimeError, ValueError):
+            ax.text(0.5, 0.5, "(no image file)", ha="center", va="center", transform=ax.transAxes)
+        mark = lambda pred: "✓" if pred == row["target"] else "✗"  # noqa: E731
+        ax.set_title(f"true: {_short(row['target_name'])}\n"
+                     f"A: {_short(row['a_pred_name'])} {row['a_confidence']:.2f} {mark(row['a_pred'])}\n"
+                     f"B: {_short(row['b_pred_name'])} {row['b_confidence']:.2f} {mark(row['b_pred'])}", fontsize=8)
+    fig.suptitle(f"A = {_tail(a_name)}    B = {_tail(b_name)}", fontsize=9)
+    fig.savefig(path, dpi=TILE_DPI)  # no bbox_inches="tight", which would change the size
+    plt.close(fig)
+
+
+def _print(result: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"A: {result['a_checkpoint']}\nB: {result['b_checkpoint']}\n{result['images']} {result['split']} images")
+    if not result["disagreements"]:
+        console.print("no disagreements: A and B predict the same class for every image")
+    counts = Table(title="agreement")
+    for column in ("both right", "only A right", "only B right", "both wrong", "disagreements"):
+        counts.add_column(column, justify="right")
+    counts.add_row(*(str(result[k]) for k in ("both_right", "only_a_right", "only_b_right", "both_wrong", "disagreements")))
+    console.print(counts)
+    movers = Table(title="per-class accuracy, largest changes (B - A)")
+    for column in ("class", "A", "B", "change"):
+        movers.add_column(column, justify="left" if column == "class" else "right")
+    for row in result["largest_movers"]:
+        movers.add_row(str(row["class"]), f"{row['a_acc']:.3f}", f"{row['b_acc']:.3f}", f"{row['change']:+.3f}")
+    console.print(movers)
+    picture = f", disagreements.png ({result['shown']} images)" if result["shown"] else ""
+    console.print(f"wrote disagreements.csv, per_class.csv, compare.json{picture} to {out_dir}")

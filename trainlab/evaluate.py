@@ -1,0 +1,150 @@
+"""`trainlab evaluate`: rebuild a checkpoint's model and data transforms from the config stored in it,
+predict one split, and write metrics.json, predictions.csv and confusion.csv.
+
+Metric names are the training ones (`val/acc1`, ...; `train/...` for split=train). The unlabelled test
+split gets predictions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from trainlab.augment import BatchAugment
+from trainlab.build import build, build_partial
+from trainlab.checkpoint import load_checkpoint
+from trainlab.config import load_settings
+from trainlab.errors import CheckpointError, ConfigError
+from trainlab.record import atomic_write_text, class_labels
+from trainlab.resume import check_classes, config_from_checkpoint
+from trainlab.runtime import resolve_runtime, seed_everything
+from trainlab.train import build_model
+
+log = logging.getLogger("trainlab")
+
+SPLITS = ("val", "train", "test")
+OWN_KEYS = ("ckpt", "split")  # evaluate's own keys; every other key=value applies to the stored config
+
+
+def checkpoint_path(spec: str) -> Path:
+    """A .ckpt file, or a run directory: its best.ckpt, else its last.ckpt."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CheckpointError(f"ckpt={spec}: {path}/checkpoints has no best.ckpt or last.ckpt")
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={spec}: no such checkpoint file or run directory")
+    return path
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader, normalize: BatchAugment, runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits as float32 on the CPU, labels) for the whole loader, batched, at the run's precision."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        x = normalize.normalize(images.to(runtime.torch_device, non_blocking=True))
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            all_logits.append(model(x).float())
+        all_labels.append(labels)
+    return torch.cat(all_logits).cpu(), torch.cat(all_labels)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
+    """`cfg` holds `ckpt` and `split`; `overrides` are the command line's key=value pairs, applied to the
+    config stored in the checkpoint (e.g. another dataset.root)."""
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+    path = checkpoint_path(str(cfg.ckpt))
+    ckpt = load_checkpoint(path)
+    run_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
+    settings = load_settings(run_cfg)
+    runtime = resolve_runtime(settings.device.type, settings.trainer.precision, settings.trainer.channels_last,
+                              settings.trainer.threads, False)
+    seed_everything(settings.seed)
+    data = build(run_cfg.dataset, "dataset")
+    data.setup((split,))
+    check_classes(ckpt["classes"], data.classes, str(path))
+    model = build_model(run_cfg, data.num_classes, data.classes, runtime)
+    model.load_state_dict(ckpt["model"])
+    norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})
+    normalize = BatchAugment(mean=norm["mean"], std=norm["std"])
+    start = time.perf_counter()
+    logits, labels = predict(model, data.loader(split, pin_memory=runtime.device != "cpu", train=False), normalize, runtime)
+    seconds = time.perf_counter() - start
+    labelled = data.splits[split].labels is not None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _metrics(run_cfg, logits, labels, split, data.num_classes, out_dir, data) if labelled else {}
+    predictions = _predictions(run_cfg, logits, labels if labelled else None, data.splits[split].paths, data.class_names)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    pd.DataFrame({"index": range(data.num_classes), "id": data.classes, "name": data.class_names}).to_csv(
+        out_dir / "classes.csv", index=False)
+    record = {"checkpoint": str(path), "epoch": ckpt["epoch"], "split": split, "images": len(predictions),
+              "seconds": seconds, "images_per_s": len(predictions) / max(seconds, 1e-9),
+              "runtime": runtime.to_dict(), "changed": changed, "metrics": metrics}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(record, indent=2) + "\n")
+    _print_table(record, out_dir)
+    return record
+
+
+def _metrics(cfg: DictConfig, logits, labels, split, num_classes, out_dir: Path, data) -> dict:
+    metrics = build_partial(cfg.metrics, "metrics", num_classes=num_classes, split=split, with_auroc=True)
+    criterion = build(cfg.loss, "loss")
+    for chunk_logits, chunk_labels in zip(logits.split(4096), labels.split(4096)):
+        metrics.update(chunk_logits, chunk_labels, criterion(chunk_logits, chunk_labels))
+    values, confusion = metrics.compute()
+    names = class_labels(data.classes, data.class_names)
+    table = pd.DataFrame(confusion.numpy(), index=names, columns=names)
+    table.index.name = "true \\ predicted"
+    table.to_csv(out_dir / "confusion.csv")
+    return values
+
+
+def _predictions(cfg: DictConfig, logits, labels: Optional[torch.Tensor], paths, names) -> pd.DataFrame:
+    probs = logits.softmax(dim=1)
+    k = min(5, logits.shape[1])
+    top = probs.topk(k, dim=1)
+    pred = top.indices[:, 0]
+    frame = pd.DataFrame({"path": paths})
+    if labels is not None:
+        per_sample = build(cfg.loss, "loss", reduction="none")(logits, labels)
+        frame["target"] = labels.numpy()
+        frame["target_name"] = [names[i] for i in labels.tolist()]
+    frame["pred"] = pred.numpy()
+    frame["pred_name"] = [names[i] for i in pred.tolist()]
+    frame["confidence"] = top.values[:, 0].numpy()
+    frame[f"top{k}"] = [" ".join(map(str, row)) for row in top.indices.tolist()]
+    if labels is not None:
+        frame["loss"] = per_sample.numpy()
+        frame["correct"] = (pred == labels).numpy()
+    return frame
+
+
+def _print_table(record: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{record['checkpoint']} (epoch {record['epoch']}) on {record['split']}: {record['images']} images, "
+                  f"{record['images_per_s']:.0f} images/s" + ("" if record["metrics"] else " (unlabelled: predictions only)"))
+    if record["metrics"]:
+        table = Table()
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in record["metrics"].items():
+            table.add_row(name, f"{value:.4f}")
+        console.print(table)
+    console.print(f"wrote metrics.json, predictions.csv{', confusion.csv' if record['metrics'] else ''} "
+                  f"and classes.csv to {out_dir}")

@@ -1,0 +1,72 @@
+"""`trainlab summary`: every layer of the configured (or a checkpoint's) model with its output shape for
+the configured input, parameters and multiply-adds (torchinfo), as a table, summary.txt and the model
+graph in TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torchinfo import summary as torchinfo_summary
+
+from trainlab.build import build
+from trainlab.checkpoint import load_checkpoint
+from trainlab.config import load_settings
+from trainlab.errors import DataError
+from trainlab.record import atomic_write_text
+from trainlab.resume import config_from_checkpoint
+from trainlab.runtime import Runtime
+from trainlab.train import build_model
+
+log = logging.getLogger("trainlab")
+OWN_KEYS = ("ckpt", "num_classes", "depth")
+
+
+def _classes(cfg: DictConfig, num_classes) -> list[str]:
+    """The class list without decoding any image: file data sets are only indexed."""
+    if num_classes:
+        return [str(k) for k in range(int(num_classes))]
+    data = build(cfg.dataset, "dataset")
+    try:
+        if hasattr(data, "index"):
+            data.index()
+    except DataError as e:
+        raise DataError(f"{e} (or pass num_classes=N to summarise without the data)") from None
+    return data.classes
+
+
+def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
+    if cfg.get("ckpt"):
+        from trainlab.evaluate import checkpoint_path
+
+        ckpt = load_checkpoint(checkpoint_path(str(cfg.ckpt)))
+        run_cfg, _ = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
+        classes = ckpt["classes"]
+    else:
+        run_cfg, ckpt = cfg, None
+        load_settings(run_cfg, require_data=not cfg.get("num_classes"))
+        classes = _classes(run_cfg, cfg.get("num_classes"))
+    runtime = Runtime("cpu", "32", False, torch.get_num_threads(), False, {})
+    model = build_model(run_cfg, len(classes), classes, runtime)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.eval()
+    size, batch = int(run_cfg.dataset.image_size), int(run_cfg.dataset.batch_size)
+    stats = torchinfo_summary(model, input_size=(batch, 3, size, size), depth=int(cfg.get("depth", 10)),
+                              col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",),
+                              verbose=0, device="cpu")
+    text = f"{type(model).__name__} for {len(classes)} classes, input ({batch}, 3, {size}, {size})\n{stats}\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "summary.txt", text)
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainlab.record import RunRecorder
+
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    RunRecorder.add_graph(writer, model, torch.zeros(1, 3, size, size))
+    writer.close()
+    print(text, end="")
+    print(f"wrote summary.txt and the model graph (tensorboard/) to {out_dir}")
+    return text
