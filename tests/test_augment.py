@@ -6,24 +6,28 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from trainlab.augment import BatchAugment, random_color_jitter, random_crop, random_flip, random_rotate
+from trainlab.augment import BatchAugment, _crop_flip_gather, random_color_jitter, random_crop_flip, random_rotate
 
 
-def test_random_crop_matches_per_image_pad_and_crop():
-    images = torch.randint(0, 256, (6, 3, 10, 12), dtype=torch.uint8)
-    out = random_crop(images, 3, torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)  # replay the same draws the batched op made
-    dy = torch.randint(0, 7, (6,), generator=g)
-    dx = torch.randint(0, 7, (6,), generator=g)
-    for i in range(6):
-        padded = TF.pad(images[i], [3, 3, 3, 3], fill=0)
-        reference = TF.crop(padded, int(dy[i]), int(dx[i]), 10, 12)
-        assert torch.equal(out[i], reference)
+def test_crop_and_flip_match_per_image_torchvision_ops():
+    images = torch.randint(0, 256, (40, 3, 10, 12), dtype=torch.uint8)
+    out = random_crop_flip(images, 3, True, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # replay the draws the batched op made
+    dy, dx = torch.randint(0, 7, (40,), generator=g), torch.randint(0, 7, (40,), generator=g)
+    flips = torch.rand(40, generator=g) < 0.5
+    assert 8 < int(flips.sum()) < 32
+    for i in range(40):
+        reference = TF.crop(TF.pad(images[i], [3, 3, 3, 3], fill=0), int(dy[i]), int(dx[i]), 10, 12)
+        if flips[i]:
+            reference = TF.horizontal_flip(reference)
+        assert torch.equal(out[i], reference), i
+    # The GPU path (one gather) computes the same batch.
+    assert torch.equal(_crop_flip_gather(images, 3, dy, dx, flips), out)
 
 
-def test_random_flip_flips_about_half_and_only_horizontally():
+def test_flip_alone_flips_about_half_and_only_horizontally():
     images = torch.randint(0, 256, (200, 3, 4, 5), dtype=torch.uint8)
-    out = random_flip(images, torch.Generator().manual_seed(0))
+    out = random_crop_flip(images, 0, True, torch.Generator().manual_seed(0))
     flipped = [torch.equal(o, TF.horizontal_flip(i)) for o, i in zip(out, images)]
     same = [torch.equal(o, i) for o, i in zip(out, images)]
     assert all(f or s for f, s in zip(flipped, same))

@@ -53,3 +53,17 @@ def test_reset_starts_a_new_epoch():
     values, _ = metrics.compute()
     assert values["train/acc1"] == 0.0 and values["train/loss"] == pytest.approx(2.0)
     assert "train/auroc" not in values
+
+
+def test_auroc_averages_over_the_classes_present():
+    """With classes absent from the targets (a short validation), the macro AUROC is the mean over the
+    classes that occur, each one-vs-rest (scikit-learn's definition), not dragged down by zeros."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (60,), generator=g)  # classes 4 and 5 never occur
+    logits = torch.randn(60, 6, generator=g)
+    logits[torch.arange(60), target] += 1.0
+    metrics = ClassificationMetrics(6, "val")
+    metrics.update(logits, target, torch.tensor(1.0))
+    probs = logits.softmax(1).numpy()
+    expected = np.mean([sk.roc_auc_score(target.numpy() == c, probs[:, c]) for c in range(4)])
+    assert metrics.compute()[0]["val/auroc"] == pytest.approx(expected, abs=1e-6)

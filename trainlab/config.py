@@ -154,5 +154,14 @@ def _group_name(node: DictConfig) -> str:
     return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
+def compose(overrides=(), config_name: str = "config") -> DictConfig:
+    """The composed config without the CLI (tests, benchmarks, notebooks): same files, same overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("trainlab.conf", version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
 def settings_dict(settings: Settings) -> dict:
     return dataclasses.asdict(settings)

@@ -7,6 +7,8 @@ Names are a public contract shared by the CSV, TensorBoard, the console and the 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -39,7 +41,9 @@ class ClassificationMetrics:
             "confusion": MulticlassConfusionMatrix(**kw),
         }
         if with_auroc:
-            metrics["auroc"] = MulticlassAUROC(average="macro", thresholds=None, **kw)
+            # Per class here; compute() averages over the classes that occur, as scikit-learn does
+            # (torchmetrics' macro average would count an absent class as 0).
+            metrics["auroc"] = MulticlassAUROC(average=None, thresholds=None, **kw)
         self.split = split
         # compute_groups=False: every metric owns its state, so a mid-epoch checkpoint can save and restore it.
         self.collection = MetricCollection(metrics, compute_groups=False).to(device)
@@ -55,8 +59,14 @@ class ClassificationMetrics:
 
     def compute(self) -> tuple[dict[str, float], torch.Tensor]:
         """({'val/acc1': ..., ...}, confusion matrix [true, predicted] on the CPU). One host sync."""
-        values = self.collection.compute()
+        with warnings.catch_warnings():  # "no positive samples" for absent classes: handled below
+            warnings.simplefilter("ignore", UserWarning)
+            values = self.collection.compute()
         confusion = values.pop("confusion").cpu()
+        if "auroc" in values:
+            support = confusion.sum(dim=1).to(values["auroc"].device)
+            present = (support > 0) & (support < support.sum())  # one-vs-rest needs positives and negatives
+            values["auroc"] = values["auroc"][present].mean() if present.any() else torch.tensor(float("nan"))
         out = {f"{self.split}/loss": (self.loss_sum / self.count.clamp_min(1)).item()}
         out.update({f"{self.split}/{k}": float(v) for k, v in values.items()})
         return {k: out[k] for k in _ordered(out, self.split)}, confusion

@@ -1,0 +1,27 @@
+"""The benchmark scripts still run and print their RATIO line (timings are never asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, ratios", [
+    ("bench_defaults.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4"], ["defaults_vs_textbook"]),
+    ("bench_overhead.py", ["--steps", "1", "--batch-size", "16", "--eval-batches", "1"], ["train_overhead", "eval_overhead"]),
+    ("bench_data.py", ["--batches", "1", "--steps", "1", "--per-class", "8"], ["delivery_vs_imagefolder", "train_vs_fixed_batch"]),
+])
+def test_bench_script_prints_ratios(script, args, ratios):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RATIO ")]
+    found = dict(pair.split("=") for ln in lines for pair in ln.split()[1:])
+    assert sorted(found) == sorted(ratios)
+    assert all(re.fullmatch(r"\d+\.\d{3}", v) and float(v) > 0 for v in found.values())

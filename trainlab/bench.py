@@ -1,0 +1,160 @@
+"""Side-by-side speed measurements for scripts/bench_*.py: trainlab against the loops users compare it
+with. Every function returns images per second; `alternate` runs the sides A B A B to cancel drift."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from trainlab.augment import BatchAugment
+from trainlab.config import compose
+from trainlab.data.synthetic import write_tiny_imagenet
+
+IMAGENET_MEAN, IMAGENET_STD = (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)
+
+
+def tiny_tree(root: Path, classes: int = 20, per_class: int = 80) -> Path:
+    """A generated tree in the tiny-imagenet-200 layout (64x64 JPEGs), written once per folder."""
+    if not (root / "wnids.txt").is_file():
+        wnids = tuple(f"n{k:08d}" for k in range(classes))
+        write_tiny_imagenet(root, wnids=wnids, train_per_class=per_class, val_per_class=2, test_images=0)
+    return root
+
+
+def alternate(sides: dict[str, Callable[[], float]], rounds: int = 2, warmup: bool = False) -> dict[str, list[float]]:
+    """Run every side once per round, in order (A B A B ...): slow drift of the machine hits both.
+    `warmup`: one untimed run of each side first (allocator, thread pools, page cache)."""
+    for run in sides.values() if warmup else ():
+        run()
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, run in sides.items():
+            results[name].append(run())
+    return results
+
+
+def report(title: str, results: dict[str, list[float]], ratios: dict[str, tuple[str, str]]) -> None:
+    """A table of each side's runs and mean, then one `RATIO name=value ...` line."""
+    print(f"\n{title}")
+    width = max(len(n) for n in results)
+    for name, values in results.items():
+        runs = "  ".join(f"{v:8.1f}" for v in values)
+        print(f"  {name:<{width}}  {runs}   mean {sum(values) / len(values):8.1f} images/s")
+    mean = {n: sum(v) / len(v) for n, v in results.items()}
+    print("RATIO " + " ".join(f"{key}={mean[a] / mean[b]:.3f}" for key, (a, b) in ratios.items()))
+
+
+def textbook_loader(root: Path, batch_size: int, workers: int, train: bool = True) -> DataLoader:
+    """The tutorial pipeline: ImageFolder + PIL + per-image transforms + DataLoader workers."""
+    steps = [T.RandomCrop(64, padding=4), T.RandomHorizontalFlip()] if train else []
+    transform = T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers, drop_last=train,
+                      persistent_workers=False)
+
+
+def textbook_train_ips(root: Path, batch_size: int, steps: int, workers: int = 2) -> float:
+    """The textbook loop: fp32, the tutorial pipeline above, resnet18, SGD."""
+    loader = textbook_loader(root, batch_size, workers)
+    model = torchvision.models.resnet18(num_classes=len(loader.dataset.classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    seen, start = 0, time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if i == steps:
+            break
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def trainlab_train_ips(overrides: list[str]) -> float:
+    """`trainlab train` in this process with the given overrides: its own recorded throughput/train_ips."""
+    from trainlab.train import train
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        row = train(compose(overrides), Path(run_dir))
+    return row["throughput/train_ips"]
+
+
+def bare_train_ips(images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, steps: int,
+                   precision: str, channels_last: bool, in_memory: bool = False) -> float:
+    """The leanest loop on decoded uint8 images: batched augmentation, autocast, resnet18, SGD, nothing
+    else (no metrics, no gradient norm, no logging). `in_memory`: one fixed batch, no data pipeline at all."""
+    augment = BatchAugment(IMAGENET_MEAN, IMAGENET_STD, crop_padding=4, flip=True)
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    fixed = augment.train(images[:batch_size]).contiguous(memory_format=fmt)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    seen, start = 0, time.perf_counter()
+    for step in range(steps):
+        if in_memory:
+            x, y = fixed, labels[:batch_size]
+        else:
+            index = torch.randint(0, len(images), (batch_size,), generator=g)
+            x, y = augment.train(images[index], g).contiguous(memory_format=fmt), labels[index]
+        with autocast:
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def bare_eval_ips(model: nn.Module, images: torch.Tensor, batch_size: int, precision: str) -> float:
+    """A bare inference_mode loop at the given precision: normalise, forward, nothing else."""
+    augment = BatchAugment(IMAGENET_MEAN, IMAGENET_STD)
+    model.eval()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        x = augment.normalize(images[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            model(x)
+    return len(images) / (time.perf_counter() - start)
+
+
+def imagefolder_delivery_ips(root: Path, batch_size: int, batches: int, workers: int = 0) -> float:
+    """Images per second that the tutorial pipeline delivers (no model)."""
+    loader = textbook_loader(root, batch_size, workers)
+    seen, start = 0, time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if i == batches:
+            break
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def trainlab_delivery_ips(data, batch_size: int, batches: int) -> float:
+    """Images per second from trainlab's loader over the decoded cache, augmented and normalised."""
+    augment = BatchAugment(data.mean, data.std, crop_padding=4, flip=True)
+    loader = data.loader("train")
+    g = torch.Generator().manual_seed(0)
+    seen, start = 0, time.perf_counter()
+    for epoch in range(1, 1000):
+        loader.sampler.set_epoch(epoch)
+        for images, labels in loader:
+            augment.train(images, g).contiguous(memory_format=torch.channels_last)
+            seen += len(labels)
+            if seen >= batches * batch_size:
+                return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start)
