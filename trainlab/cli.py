@@ -21,6 +21,8 @@ COMMANDS = {
     "evaluate": "metrics, predictions.csv and confusion.csv of a checkpoint: `trainlab evaluate ckpt=<file|run_dir>`",
     "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
+    "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
+    "report": "report.html + report.md of a run or a sweep: `trainlab report <run_dir | multirun_dir>`",
 }
 COMPARE_USAGE = """usage: trainlab compare <A> <B> [n=10] [out=DIR]
 
@@ -69,13 +71,15 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def _check_group_choices(overrides: list[str]) -> None:
-    """`optimizer=foo` (or a sweep over several options) names an option that does not exist."""
+def _check_group_choices(overrides: list[str]) -> bool:
+    """`optimizer=foo` (or a sweep over several options) names an option that does not exist.
+    Returns whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from importlib.resources import files
 
     conf = files(CONFIG_MODULE)
-    for override in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    for override in parsed:
         group = override.key_or_group
         if override.package or not conf.joinpath(group).is_dir() or override.is_delete():
             continue
@@ -84,6 +88,7 @@ def _check_group_choices(overrides: list[str]) -> None:
         for value in values:
             if value not in options:
                 raise TrainlabError(f"unknown {group} '{value}': choose one of {', '.join(options)}")
+    return any(o.is_sweep_override() for o in parsed)
 
 
 def preflight(args: list[str], config_name: str, check: Optional[Callable]) -> None:
@@ -97,9 +102,8 @@ def preflight(args: list[str], config_name: str, check: Optional[Callable]) -> N
         return
     overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
-        _check_group_choices(overrides)
-        if any(a in _MULTIRUN_FLAGS for a in args):
-            return  # sweeps are checked per job
+        if _check_group_choices(overrides) or any(a in _MULTIRUN_FLAGS or "hparams_search" in a for a in args):
+            return  # a sweep (-m, sweep syntax, or a sweeper preset): every job is checked as it starts
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides)
         if check is not None:
@@ -187,10 +191,16 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
         fail(f"{len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}", code=1)
 
 
-def _train(cfg, run_dir: Path, overrides: list[str], choices: dict):
+def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> Optional[float]:
+    """Returns the best value of checkpoint.monitor: what a sweeper (Optuna) optimises."""
+    import json
+
     from trainlab.train import train_command
 
-    return train_command(cfg, run_dir, overrides, choices)
+    train_command(cfg, run_dir, overrides, choices)
+    summary = run_dir / "summary.json"
+    best = json.loads(summary.read_text()).get("best") if summary.is_file() else None
+    return best.get(json.loads(summary.read_text())["monitor"]) if best else None
 
 
 def _check_train(cfg) -> None:
@@ -230,15 +240,50 @@ def _compare(args: list[str]) -> None:
         fail(f"compare takes two evaluation dirs or checkpoints and optional n=, out= (got {' '.join(args)})")
     if not options.get("n", "10").isdigit() or int(options.get("n", "10")) < 1:
         fail(f"n must be a positive integer (got {options['n']})")
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     from trainlab.compare import compare
 
+    _plain(lambda: compare(positional[0], positional[1], int(options.get("n", 10)),
+                           Path(options["out"]) if "out" in options else None))
+
+
+def _plain(action: Callable) -> None:
+    """Run a command that takes no Hydra config: console logging, and user errors as one line."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
-        compare(positional[0], positional[1], int(options.get("n", 10)), Path(options["out"]) if "out" in options else None)
+        action()
     except TrainlabError as e:
         if _debug():
             raise
         fail(str(e))
+
+
+def _one_dir(command: str, args: list[str]) -> Path:
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(f"usage: trainlab {command} <{'run_dir' if command == 'diagnose' else 'run_dir | multirun_dir'}>")
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    path = Path(args[0])
+    if not path.is_dir():
+        fail(f"{path} is not a directory: pass a trainlab run directory (outputs/<date>/<time>)")
+    return path
+
+
+def _report(args: list[str]) -> None:
+    from trainlab.report import report
+
+    path = _one_dir("report", args)
+
+    def run() -> None:
+        md, page = report(path)
+        print(f"wrote {page} (self-contained) and {md}")
+
+    _plain(run)
+
+
+def _diagnose(args: list[str]) -> None:
+    from trainlab.report import print_findings
+
+    path = _one_dir("diagnose", args)
+    _plain(lambda: print_findings(path))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -261,6 +306,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             run_hydra("summary", rest, _summary, config_name="summary")
         elif command == "compare":
             _compare(rest)
+        elif command == "report":
+            _report(rest)
+        elif command == "diagnose":
+            _diagnose(rest)
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         sys.exit(130)

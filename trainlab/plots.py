@@ -17,7 +17,23 @@ CURVES = {
     "metrics.png": ("score (macro average)", ["val/precision", "val/recall", "val/f1", "val/kappa", "val/auroc"]),
     "lr.png": ("learning rate", ["lr"]),
     "grad_norm.png": ("global L2 gradient norm", ["grad_norm", "grad_norm_max"]),
+    "time.png": ("seconds per epoch", ["time/train_s", "time/val_s"]),
+    "throughput.png": ("training images per second", ["throughput/train_ips"]),
 }
+
+
+def overlay_figure(curves: dict[str, pd.DataFrame], column: str, ylabel: str):
+    """One line per run (label -> its metrics.csv rows) of `column` against the epoch."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for label, history in curves.items():
+        if column in history and history[column].notna().any():
+            ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -31,6 +47,11 @@ def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
         for column in present:
             ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=column)
         ax.set_xlabel("epoch")
+        values = history[present].to_numpy(dtype=float)
+        values = values[(values > 0) & (values < float("inf"))]
+        if filename == "loss.png" and values.size and values.max() / values.min() > 30:
+            ax.set_yscale("log")  # an early spike would flatten every later epoch on a linear axis
+            ylabel += ", log scale"
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()

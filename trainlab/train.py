@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,7 @@ from trainlab.checkpoint import Checkpointer, capture_rng, find_checkpoint, load
 from trainlab.columns import COLUMNS
 from trainlab.config import Settings, load_settings, settings_dict
 from trainlab.data import ImageData
+from trainlab.diagnostics import as_dicts, diagnose
 from trainlab.early_stopping import BestTracker, EarlyStopping
 from trainlab.errors import CheckpointError, RunStopped
 from trainlab.interrupt import StopRequest
@@ -382,7 +384,13 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
         "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
     }
+    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels))
+    summary["diagnostics"] = as_dicts(findings)
     recorder.finish(summary, _hparams(cfg, runtime))
+    for finding in findings:
+        (log.warning if finding.severity == "warning" else log.info)("diagnosis: %s", finding.line())
+    if history and not findings:
+        log.info("diagnosis: no problems found in the curves")
     if stopped == "nan":
         raise RunStopped(f"stopped: {reason}", exit_code=1)
     if stopped == "interrupted":
@@ -395,8 +403,6 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
 
 def _hparams(cfg: DictConfig, runtime: Runtime) -> dict:
     """The flattened config as TensorBoard hparams (scalars and strings only)."""
-    import pandas as pd
-
     flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=True), sep=".").iloc[0].to_dict()
     flat.update({"runtime.precision": runtime.precision, "runtime.channels_last": runtime.channels_last})
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}

@@ -1,0 +1,73 @@
+"""Reports and diagnostics from real tiny runs, single and multirun, and the Optuna preset."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from conftest import compose, run_cli
+from trainlab.columns import COLUMNS
+from trainlab.report import report
+from trainlab.train import train
+
+FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0"]
+
+
+def test_single_run_report_is_self_contained_and_names_every_metric(tmp_path):
+    train(compose(FAST + ["trainer.epochs=3", "optimizer.lr=0.001"]), tmp_path)  # slow enough to confuse classes
+    md, page = report(tmp_path)
+    text = page.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    pngs = list((tmp_path / "report_files").glob("*.png"))
+    assert len(images) == len(pngs) >= 8  # every curve and the confusion matrix, embedded
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # opens offline
+    for name in COLUMNS:
+        assert name in text, name
+    for section in ("Final and best metrics", "Curves", "Confusion matrix", "Most confused pairs",
+                    "Per-class accuracy", "Analysis", "Configuration"):
+        assert section in text and section in md.read_text()
+    assert "report_files/loss.png" in md.read_text() and "| true class | predicted as |" in md.read_text()
+    assert (tmp_path / "report_files" / "confusion.png").stat().st_size > 1000
+
+
+def test_diagnose_cli_and_end_of_training_findings(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", *FAST, "trainer.epochs=4", "optimizer.lr=1e-9", "scheduler=none", f"hydra.run.dir={run}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = (run / "train.log").read_text()  # lr far too low: nothing moves
+    assert "diagnosis: [warning] loss plateau" in log and "learning rate may be far too low" in log
+    diagnosed = run_cli("diagnose", str(run), cwd=tmp_path)
+    assert diagnosed.returncode == 0 and "[warning] loss plateau" in diagnosed.stdout
+    missing = run_cli("diagnose", str(tmp_path), cwd=tmp_path)
+    assert missing.returncode == 2 and "has no metrics.csv" in missing.stderr
+
+
+def test_multirun_report_compares_the_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("train", "-m", *FAST, "trainer.epochs=2", "optimizer=sgd,adam", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    made = run_cli("report", str(sweep), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    text = (sweep / "report.html").read_text()
+    assert "optimizer=sgd" in text and "optimizer=adam" in text and text.count("data:image/png;base64") == 2
+    assert "| 0 | optimizer=sgd" in (sweep / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path):
+    sweep = tmp_path / "optuna"
+    # Seed 1 samples lr=-1.0 (refused at start-up) for one of the two trials, and 0.05 for the other.
+    result = run_cli("train", "+hparams_search=optuna", *FAST, "dataset.train_size=64", "trainer.epochs=1",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1", "optimizer.lr=choice(-1.0,0.05)",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 1 and "1 job(s) of the sweep failed" in result.stderr
+    assert len(list(sweep.glob("*/error.txt"))) == 1 and len(list(sweep.glob("*/metrics.csv"))) == 1
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+    assert run_cli("report", str(sweep), cwd=tmp_path).returncode == 0
+    text = (sweep / "report.html").read_text()
+    assert "Hyper-parameter search (Optuna)" in text and "failed: optimizer.lr must be &gt; 0" in text

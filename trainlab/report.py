@@ -1,0 +1,225 @@
+"""`trainlab report <run_dir | multirun_dir>`: report.md and a self-contained report.html (images embedded,
+no network) from what a run already recorded: config, final and best metrics, curves, the last confusion
+matrix with the most-confused pairs, per-class accuracy, and the diagnostics as the analysis. For a sweep:
+a table of every job's final metrics, val curves overlaid, and the Optuna results when there are some."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from trainlab.diagnostics import diagnose_run
+from trainlab.errors import TrainlabError
+from trainlab.plots import CURVES, confusion_figure, overlay_figure, plot_history
+
+FILES = "report_files"
+HEADLINE = ["val/acc1", "val/acc5", "val/loss", "val/f1", "val/kappa", "val/auroc", "train/acc1", "train/loss"]
+
+
+class Document:
+    """Collects sections once and renders them as Markdown (images as files) and HTML (images inline)."""
+
+    def __init__(self, title: str, out_dir: Path):
+        self.title, self.out_dir = title, out_dir
+        self.md: list[str] = [f"# {title}\n"]
+        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        (out_dir / FILES).mkdir(parents=True, exist_ok=True)
+
+    def heading(self, text: str) -> None:
+        self.md.append(f"\n## {text}\n")
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+
+    def text(self, text: str) -> None:
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def bullets(self, items: list[str]) -> None:
+        self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+        self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def code(self, text: str) -> None:
+        self.md.append(f"```yaml\n{text}```\n")
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+
+    def table(self, frame: pd.DataFrame, floats: str = "{:.4f}") -> None:
+        shown = frame.map(lambda v: floats.format(v) if isinstance(v, float) else str(v))
+        header = "| " + " | ".join(map(str, shown.columns)) + " |"
+        rule = "|" + "---|" * len(shown.columns)
+        rows = ["| " + " | ".join(r) + " |" for r in shown.astype(str).values.tolist()]
+        self.md.append("\n".join([header, rule, *rows]) + "\n")
+        self.html.append(shown.to_html(index=False, escape=True, border=0))
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        path = self.out_dir / FILES / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        self.image(path, caption)
+
+    def image(self, path: Path, caption: str) -> None:
+        self.md.append(f"![{caption}]({FILES}/{path.name})\n")
+        data = base64.b64encode(path.read_bytes()).decode()
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def write(self) -> tuple[Path, Path]:
+        md, page = self.out_dir / "report.md", self.out_dir / "report.html"
+        md.write_text("\n".join(self.md))
+        style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{padding:3px 8px;border-bottom:"
+                 "1px solid #ddd;text-align:right}pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}"
+                 "figcaption{color:#666;font-size:85%}")
+        page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                        f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
+        return md, page
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _config_yaml(run_dir: Path) -> str:
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if hydra_config.is_file():
+        return hydra_config.read_text()
+    return yaml.safe_dump(_read_json(run_dir / "run.json").get("config", {}), sort_keys=False)
+
+
+def report(path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if (path / "metrics.csv").is_file():
+        return run_report(path)
+    if _jobs(path):
+        return sweep_report(path)
+    raise TrainlabError(f"{path} holds no metrics.csv and no sweep jobs: point at a run or multirun directory")
+
+
+def run_report(run_dir: Path) -> tuple[Path, Path]:
+    history = pd.read_csv(run_dir / "metrics.csv")
+    summary = _read_json(run_dir / "summary.json")
+    doc = Document(f"trainlab report: {run_dir}", run_dir)
+    if summary:
+        doc.text(f"Stopped: {summary.get('stopped')} ({summary.get('stop_reason')}); {summary.get('epochs_run')} epochs "
+                 f"in {summary.get('total_time_s', 0) / 60:.1f} min; best {summary.get('monitor')} at epoch "
+                 f"{summary.get('best_epoch')}; precision {summary.get('runtime', {}).get('precision')} on "
+                 f"{summary.get('runtime', {}).get('device')}.")
+    doc.heading("Final and best metrics")
+    rows = {"final": history.iloc[-1]}
+    if summary.get("best"):
+        rows[f"best (epoch {summary['best_epoch']})"] = pd.Series(summary["best"])
+    doc.table(pd.DataFrame([{"": name, **{k: float(r[k]) for k in HEADLINE if k in r}} for name, r in rows.items()]))
+    doc.text("Every recorded metric of the last epoch:")
+    last = history.iloc[-1]
+    values = [int(last[c]) if c in ("epoch", "step") else float(last[c]) for c in history.columns]
+    doc.table(pd.DataFrame({"metric": list(history.columns), "value": pd.Series(values, dtype=object)}))
+    doc.heading("Curves")
+    captions = {"loss.png": "train and val loss (mean cross-entropy per sample) per epoch",
+                "accuracy.png": "top-1 and top-5 accuracy per epoch",
+                "metrics.png": "val precision, recall, F1 (macro), Cohen's kappa and AUROC per epoch",
+                "lr.png": "learning rate per epoch", "grad_norm.png": "mean and max global gradient norm per epoch",
+                "time.png": "seconds spent training and validating per epoch",
+                "throughput.png": "training throughput (images per second) per epoch"}
+    for written in plot_history(history, run_dir / FILES):
+        doc.image(written, captions.get(written.name, CURVES[written.name][0]))
+    _confusion_sections(doc, run_dir)
+    doc.heading("Analysis")
+    findings = diagnose_run(run_dir)
+    doc.bullets([f.line() for f in findings] or ["No problems found in the curves."])
+    doc.heading("Configuration")
+    doc.code(_config_yaml(run_dir))
+    return doc.write()
+
+
+def _confusion_sections(doc: Document, run_dir: Path) -> None:
+    files = sorted((run_dir / "confusion").glob("val_epoch*.csv"))
+    if not files:
+        return
+    table = pd.read_csv(files[-1], index_col=0)
+    labels, counts = list(table.index), table.to_numpy()
+    import torch
+
+    doc.heading(f"Confusion matrix ({files[-1].stem.replace('_', ', ')})")
+    doc.figure(confusion_figure(torch.from_numpy(counts), labels, f"val confusion, {files[-1].stem}"), "confusion.png",
+               "rows: true class, columns: predicted class; colour: fraction of the true class")
+    support = counts.sum(axis=1)
+    pairs = [(counts[i, j], labels[i], labels[j], counts[i, j] / max(support[i], 1))
+             for i in range(len(labels)) for j in range(len(labels)) if i != j and counts[i, j] > 0]
+    pairs.sort(key=lambda p: (-p[0], -p[3]))
+    if not pairs:
+        doc.text("Most confused pairs: none, every validation image was classified correctly.")
+    else:
+        doc.text("Most confused pairs:")
+        doc.table(pd.DataFrame([{"true class": t, "predicted as": p, "images": int(n), "share of true class": s}
+                                for n, t, p, s in pairs[:15]]), floats="{:.3f}")
+    accuracy = pd.DataFrame({"class": labels, "images": support,
+                             "accuracy": [counts[i, i] / max(support[i], 1) for i in range(len(labels))]})
+    accuracy = accuracy[accuracy["images"] > 0].sort_values("accuracy", ascending=False)
+    k = min(10, max(1, len(accuracy) // 2))
+    doc.heading("Per-class accuracy")
+    doc.text(f"Best {k}:")
+    doc.table(accuracy.head(k), floats="{:.3f}")
+    doc.text(f"Worst {k}:")
+    doc.table(accuracy.tail(k).iloc[::-1], floats="{:.3f}")
+
+
+def _jobs(sweep_dir: Path) -> list[Path]:
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / "metrics.csv").is_file() or (p / "error.txt").is_file())] \
+        if sweep_dir.is_dir() else []
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def _overrides(job: Path) -> list[str]:
+    path = job / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    return [i for i in items or [] if not i.startswith("hydra.")]
+
+
+def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
+    doc = Document(f"trainlab sweep report: {sweep_dir}", sweep_dir)
+    rows, curves = [], {}
+    jobs = _jobs(sweep_dir)
+    overrides = {job: _overrides(job) for job in jobs}
+    common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    if common:
+        doc.text("Every job: " + " ".join(o for o in overrides[jobs[0]] if o in common))
+    for job in jobs:
+        label = " ".join(o for o in overrides[job] if o not in common) or job.name
+        if (job / "error.txt").is_file() and not (job / "metrics.csv").is_file():
+            rows.append({"job": job.name, "overrides": label, "status": "failed: " + (job / "error.txt").read_text().strip()})
+            continue
+        history = pd.read_csv(job / "metrics.csv")
+        summary = _read_json(job / "summary.json")
+        curves[f"{job.name}: {label}"] = history
+        last = history.iloc[-1]
+        rows.append({"job": job.name, "overrides": label, "status": summary.get("stopped", "running?"),
+                     "epochs": int(last["epoch"]), "best val/acc1": float(history["val/acc1"].max()),
+                     **{k: float(last[k]) for k in ("val/acc1", "val/acc5", "val/loss", "train/acc1") if k in last},
+                     "images/s": float(history["throughput/train_ips"].mean())})
+    doc.heading("Jobs")
+    doc.table(pd.DataFrame(rows).fillna(""))
+    if curves:
+        doc.heading("Validation curves")
+        doc.figure(overlay_figure(curves, "val/acc1", "val top-1 accuracy (fraction)"), "val_acc1.png",
+                   "val/acc1 per epoch, one line per job")
+        doc.figure(overlay_figure(curves, "val/loss", "val loss (mean cross-entropy per sample)"), "val_loss.png",
+                   "val/loss per epoch, one line per job")
+    optuna = sweep_dir / "optimization_results.yaml"
+    if optuna.is_file():
+        doc.heading("Hyper-parameter search (Optuna)")
+        doc.code(optuna.read_text())
+    return doc.write()
+
+
+def print_findings(run_dir: Path, findings: Optional[list] = None) -> None:
+    findings = diagnose_run(run_dir) if findings is None else findings
+    for finding in findings:
+        print(finding.line())
+    if not findings:
+        print(f"{run_dir}: no problems found in the curves")
