@@ -9,8 +9,6 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Optional
-
 import pandas as pd
 import yaml
 
@@ -210,6 +208,8 @@ def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
                    "val/acc1 per epoch, one line per job")
         doc.figure(overlay_figure(curves, "val/loss", "val loss (mean cross-entropy per sample)"), "val_loss.png",
                    "val/loss per epoch, one line per job")
+    if any(o.startswith("device") for job in jobs for o in overrides[job] if o not in common):
+        _scaling_section(doc, sweep_dir, jobs)
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         doc.heading("Hyper-parameter search (Optuna)")
@@ -217,9 +217,64 @@ def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
     return doc.write()
 
 
-def print_findings(run_dir: Path, findings: Optional[list] = None) -> None:
-    findings = diagnose_run(run_dir) if findings is None else findings
-    for finding in findings:
-        print(finding.line())
-    if not findings:
-        print(f"{run_dir}: no problems found in the curves")
+def _job_config(job: Path) -> dict:
+    path = job / ".hydra" / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else _read_json(job / "run.json").get("config", {})
+
+
+def scaling_table(jobs: list[Path]) -> pd.DataFrame:
+    """Per job: device type and count, global batch, images/s, epoch time, speed-up over the 1-device job
+    of the same type, scaling efficiency and final val/acc1 (failed jobs keep their reason)."""
+    rows = []
+    for job in jobs:
+        config = _job_config(job)
+        device = config.get("device", {})
+        count, batch = int(device.get("count", 1)), int(config.get("dataset", {}).get("batch_size", 0))
+        row = {"job": job.name, "device": device.get("type", "?"), "count": count, "global batch": batch * count}
+        if (job / "metrics.csv").is_file():
+            history = pd.read_csv(job / "metrics.csv")
+            row.update({"images/s": float(history["throughput/train_ips"].mean()),
+                        "epoch s": float((history["time/train_s"] + history["time/val_s"]).mean()),
+                        "val/acc1": float(history["val/acc1"].iloc[-1]), "status": "ok"})
+        else:
+            row["status"] = "failed: " + ((job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else "?")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if "images/s" in table:
+        base = {d: table[(table["device"] == d) & (table["count"] == 1)]["images/s"].max() for d in table["device"].unique()}
+        table["speed-up"] = [r["images/s"] / base[r["device"]] if base.get(r["device"]) else float("nan")
+                             for _, r in table.iterrows()]
+        table["efficiency"] = table["speed-up"] / table["count"]
+    return table
+
+
+def _scaling_section(doc: Document, sweep_dir: Path, jobs: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    table = scaling_table(jobs)
+    table.to_csv(sweep_dir / "scaling.csv", index=False)
+    doc.heading("Device scaling")
+    doc.table(table.fillna(""), floats="{:.2f}")
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    labels = [f"{r['device']} x{r['count']}" for _, r in table.iterrows()]
+    ax.bar(labels, table["images/s"].fillna(0) if "images/s" in table else [0] * len(table), color="tab:blue")
+    ax.set_ylabel("training images per second")
+    ax.set_xlabel("device x processes (failed jobs: 0)")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "scaling.png", dpi=100)
+    doc.figure(fig, "scaling.png", "training throughput per device configuration")
+
+
+def print_findings(path: Path) -> None:
+    """The diagnostics of a run, or of every job of a sweep."""
+    runs = [path] if (path / "metrics.csv").is_file() else [j for j in _jobs(path) if (j / "metrics.csv").is_file()]
+    if not runs:
+        raise TrainlabError(f"{path} has no metrics.csv: point at a trainlab run or multirun directory")
+    for run in runs:
+        findings = diagnose_run(run)
+        if len(runs) > 1:
+            print(f"{run}:")
+        for finding in findings:
+            print(("  " if len(runs) > 1 else "") + finding.line())
+        if not findings:
+            print(("  " if len(runs) > 1 else f"{run}: ") + "no problems found in the curves")

@@ -130,6 +130,9 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: Epoch
             torch.maximum(tally.grad_max, norm, out=tally.grad_max)
             tally.correct += (logits.argmax(1) == target).sum()
             tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
+            if s.runtime.compile and step == 1:  # the first step of a compiled model is mostly compilation
+                loss.item()  # wait for it (GPUs run ahead)
+                log.info("torch.compile: the first step took %.1fs (compilation included)", time.perf_counter() - start)
             metrics.update(logits, target, loss)
             if step % log_every == 0:
                 # The only host sync inside the epoch: once per log interval.
