@@ -145,7 +145,9 @@ def test_cli_config_errors_are_one_line(tmp_path, args, message):
 
 def test_cli_help_lists_commands_and_groups(tmp_path):
     top = run_cli("--help", cwd=tmp_path)
-    assert top.returncode == 0 and "train" in top.stdout
+    assert top.returncode == 0
+    for command in ("train", "evaluate", "compare", "summary", "diagnose", "report"):
+        assert f"  {command} " in top.stdout, command
     train_help = run_cli("train", "--help", cwd=tmp_path)
     assert train_help.returncode == 0
     for group in ("dataset:", "optimizer:", "scheduler:", "experiment:"):
