@@ -33,7 +33,7 @@ def test_conf_ships_every_group():
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_and_runs(name):
     from trainlab.runtime import resolve_runtime
-    from trainlab.train import build_model
+    from trainlab.build import build_model
 
     cfg = compose([f"model={name}", "dataset=fake"])
     runtime = resolve_runtime("cpu", "32", "false", "auto", False)

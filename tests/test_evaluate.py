@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn import metrics as sk

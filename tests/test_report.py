@@ -42,7 +42,8 @@ def test_diagnose_cli_and_end_of_training_findings(tmp_path):
     assert "diagnosis: [warning] loss plateau" in log and "learning rate may be far too low" in log
     diagnosed = run_cli("diagnose", str(run), cwd=tmp_path)
     assert diagnosed.returncode == 0 and "[warning] loss plateau" in diagnosed.stdout
-    missing = run_cli("diagnose", str(tmp_path), cwd=tmp_path)
+    (tmp_path / "empty").mkdir()
+    missing = run_cli("diagnose", str(tmp_path / "empty"), cwd=tmp_path)
     assert missing.returncode == 2 and "has no metrics.csv" in missing.stderr
 
 

@@ -109,7 +109,7 @@ def test_mismatched_resumes_are_refused(tmp_path):
 
 def test_model_weights_starts_a_new_run_from_a_checkpoint(tmp_path):
     from trainlab.runtime import resolve_runtime
-    from trainlab.train import build_model
+    from trainlab.build import build_model
 
     train(compose(FAST + ["trainer.epochs=2"]), tmp_path / "a")
     source = tmp_path / "a" / "checkpoints" / "last.ckpt"

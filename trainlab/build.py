@@ -1,15 +1,29 @@
-"""Turning config groups into objects: `hydra.utils.instantiate` with one-line errors, plus the few
-keys trainlab reads itself before the rest goes to a `_target_`."""
+"""Turning config groups into objects: `hydra.utils.instantiate` with one-line errors, the few keys
+trainlab reads itself before the rest goes to a `_target_`, and the assembly of a whole run (data,
+model, optimizer, schedule, metrics) that `train`, `evaluate` and `summary` share."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.errors import ConfigError, TrainlabError
+from trainlab.checkpoint import load_checkpoint
+from trainlab.config import Settings
+from trainlab.data import ImageData
+from trainlab.errors import CheckpointError, ConfigError, TrainlabError
+from trainlab.metrics import ClassificationMetrics
+from trainlab.optim import LRSchedule, build_optimizer
+from trainlab.resume import check_classes
+from trainlab.runtime import Runtime
+
+log = logging.getLogger("trainlab")
 
 
 def build(node: DictConfig | dict, group: str, **kwargs: Any) -> Any:
@@ -46,3 +60,75 @@ def _target(node: Any) -> str:
         return str(node.get("_target_", "?"))
     except AttributeError:
         return "?"
+
+
+@dataclass
+class Stepper:
+    """What one optimizer step needs, built once so the epoch loop below stays short."""
+    model: torch.nn.Module
+    forward: torch.nn.Module          # the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    criterion: torch.nn.Module
+    augment: object
+    scaler: torch.amp.GradScaler
+    runtime: Runtime
+    l1: float
+    grad_clip: Optional[float]
+
+
+@dataclass
+class Run:
+    data: ImageData
+    stepper: Stepper
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    n_train: int                      # batches per epoch, after trainer.limit_train_batches
+    n_val: int
+    train_metrics: ClassificationMetrics
+    val_metrics: ClassificationMetrics
+    choices: dict                     # the config group options picked (model: resnet18, ...), as Hydra recorded them
+
+
+def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
+    """The configured model; `model.weights=<file.ckpt>` starts it from a trainlab checkpoint's weights."""
+    model_cfg, (weights,) = take(cfg.model, "weights")
+    from_file = bool(weights) and (str(weights).endswith(".ckpt") or Path(str(weights)).expanduser().is_file())
+    extra = {"weights": weights} if weights and not from_file else {}  # torchvision pretrained weights by name
+    model = build_partial(model_cfg, "model", num_classes=num_classes, **extra)
+    if from_file:
+        ckpt = load_checkpoint(Path(str(weights)).expanduser())
+        check_classes(ckpt["classes"], classes, f"model.weights={weights}")
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"model.weights={weights} does not fit model={model_cfg['_target_']}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        log.info("model weights initialised from %s (epoch %s)", weights, ckpt["epoch"])
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    return model.to(runtime.torch_device, memory_format=memory_format)
+
+
+def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime) -> Run:
+    trainer = settings.trainer
+    data = build(cfg.dataset, "dataset")
+    data.setup(("train", "val"))
+    model = build_model(cfg, data.num_classes, data.classes, runtime)
+    opt_cfg, (l1,) = take(cfg.optimizer, "l1", defaults={"l1": 0.0})
+    optimizer = build_optimizer(build(opt_cfg, "optimizer"), model.parameters())
+    train_loader = data.loader("train", seed=settings.seed, pin_memory=runtime.device != "cpu")
+    val_loader = data.loader("val", pin_memory=runtime.device != "cpu")
+    n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
+    n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
+    sched_cfg, (interval, warmup, plateau_metric) = take(cfg.scheduler, "interval", "warmup_epochs", "monitor",
+                                                         defaults={"interval": "epoch", "warmup_epochs": 0})
+    schedule = LRSchedule(build(sched_cfg, "scheduler"), optimizer, interval=interval, warmup_epochs=warmup,
+                          epochs=trainer.epochs, steps_per_epoch=n_train, monitor=plateau_metric)
+    metrics = {split: build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split=split,
+                                    with_auroc=split == "val", device=runtime.torch_device) for split in ("train", "val")}
+    if runtime.compile:
+        log.info("compiling the model with torch.compile (the first steps are slow while it compiles)")
+    stepper = Stepper(model, torch.compile(model) if runtime.compile else model, optimizer, schedule,
+                      build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std),
+                      runtime.grad_scaler(), runtime, float(l1), trainer.grad_clip)
+    return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})

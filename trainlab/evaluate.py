@@ -18,14 +18,13 @@ import torch
 from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build, build_partial
+from trainlab.build import build, build_model, build_partial
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import CheckpointError, ConfigError
 from trainlab.record import atomic_write_text, class_labels
 from trainlab.resume import check_classes, config_from_checkpoint
 from trainlab.runtime import resolve_runtime, seed_everything
-from trainlab.train import build_model
 
 log = logging.getLogger("trainlab")
 

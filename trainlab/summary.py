@@ -11,14 +11,13 @@ import torch
 from omegaconf import DictConfig
 from torchinfo import summary as torchinfo_summary
 
-from trainlab.build import build
+from trainlab.build import build, build_model
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import DataError
 from trainlab.record import atomic_write_text
 from trainlab.resume import config_from_checkpoint
 from trainlab.runtime import Runtime
-from trainlab.train import build_model
 
 log = logging.getLogger("trainlab")
 OWN_KEYS = ("ckpt", "num_classes", "depth")
