@@ -219,8 +219,12 @@ def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
 def _check_evaluate(cfg) -> None:
     from omegaconf import OmegaConf
 
+    from trainlab.evaluate import SPLITS
+
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
+    if cfg.split not in SPLITS:  # before a run directory is made for it
+        raise TrainlabError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
 
 
 def _summary(cfg, run_dir: Path, overrides: list[str], choices: dict):
