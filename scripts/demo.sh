@@ -3,6 +3,7 @@
 # scikit-learn's handwritten digits, written once in the Tiny-ImageNet layout. About a minute or two on a CPU.
 # Extra arguments are config overrides, e.g. scripts/demo.sh trainer.epochs=3
 set -euo pipefail
+TRAINLAB_EXTRAS=
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/trainlab train +experiment=quickstart hydra.run.dir="$run_dir" "$@"
