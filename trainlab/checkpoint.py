@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +44,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
                             "(the previous checkpoint is intact)") from None
 
 
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TrainlabError(f"could not write checkpoint {target}: {e.strerror} (the previous one is intact)") from None
+
+
 def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Read a trainlab checkpoint without ever unpickling code."""
     path = Path(path)
@@ -69,12 +83,13 @@ class Checkpointer:
         self.folder, self.every_n_epochs, self.keep = Path(folder), every_n_epochs, keep
 
     def save_epoch(self, payload: dict, epoch: int, improved: bool) -> None:
-        save_checkpoint(self.folder / "last.ckpt", payload)
+        last = self.folder / "last.ckpt"
+        save_checkpoint(last, payload)
         (self.folder / "interrupted.ckpt").unlink(missing_ok=True)  # superseded by a later complete epoch
         if improved:
-            save_checkpoint(self.folder / "best.ckpt", payload)
+            _atomic_copy(last, self.folder / "best.ckpt")  # the same bytes: copy them, don't serialise again
         if self.every_n_epochs and epoch % self.every_n_epochs == 0:
-            save_checkpoint(self.folder / f"epoch_{epoch:03d}.ckpt", payload)
+            _atomic_copy(last, self.folder / f"epoch_{epoch:03d}.ckpt")
             periodic = sorted(self.folder.glob("epoch_*.ckpt"))
             for old in periodic[:-self.keep] if self.keep else []:
                 old.unlink()
