@@ -23,7 +23,7 @@ from trainlab.train import train, train_command
 
 FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0",
         "trainer.log_every_n_steps=4", "model.dropout=0.2", "optimizer.lr=0.05"]
-TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "memory/peak_mb"]
+TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
 
 
 def weights(run_dir: Path) -> dict:

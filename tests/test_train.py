@@ -12,6 +12,7 @@ from sklearn import metrics as sk
 
 from conftest import compose, run_cli, write_tiny_imagenet
 from trainlab.models import small_cnn
+from trainlab.checkpoint import save_checkpoint
 from trainlab.data import FakeData
 from trainlab.errors import RunStopped
 from trainlab.record import COLUMNS
@@ -84,9 +85,10 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
     good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     blown = {**good, "optimizer": {**good["optimizer"], "param_groups": [
         {**group, "lr": 1e30} for group in good["optimizer"]["param_groups"]]}}  # epoch 2 diverges at once
+    save_checkpoint(tmp_path / "blown.ckpt", blown)
     # step 9 (the first of epoch 2) applies the huge update; step 10 is the first to see its result
     with pytest.raises(RunStopped, match="non-finite loss or gradient at epoch 2, step 10;"):
-        train(compose(FAST + ["trainer.epochs=3"]), tmp_path, resume=blown)
+        train(compose(FAST + ["trainer.epochs=3"]), tmp_path, resumed_from=str(tmp_path / "blown.ckpt"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"] == "nan" and summary["epochs_run"] == 2  # the bad epoch is recorded...
     after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

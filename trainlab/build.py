@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import Settings
 from trainlab.data import ImageData
+from trainlab.distributed import SINGLE, Group, check_batch
 from trainlab.errors import CheckpointError, ConfigError, TrainlabError
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import LRSchedule, build_optimizer
@@ -66,7 +67,8 @@ def _target(node: Any) -> str:
 class Stepper:
     """What one optimizer step needs, built once so the epoch loop below stays short."""
     model: torch.nn.Module
-    forward: torch.nn.Module          # the model, or its torch.compile'd wrapper
+    forward: torch.nn.Module          # for evaluation: the model, or its torch.compile'd wrapper
+    train_forward: torch.nn.Module    # for training steps: `forward`, or its DDP wrapper in a process group
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     criterion: torch.nn.Module
@@ -75,6 +77,7 @@ class Stepper:
     runtime: Runtime
     l1: float
     grad_clip: Optional[float]
+    group: Group                      # the training processes this one steps with (one, for a plain run)
 
 
 @dataclass
@@ -109,15 +112,19 @@ def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: 
     return model.to(runtime.torch_device, memory_format=memory_format)
 
 
-def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime) -> Run:
+def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Group = SINGLE) -> Run:
+    """Everything one training process needs; in a process group its loaders read this rank's share."""
     trainer = settings.trainer
     data = build(cfg.dataset, "dataset")
-    data.setup(("train", "val"))
+    check_batch(data.batch_size, group.world_size)
+    with group.main_first():
+        data.setup(("train", "val"))
     model = build_model(cfg, data.num_classes, data.classes, runtime)
     opt_cfg, (l1,) = take(cfg.optimizer, "l1", defaults={"l1": 0.0})
     optimizer = build_optimizer(build(opt_cfg, "optimizer"), model.parameters())
-    train_loader = data.loader("train", seed=settings.seed, pin_memory=runtime.device != "cpu")
-    val_loader = data.loader("val", pin_memory=runtime.device != "cpu")
+    shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
+    train_loader = data.loader("train", seed=settings.seed, **shard)
+    val_loader = data.loader("val", **shard)
     n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
     n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
     sched_cfg, (interval, warmup, plateau_metric) = take(cfg.scheduler, "interval", "warmup_epochs", "monitor",
@@ -128,7 +135,10 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime) -> Run:
                                     with_auroc=split == "val", device=runtime.torch_device) for split in ("train", "val")}
     if runtime.compile:
         log.info("compiling the model with torch.compile (the first steps are slow while it compiles)")
-    stepper = Stepper(model, torch.compile(model) if runtime.compile else model, optimizer, schedule,
+    forward = torch.compile(model) if runtime.compile else model
+    wrapped = group.wrap(model)
+    train_forward = forward if wrapped is model else (torch.compile(wrapped) if runtime.compile else wrapped)
+    stepper = Stepper(model, forward, train_forward, optimizer, schedule,
                       build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std),
-                      runtime.grad_scaler(), runtime, float(l1), trainer.grad_clip)
+                      runtime.grad_scaler(), runtime, float(l1), trainer.grad_clip, group)
     return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})

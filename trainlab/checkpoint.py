@@ -77,12 +77,15 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
 
 class Checkpointer:
     """last.ckpt every epoch, best.ckpt on improvement, epoch_NNN.ckpt every `every_n_epochs` keeping the
-    newest `keep` (0 = all), and interrupted.ckpt for a mid-epoch stop."""
+    newest `keep` (0 = all), and interrupted.ckpt for a mid-epoch stop. `active=False` (training ranks
+    other than 0, which hold the same weights) writes nothing."""
 
-    def __init__(self, folder: Path, every_n_epochs: int, keep: int):
-        self.folder, self.every_n_epochs, self.keep = Path(folder), every_n_epochs, keep
+    def __init__(self, folder: Path, every_n_epochs: int, keep: int, active: bool = True):
+        self.folder, self.every_n_epochs, self.keep, self.active = Path(folder), every_n_epochs, keep, active
 
     def save_epoch(self, payload: dict, epoch: int, improved: bool) -> None:
+        if not self.active:
+            return
         last = self.folder / "last.ckpt"
         save_checkpoint(last, payload)
         (self.folder / "interrupted.ckpt").unlink(missing_ok=True)  # superseded by a later complete epoch
@@ -96,7 +99,8 @@ class Checkpointer:
 
     def save_interrupted(self, payload: dict) -> Path:
         path = self.folder / "interrupted.ckpt"
-        save_checkpoint(path, payload)
+        if self.active:
+            save_checkpoint(path, payload)
         return path
 
 

@@ -135,6 +135,22 @@ def resume_args(args: list[str]) -> list[str]:
     return args + extra
 
 
+def torchrun_args(args: list[str]) -> list[str]:
+    """Under torchrun every rank runs this command: all of them must write into one run directory, and only
+    rank 0 may write Hydra's files and the log file (the others log warnings to the console)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return args
+    if any(a in _MULTIRUN_FLAGS for a in args):
+        fail("-m does not combine with torchrun: torchrun starts one run; start one torchrun per configuration")
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        fail("under torchrun every rank must write into the same run: pass hydra.run.dir=<a directory every "
+             "machine can reach>")
+    if os.environ["RANK"] == "0":
+        return args
+    return [a for a in args if not a.startswith("hydra.output_subdir=")] + [
+        "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
+
+
 def evaluate_args(args: list[str]) -> list[str]:
     """Without hydra.run.dir, an evaluation goes beside its checkpoint: <run_dir>/eval/<ckpt>-<split>-<time>."""
     from trainlab.compare import default_eval_dir
@@ -177,7 +193,7 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
 
     preflight(args, config_name, check)
     if command == "train":
-        args = resume_args(args)
+        args = torchrun_args(resume_args(args))
     if command == "evaluate":
         args = evaluate_args(args)
     sys.argv = [f"trainlab {command}"] + args

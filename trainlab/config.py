@@ -112,8 +112,7 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     _require(settings.early_stopping.patience >= 1, "early_stopping.patience must be >= 1")
     _require(settings.early_stopping.min_delta >= 0, "early_stopping.min_delta must be >= 0")
     _require(settings.device.type in ("cpu", "cuda"), f"device.type must be cpu or cuda (got {settings.device.type!r})")
-    _require(settings.device.count == 1,
-             f"device.count={settings.device.count}: multi-process training is not available yet; use device.count=1")
+    _require(settings.device.count >= 1, f"device.count must be >= 1 (got {settings.device.count})")
     _check_groups(cfg, require_data)
     return settings
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Optional
 
 log = logging.getLogger("trainlab")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DUPLICATE_WINDOW_S = 1.0
 
 
 class StopRequest:
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self._when = 0.0
         self._previous: dict = {}
 
     @property
@@ -28,8 +31,12 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
+            # Ctrl-C reaches a training process twice at once: from the terminal and forwarded by torch's
+            # elastic agent. Only a second request a moment later means "abort now".
+            if time.monotonic() - self._when < DUPLICATE_WINDOW_S:
+                return
             raise KeyboardInterrupt  # second signal: the user really wants out now
-        self.signum = signum
+        self.signum, self._when = signum, time.monotonic()
         log.warning("%s received: finishing the current step and saving a checkpoint "
                     "(send it again to abort without saving)", signal.Signals(signum).name)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -22,6 +22,25 @@ from torchmetrics.classification import (
 )
 
 from trainlab.columns import METRIC_NAMES
+
+
+class SampleMean(Metric):
+    """The per-sample mean of batch means, each weighted by its batch size, in float64; a NaN stays NaN so a
+    diverged epoch shows. (torchmetrics' MeanMetric drops the weights when NaN filtering is disabled.)"""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value.detach().double() * weight
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)
 
 
 class ClassificationMetrics:
@@ -39,6 +58,7 @@ class ClassificationMetrics:
             "f1": MulticlassF1Score(average=average, **kw),
             "kappa": MulticlassCohenKappa(**kw),
             "confusion": MulticlassConfusionMatrix(**kw),
+            "loss": SampleMean(),
         }
         if with_auroc:
             # Per class here; compute() averages over the classes that occur, as scikit-learn does
@@ -46,16 +66,18 @@ class ClassificationMetrics:
             metrics["auroc"] = MulticlassAUROC(average=None, thresholds=None, **kw)
         self.split = split
         # compute_groups=False: every metric owns its state, so a mid-epoch checkpoint can save and restore it.
+        # In a process group, compute() gathers every rank's state first (torchmetrics' own sync), so the
+        # values cover all ranks' samples, each counted once.
         self.collection = MetricCollection(metrics, compute_groups=False).to(device)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        """`loss` is the batch mean; it is weighted by the batch size so the epoch value is a per-sample mean."""
+        """`loss` is the batch mean."""
         logits = logits.detach().float()
-        self.collection.update(logits, target)
-        self.loss_sum += loss.detach().double() * target.shape[0]
-        self.count += target.shape[0]
+        for name, metric in self.collection.items():
+            if name == "loss":
+                metric.update(loss, target.shape[0])
+            else:
+                metric.update(logits, target)
 
     def compute(self) -> tuple[dict[str, float], torch.Tensor]:
         """({'val/acc1': ..., ...}, confusion matrix [true, predicted] on the CPU). One host sync."""
@@ -67,29 +89,24 @@ class ClassificationMetrics:
             support = confusion.sum(dim=1).to(values["auroc"].device)
             present = (support > 0) & (support < support.sum())  # one-vs-rest needs positives and negatives
             values["auroc"] = values["auroc"][present].mean() if present.any() else torch.tensor(float("nan"))
-        out = {f"{self.split}/loss": (self.loss_sum / self.count.clamp_min(1)).item()}
-        out.update({f"{self.split}/{k}": float(v) for k, v in values.items()})
+        out = {f"{self.split}/{k}": float(v) for k, v in values.items()}
         return {k: out[k] for k in _ordered(out, self.split)}, confusion
 
     def state_dict(self) -> dict:
         """The accumulated state mid-epoch (tensors only; list states such as AUROC's are not saved)."""
         states = {f"{name}.{key}": getattr(metric, key).clone() for name, metric in self.collection.items()
                   for key in metric.metric_state if isinstance(getattr(metric, key), torch.Tensor)}
-        return {"metrics": states, "loss_sum": self.loss_sum.clone(), "count": self.count.clone()}
+        return {"metrics": states}
 
     def load_state_dict(self, state: dict) -> None:
         for name, metric in self.collection.items():
             for key in metric.metric_state:
                 if f"{name}.{key}" in state["metrics"]:
-                    setattr(metric, key, state["metrics"][f"{name}.{key}"].to(self.loss_sum.device))
+                    setattr(metric, key, state["metrics"][f"{name}.{key}"].to(metric.device))
             metric._update_count = max(metric._update_count, 1)  # states hold data: compute() must not warn
-        self.loss_sum.copy_(state["loss_sum"])
-        self.count.copy_(state["count"])
 
     def reset(self) -> None:
         self.collection.reset()
-        self.loss_sum.zero_()
-        self.count.zero_()
 
 
 def _ordered(values: dict, split: str) -> list[str]:

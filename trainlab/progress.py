@@ -14,8 +14,17 @@ log = logging.getLogger("trainlab")
 T = TypeVar("T")
 
 
+_silent = False
+
+
+def silence() -> None:
+    """No bars and no progress lines in this process (training ranks other than 0)."""
+    global _silent
+    _silent = True
+
+
 def _interactive() -> bool:
-    return sys.stdout.isatty()
+    return sys.stdout.isatty() and not _silent
 
 
 def _bar(transient: bool) -> Progress:

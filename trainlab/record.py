@@ -43,13 +43,16 @@ def _json_default(value):
 
 class RunRecorder:
     def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
-                 history: Optional[list[dict]] = None):
-        """`history`: the rows of the epochs already done (a resumed run appends to them)."""
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+                 history: Optional[list[dict]] = None, active: bool = True):
+        """`history`: the rows of the epochs already done (a resumed run appends to them). `active=False`
+        (training ranks other than 0) keeps the history in memory and writes nothing."""
+        self.run_dir, self.active = Path(run_dir), active
         self.labels = class_labels(class_ids, class_names)
         self.histogram_every = histogram_every
         self.history: list[dict] = list(history or [])
+        if not active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         (self.run_dir / "confusion").mkdir(exist_ok=True)
         classes = pd.DataFrame({"index": range(len(class_ids)), "id": class_ids, "name": class_names})
@@ -60,12 +63,18 @@ class RunRecorder:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_json(self, name: str, payload: dict) -> None:
+        if not self.active:
+            return
         atomic_write_text(self.run_dir / name, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
     def log_step(self, step: int, loss: float) -> None:
+        if not self.active:
+            return
         self.writer.add_scalar("train/loss_step", loss, step)
 
     def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        if not self.active:
+            return
         self.add_graph(self.writer, model, example)
 
     @staticmethod
@@ -82,6 +91,8 @@ class RunRecorder:
     def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: Optional[torch.nn.Module]) -> None:
         epoch = row["epoch"]
         self.history.append(row)
+        if not self.active:
+            return
         frame = pd.DataFrame(self.history).reindex(columns=COLUMNS)
         tmp = self.run_dir / "metrics.csv.tmp"
         frame.to_csv(tmp, index=False)
@@ -109,6 +120,8 @@ class RunRecorder:
             self.writer.add_histogram(tag, values, epoch)
 
     def finish(self, summary: dict, hparams: dict) -> None:
+        if not self.active:
+            return
         self.write_json("summary.json", summary)
         final = {k: v for k, v in summary.get("final", {}).items()
                  if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v)}

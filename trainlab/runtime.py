@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from dataclasses import asdict, dataclass
 
@@ -53,14 +54,24 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool) -> Runtime:
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (cgroups, taskset, SLURM)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool,
+                    local_rank: int = 0, processes_per_node: int = 1) -> Runtime:
+    """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
+    (which GPU it drives, how many cores it may use)."""
     reasons = {}
     if device_type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu")
-        device = "cuda:0"
+        device = f"cuda:{local_rank}"
         has_bf16 = torch.cuda.is_bf16_supported()
-        reasons["device"] = torch.cuda.get_device_name(0)
+        reasons["device"] = torch.cuda.get_device_name(local_rank)
     else:
         device = "cpu"
         has_bf16 = _cpu_has_bf16()
@@ -80,7 +91,12 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
     else:
         use_cl = str(channels_last).lower() == "true"
         reasons["channels_last"] = "set by trainer.channels_last"
-    if threads == "auto":
+    if threads == "auto" and processes_per_node > 1:
+        # N processes with all cores each would oversubscribe the machine (torchrun sets 1 thread instead).
+        n_threads = max(1, _cores() // processes_per_node)
+        torch.set_num_threads(n_threads)
+        reasons["threads"] = f"auto: {_cores()} cores shared by {processes_per_node} processes on this machine"
+    elif threads == "auto":
         n_threads = torch.get_num_threads()
         reasons["threads"] = f"auto: torch's default of {n_threads} compute threads"
     else:

@@ -21,7 +21,9 @@ from trainlab.columns import COLUMNS
 from trainlab.config import Settings, load_settings, settings_dict
 from trainlab.diagnostics import as_dicts, diagnose
 from trainlab.early_stopping import BestTracker, EarlyStopping
-from trainlab.errors import RunStopped
+from trainlab import distributed
+from trainlab.distributed import SINGLE, Group
+from trainlab.errors import CheckpointError, RunStopped
 from trainlab.interrupt import StopRequest
 from trainlab.metrics import ClassificationMetrics
 from trainlab.models import count_parameters, l1_norm
@@ -73,12 +75,12 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: Epoch
     start = time.perf_counter()
     with EpochProgress(f"epoch {epoch} train", n_batches) as progress:
         for images, target in loader:  # after a mid-epoch resume the sampler starts at tally.batches
-            if tally.batches >= n_batches or stop.requested:
+            if tally.batches >= n_batches or s.group.any(stop.requested):  # every rank leaves at the same step
                 break
             images, target = _to_device(images, target, s.runtime)
             x = _as_input(s.augment.train(images, generator), s.runtime)
             with s.runtime.autocast():
-                logits = s.forward(x)
+                logits = s.train_forward(x)
                 loss = s.criterion(logits, target)
             objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
             s.optimizer.zero_grad(set_to_none=True)
@@ -103,9 +105,9 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: Epoch
                 log.info("torch.compile: the first step took %.1fs (compilation included)", time.perf_counter() - start)
             metrics.update(logits, target, loss)
             if step % log_every == 0:
-                # The only host sync inside the epoch: once per log interval.
-                value, acc, first_bad = torch.stack([loss.detach().float(), tally.correct.float() / tally.seen,
-                                                     tally.first_bad.float()]).tolist()
+                # The only host sync inside the epoch: once per log interval. The loss is the ranks' mean.
+                value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()), tally.correct.float() / tally.seen,
+                                                     s.group.max(tally.first_bad.float())]).tolist()
                 recorder.log_step(step, value)
                 speed = tally.seen / (tally.elapsed + time.perf_counter() - start)
                 progress.update(tally.batches, f"loss {value:.4f}  acc {acc:.3f}  {speed:.0f} img/s")
@@ -118,6 +120,7 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: Epoch
 @torch.no_grad()
 def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int) -> dict:
     s.model.eval()
+    s.group.sync_buffers(s.model)  # every rank validates rank 0's model: the one the checkpoint holds
     metrics.reset()
     start = time.perf_counter()
     for i, (images, target) in enumerate(loader):
@@ -134,14 +137,17 @@ def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int)
 
 def _epoch_row(run: Run, tally: EpochTally, epoch: int, step: int) -> tuple[dict, dict[str, torch.Tensor]]:
     """Validate, then put the epoch's numbers together in the public column order."""
-    train_values, train_confusion = run.train_metrics.compute()
+    group = run.stepper.group
+    train_values, train_confusion = run.train_metrics.compute()  # both compute()s sum over the ranks
     val_values = validate(run.stepper, run.val_loader, run.val_metrics, run.n_val)
+    images_per_s = group.sum(tally.seen) / max(tally.elapsed, 1e-9)
     values = {"epoch": epoch, "step": step, **train_values, **val_values, "lr": tally.lr,
               "grad_norm": (tally.grad_sum / max(tally.batches, 1)).item(), "grad_norm_max": tally.grad_max.item(),
-              "time/train_s": tally.elapsed, "throughput/train_ips": tally.seen / max(tally.elapsed, 1e-9),
-              "memory/peak_mb": peak_memory_mb()}
+              "time/train_s": tally.elapsed, "throughput/train_ips": images_per_s,
+              "throughput/train_ips_per_device": images_per_s / group.world_size, "memory/peak_mb": peak_memory_mb()}
     confusions = {"train": train_confusion, "val": values.pop("_confusion")}
-    return {k: values[k] for k in COLUMNS}, confusions
+    # Rank 0's row (its timings), so every rank takes the same best-epoch and stopping decisions.
+    return group.broadcast({k: values[k] for k in COLUMNS}), confusions
 
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
@@ -175,6 +181,10 @@ def _checkpoint(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTrac
 def _restore(resume: dict, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
     """Load a checkpoint's training state; returns (first epoch to run, global step)."""
     s = run.stepper
+    ranks = len(resume["position"]["ranks"]) if "position" in resume else s.group.world_size
+    if ranks != s.group.world_size:
+        raise CheckpointError(f"this checkpoint stopped in the middle of an epoch with {ranks} training "
+                              f"process(es); resume it with device.count={ranks} (or resume=<run>/checkpoints/last.ckpt)")
     check_classes(resume["classes"], run.data.classes, "the checkpoint")
     s.model.load_state_dict(resume["model"])
     s.optimizer.load_state_dict(resume["optimizer"])
@@ -183,7 +193,8 @@ def _restore(resume: dict, run: Run, best: BestTracker, stopper: EarlyStopping) 
     best.load_state_dict(resume["best"])
     stopper.load_state_dict(resume["early_stopping"])
     restore_rng(resume["rng"])
-    where = f"epoch {resume['epoch'] + 1}, batch {resume['position']['tally']['batches']}" if "position" in resume \
+    where = f"epoch {resume['epoch'] + 1}, batch {resume['position']['ranks'][0]['tally']['batches']}" \
+        if "position" in resume \
         else f"epoch {resume['epoch'] + 1}"
     log.info("resuming at %s (global step %d)", where, resume["step"])
     return resume["epoch"] + 1, resume["step"]
@@ -191,16 +202,18 @@ def _restore(resume: dict, run: Run, best: BestTracker, stopper: EarlyStopping) 
 
 def _start_epoch(run: Run, epoch: int, seed: int, position: Optional[dict]) -> tuple[EpochTally, torch.Generator]:
     """Seed the epoch, or, for the epoch a mid-epoch checkpoint stopped in, restore where it was."""
-    device = run.stepper.runtime.torch_device
-    torch.manual_seed(_epoch_seed(seed, epoch))
-    generator = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch))
+    device, rank = run.stepper.runtime.torch_device, run.stepper.group.rank
+    # Each rank augments (and drops out) its own samples with its own stream; rank 0's is a single process's.
+    torch.manual_seed(_epoch_seed(seed, epoch) + 7919 * rank)
+    generator = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch) + 7919 * rank)
     tally = EpochTally(device, run.stepper.schedule.lr)
     run.train_metrics.reset()
     if position is not None and position["epoch"] == epoch:
-        tally.load_state_dict(position["tally"])
-        run.train_metrics.load_state_dict(position["train_metrics"])
-        generator.set_state(position["generator"])
-        restore_rng(position["rng"])
+        mine = position["ranks"][rank]
+        tally.load_state_dict(mine["tally"])
+        run.train_metrics.load_state_dict(mine["train_metrics"])
+        generator.set_state(mine["generator"])
+        restore_rng(mine["rng"])
     run.train_loader.sampler.set_epoch(epoch, start_batch=tally.batches)
     return tally, generator
 
@@ -217,14 +230,21 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
         "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
         "runtime": run.stepper.runtime.to_dict(), "settings": settings_dict(settings), "data": run.data.describe(),
         "augment": run.stepper.augment.describe(), "model": {"parameters": count_parameters(model)},
+        "distributed": run.stepper.group.describe() | {"batch_size_global": run.data.batch_size,
+                                                       "batch_size_per_process": run.data.batch_size // run.stepper.group.world_size},
         "steps_per_epoch": run.n_train, "val_batches": run.n_val, "config": OmegaConf.to_container(cfg, resolve=True)})
     recorder.write_json("run.json", info)
-    if not resumed_from:  # the graph is the same on resume: write it once
+    if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
         example = run.stepper.augment.normalize(run.data.splits["val"].images[:2]).to(run.stepper.runtime.torch_device)
         model.eval()
         recorder.log_graph(model, _as_input(example, run.stepper.runtime))
+    group = run.stepper.group
     log.info("model: %s, %s parameters; %d train batches of %d per epoch; writing to %s", type(model).__name__,
              f"{count_parameters(model):,}", run.n_train, run.data.batch_size, recorder.run_dir)
+    if group.world_size > 1:
+        log.info("processes: %d on %d machine(s), %s backend, started by %s; dataset.batch_size=%d is the global "
+                 "batch, %d per process", group.world_size, group.nodes, group.backend, group.launcher,
+                 run.data.batch_size, run.data.batch_size // group.world_size)
 
 
 OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; resume=latest|DATE looks here
@@ -233,35 +253,43 @@ OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; resu
 def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: Optional[dict] = None) -> dict:
     """`trainlab train`: a new run, or with `resume=` the stored run continued in its own directory
     (the CLI already pointed Hydra's output directory there). `choices`: the config group options
-    picked (Hydra's runtime.choices), stored with the checkpoints."""
-    if not cfg.get("resume"):
-        return train(cfg, run_dir, choices=choices)
-    path = find_checkpoint(str(cfg.resume), OUTPUTS_ROOT)
-    ckpt = load_checkpoint(path)
-    resumed_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}))
-    resumed_cfg.resume = str(path)
-    return train(resumed_cfg, path.parent.parent, resume=ckpt, resumed_from=str(path), changed=tuple(changed),
-                 choices=ckpt.get("choices"))
+    picked (Hydra's runtime.choices), stored with the checkpoints. With `device.count > 1` the training
+    processes are started here, inside this (one) Hydra job, each with the resolved config."""
+    resumed_from, changed = None, ()
+    if cfg.get("resume"):
+        path = find_checkpoint(str(cfg.resume), OUTPUTS_ROOT)
+        ckpt = load_checkpoint(path)
+        cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}))
+        cfg.resume, run_dir, resumed_from, choices = str(path), path.parent.parent, str(path), ckpt.get("choices")
+        del ckpt  # each training process loads it again: one copy per process, not one more in this one
+    settings = load_settings(cfg)
+    # Resolved and plain, so the worker processes (a fresh interpreter each, no Hydra) can take it.
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return distributed.run(train, settings.device.type, settings.device.count, int(cfg.dataset.batch_size),
+                           cfg, Path(run_dir), resumed_from=resumed_from, changed=tuple(changed), choices=choices)
 
 
-def train(cfg: DictConfig, run_dir: Path, resume: Optional[dict] = None, resumed_from: Optional[str] = None,
-          changed: tuple[str, ...] = (), choices: Optional[dict] = None) -> dict:
-    """Train as configured, writing the whole record into `run_dir`; with `resume` (a loaded checkpoint)
-    continue that run. Returns the last epoch's metrics; raises RunStopped after a NaN or a signal."""
+def train(cfg: DictConfig, run_dir: Path, resumed_from: Optional[str] = None, changed: tuple[str, ...] = (),
+          choices: Optional[dict] = None, group: Group = SINGLE) -> dict:
+    """Train as configured, writing the whole record into `run_dir`; with `resumed_from` (a checkpoint)
+    continue that run. `group`: the training processes this one is part of (rank 0 writes everything).
+    Returns the last epoch's metrics; raises RunStopped after a NaN or a signal."""
     settings = load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
     runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
-                              trainer.compile)
+                              trainer.compile, group.local_rank, group.local_world_size)
     seed_everything(settings.seed)
-    run = build_run(cfg, settings, runtime)
+    run = build_run(cfg, settings, runtime, group)
+    resume = load_checkpoint(Path(resumed_from)) if resumed_from else None
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
     stopper = EarlyStopping(**vars(settings.early_stopping))
     start_epoch, step = _restore(resume, run, best, stopper) if resume else (1, 0)
     position, before = (resume or {}).get("position"), (resume or {}).get("elapsed_s", 0.0)
     recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
-                           history=(resume or {}).get("history"))
-    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep)
+                           history=(resume or {}).get("history"), active=group.is_main)
+    checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep,
+                                active=group.is_main)
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
     elapsed = lambda: before + time.perf_counter() - started  # noqa: E731
     stopped, reason = "completed", f"reached trainer.epochs={trainer.epochs}"
@@ -273,8 +301,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: Optional[dict] = None, resumed
             first_bad = int(tally.first_bad)
             if stop.requested and tally.batches < run.n_train and first_bad < 0:
                 payload = _checkpoint(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
-                payload["position"] = {"epoch": epoch, "tally": tally.state_dict(), "generator": generator.get_state(),
-                                       "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
+                mine = {"tally": tally.state_dict(), "generator": generator.get_state(),
+                        "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
+                payload["position"] = {"epoch": epoch, "ranks": group.gather(mine)}
                 path = checkpointer.save_interrupted(payload)
                 stopped, reason = "interrupted", f"{stop.name} at epoch {epoch}, batch {tally.batches}; saved {path}"
                 break
@@ -311,12 +340,12 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
         "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
     }
-    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels))
+    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels)) if recorder.active else []
     summary["diagnostics"] = as_dicts(findings)
     recorder.finish(summary, _hparams(cfg, runtime))
     for finding in findings:
         (log.warning if finding.severity == "warning" else log.info)("diagnosis: %s", finding.line())
-    if history and not findings:
+    if history and not findings and recorder.active:
         log.info("diagnosis: no problems found in the curves")
     if stopped == "nan":
         raise RunStopped(f"stopped: {reason}", exit_code=1)

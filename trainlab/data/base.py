@@ -30,10 +30,17 @@ class Split:
 
 class EpochBatches(Sampler):
     """Yields index tensors, one per batch. The order depends only on (seed, epoch), so a run
-    can be repeated, and resumed at any epoch, exactly."""
+    can be repeated, and resumed at any epoch, exactly.
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+    With several training processes, `batch_size` is the global batch: every rank walks the same global
+    order and takes every `world`-th sample of each batch, starting at its `rank`. The ranks together see
+    exactly the batches one process would (so the LR rule does not change with the process count), and an
+    evaluation pass counts every sample once - no padding with repeated samples as DistributedSampler does."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 rank: int = 0, world: int = 1):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
         # Never drop the only batch: a data set smaller than one batch still trains.
         self.drop_last = drop_last and size >= batch_size
         self.epoch, self.start_batch = 0, 0
@@ -54,7 +61,9 @@ class EpochBatches(Sampler):
         else:
             order = torch.arange(self.size)
         for i in range(self.start_batch, len(self)):
-            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+            shard = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+            if len(shard):  # only a short last batch can leave a rank without samples
+                yield shard
 
 
 class _Batches(Dataset):
@@ -102,12 +111,15 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: Optional[bool] = None) -> DataLoader:
+    def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: Optional[bool] = None,
+               rank: int = 0, world: int = 1) -> DataLoader:
         """Training order shuffles (seeded per epoch through `loader.sampler.set_epoch`) and drops an incomplete
-        last batch; evaluation order (val, test, or any split with train=False) keeps file order, every image."""
+        last batch; evaluation order (val, test, or any split with train=False) keeps file order, every image.
+        `rank`/`world`: this process's share of each (global) batch."""
         data = self.splits[split]
         train = split == "train" if train is None else train
-        batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train)
+        batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train,
+                               rank=rank, world=world)
         # A generator of its own: each DataLoader iterator draws a worker base seed from it, which would
         # otherwise come from (and shift) the global RNG that dropout uses, breaking exact resumes.
         return DataLoader(
