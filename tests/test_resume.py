@@ -209,7 +209,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert "continue with: trainlab train resume=" in log.read_text()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
-    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 10 <= ckpt["position"]["tally"]["batches"] < 37
+    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 10 <= ckpt["position"]["ranks"][0]["tally"]["batches"] < 37
     assert json.loads((run_dir / "summary.json").read_text())["stopped"] == "interrupted"
     resumed = run_cli("train", f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

@@ -223,28 +223,39 @@ def _job_config(job: Path) -> dict:
 
 
 def scaling_table(jobs: list[Path]) -> pd.DataFrame:
-    """Per job: device type and count, global batch, images/s, epoch time, speed-up over the 1-device job
-    of the same type, scaling efficiency and final val/acc1 (failed jobs keep their reason)."""
+    """Per job: device type, process count, global and per-process batch, images/s for the whole group and
+    per device, epoch time, speed-up over the 1-device job of the same type (and the same other overrides),
+    scaling efficiency and the final metrics. Failed jobs keep their reason."""
     rows = []
+    overrides = {job: _overrides(job) for job in jobs}
+    common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     for job in jobs:
-        config = _job_config(job)
+        config, run = _job_config(job), _read_json(job / "run.json")
+        group = run.get("distributed", {})
         device = config.get("device", {})
-        count, batch = int(device.get("count", 1)), int(config.get("dataset", {}).get("batch_size", 0))
-        row = {"job": job.name, "device": device.get("type", "?"), "count": count, "global batch": batch * count}
+        count = int(group.get("world_size", device.get("count", 1)))
+        batch = int(group.get("batch_size_global", config.get("dataset", {}).get("batch_size", 0)))
+        others = " ".join(o for o in overrides[job] if o not in common and not o.startswith(("device", "+device")))
+        row = {"job": job.name, "device": device.get("type", "?"), "count": count, "others": others,
+               "global batch": batch, "batch per device": batch // max(count, 1)}
         if (job / "metrics.csv").is_file():
             history = pd.read_csv(job / "metrics.csv")
+            last = history.iloc[-1]
             row.update({"images/s": float(history["throughput/train_ips"].mean()),
+                        "images/s per device": float(history["throughput/train_ips"].mean()) / count,
                         "epoch s": float((history["time/train_s"] + history["time/val_s"]).mean()),
-                        "val/acc1": float(history["val/acc1"].iloc[-1]), "status": "ok"})
+                        **{k: float(last[k]) for k in ("val/acc1", "val/loss", "train/loss")}, "status": "ok"})
         else:
             row["status"] = "failed: " + ((job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else "?")
         rows.append(row)
     table = pd.DataFrame(rows)
     if "images/s" in table:
-        base = {d: table[(table["device"] == d) & (table["count"] == 1)]["images/s"].max() for d in table["device"].unique()}
-        table["speed-up"] = [r["images/s"] / base[r["device"]] if base.get(r["device"]) else float("nan")
-                             for _, r in table.iterrows()]
+        single = table[table["count"] == 1].groupby(["device", "others"])["images/s"].max().to_dict()
+        table["speed-up"] = [r["images/s"] / single[(r["device"], r["others"])]
+                             if single.get((r["device"], r["others"])) else float("nan") for _, r in table.iterrows()]
         table["efficiency"] = table["speed-up"] / table["count"]
+    if not table["others"].astype(bool).any():
+        table = table.drop(columns="others")
     return table
 
 
@@ -256,7 +267,7 @@ def _scaling_section(doc: Document, sweep_dir: Path, jobs: list[Path]) -> None:
     doc.heading("Device scaling")
     doc.table(table.fillna(""), floats="{:.2f}")
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    labels = [f"{r['device']} x{r['count']}" for _, r in table.iterrows()]
+    labels = [f"{r['device']} x{r['count']}" + (f"\n{r['others']}" if r.get("others") else "") for _, r in table.iterrows()]
     ax.bar(labels, table["images/s"].fillna(0) if "images/s" in table else [0] * len(table), color="tab:blue")
     ax.set_ylabel("training images per second")
     ax.set_xlabel("device x processes (failed jobs: 0)")
