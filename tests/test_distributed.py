@@ -145,6 +145,8 @@ def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(
     failed = table[table["device"] == "cuda"]
     assert len(failed) == 4 and failed["status"].str.startswith("failed: device=cuda was requested").all()
     assert (sweep / "scaling.png").is_file() and "Device scaling" in (sweep / "report.html").read_text()
+    diagnosed = run_cli("diagnose", str(sweep), cwd=sweep)
+    assert diagnosed.returncode == 0 and f"{ddp}:" in diagnosed.stdout
 
 
 @pytest.mark.slow
