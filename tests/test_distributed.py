@@ -214,3 +214,11 @@ def test_torchrun_needs_one_run_directory(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "under torchrun every rank must write into the same run: pass hydra.run.dir=" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_slurm_step_with_several_tasks_is_refused(tmp_path):
+    result = run_cli("train", "dataset=fake", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                     env_extra={"SLURM_STEP_NUM_TASKS": "4"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "this SLURM step runs 4 tasks" in result.stderr and "tasks_per_node=1" in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()

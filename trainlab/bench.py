@@ -81,11 +81,12 @@ def textbook_train_ips(root: Path, batch_size: int, steps: int, workers: int = 2
 
 
 def trainlab_train_ips(overrides: list[str]) -> float:
-    """`trainlab train` in this process with the given overrides: its own recorded throughput/train_ips."""
-    from trainlab.train import train
+    """`trainlab train` with the given overrides (in this process, or with `device.count>1` in the worker
+    processes it starts): its own recorded throughput/train_ips, all processes together."""
+    from trainlab.train import train_command
 
     with tempfile.TemporaryDirectory() as run_dir:
-        row = train(compose(overrides), Path(run_dir))
+        row = train_command(compose(overrides), Path(run_dir), list(overrides))
     return row["throughput/train_ips"]
 
 

@@ -204,6 +204,11 @@ def run(fn: Callable, device_type: str, count: int, batch_size: int, *args: Any,
             return fn(*args, group=group, **kwargs)
         finally:
             dist.destroy_process_group()
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if tasks > 1:
+        raise ConfigError(f"this SLURM step runs {tasks} tasks and each would run the whole job: use one task per "
+                          "node (hydra.launcher.tasks_per_node=1) with device.count=<GPUs per node>, or torchrun "
+                          "for several nodes")
     if count == 1:
         return fn(*args, group=SINGLE, **kwargs)
     _check_devices(device_type, count)
