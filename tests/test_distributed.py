@@ -134,6 +134,8 @@ def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(
     assert list(frame.columns) == list(COLUMNS) and list(frame["epoch"]) == [1, 2, 3]
     assert frame["throughput/train_ips_per_device"].mul(2).sub(frame["throughput/train_ips"]).abs().max() < 1e-6
     assert torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    assert run_cli("report", str(ddp), cwd=sweep).returncode == 0
+    assert "on cpu x 2 processes (1 machine(s), gloo, global batch 16)" in (ddp / "report.md").read_text()
 
     assert run_cli("report", str(sweep), cwd=sweep).returncode == 0
     table = pd.read_csv(sweep / "scaling.csv")

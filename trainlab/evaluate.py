@@ -70,6 +70,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     ckpt = load_checkpoint(path)
     run_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
     settings = load_settings(run_cfg)
+    if settings.device.count > 1:
+        log.info("evaluating in one process: device.count=%d applies to training only", settings.device.count)
     runtime = resolve_runtime(settings.device.type, settings.trainer.precision, settings.trainer.channels_last,
                               settings.trainer.threads, False)
     seed_everything(settings.seed)

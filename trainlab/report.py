@@ -103,11 +103,14 @@ def run_report(run_dir: Path) -> tuple[Path, Path]:
     history = pd.read_csv(run_dir / "metrics.csv")
     summary = _read_json(run_dir / "summary.json")
     doc = Document(f"trainlab report: {run_dir}", run_dir)
+    group = _read_json(run_dir / "run.json").get("distributed", {})
+    processes = (f" x {group['world_size']} processes ({group.get('nodes', 1)} machine(s), {group.get('backend')}, "
+                 f"global batch {group.get('batch_size_global')})" if group.get("world_size", 1) > 1 else "")
     if summary:
         doc.text(f"Stopped: {summary.get('stopped')} ({summary.get('stop_reason')}); {summary.get('epochs_run')} epochs "
                  f"in {summary.get('total_time_s', 0) / 60:.1f} min; best {summary.get('monitor')} at epoch "
                  f"{summary.get('best_epoch')}; precision {summary.get('runtime', {}).get('precision')} on "
-                 f"{summary.get('runtime', {}).get('device')}.")
+                 f"{summary.get('runtime', {}).get('device')}{processes}.")
     doc.heading("Final and best metrics")
     rows = {"final": history.iloc[-1]}
     if summary.get("best"):
