@@ -209,18 +209,24 @@ def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_pa
                                                                  "model=small_cnn")))
 
 
-def test_torchrun_needs_one_run_directory(tmp_path):
-    result = run_cli("train", "dataset=fake", cwd=tmp_path,
-                     env_extra={"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                                "MASTER_PORT": "1"})
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "under torchrun every rank must write into the same run: pass hydra.run.dir=" in result.stderr
-    assert not (tmp_path / "outputs").exists()
+def test_torchrun_needs_one_run_directory(monkeypatch, capsys):
+    from trainlab.cli import torchrun_args
+
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stop:
+        torchrun_args(["dataset=fake"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("under torchrun every rank must write into the same run: "
+                                                    "pass hydra.run.dir=<a directory every machine can reach>")
+    # rank 1 neither writes Hydra's files nor the log file: rank 0 does
+    assert torchrun_args(["hydra.run.dir=/shared/run", "hydra.output_subdir=.hydra/resume-x"]) == [
+        "hydra.run.dir=/shared/run", "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
+    monkeypatch.setenv("RANK", "0")
+    assert torchrun_args(["hydra.run.dir=/shared/run"]) == ["hydra.run.dir=/shared/run"]
 
 
-def test_a_slurm_step_with_several_tasks_is_refused(tmp_path):
-    result = run_cli("train", "dataset=fake", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                     env_extra={"SLURM_STEP_NUM_TASKS": "4"})
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "this SLURM step runs 4 tasks" in result.stderr and "tasks_per_node=1" in result.stderr
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+def test_a_slurm_step_with_several_tasks_is_refused(monkeypatch):
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(ConfigError, match="this SLURM step runs 4 tasks .*tasks_per_node=1"):
+        distributed.run(lambda group: pytest.fail("must not run"), "cpu", 1, 16)

@@ -199,17 +199,17 @@ def _cli(args, cwd, log):
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    args = FAST + ["dataset.train_size=1200", "trainer.epochs=3", "trainer.log_every_n_steps=2"]
+    args = FAST + ["dataset.train_size=800", "trainer.epochs=3", "trainer.log_every_n_steps=2"]
     straight = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     run_dir, log = tmp_path / "stopped", tmp_path / "stopped.log"
     proc = _cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
-    _wait_for(log, "epoch 2 train 11/", proc)  # progress lines come every 2 global steps: odd batches here
+    _wait_for(log, "epoch 2 train 7/", proc)  # progress lines come every 2 global steps: odd batches here
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert "continue with: trainlab train resume=" in log.read_text()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
-    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 10 <= ckpt["position"]["ranks"][0]["tally"]["batches"] < 37
+    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 6 <= ckpt["position"]["ranks"][0]["tally"]["batches"] < 25
     assert json.loads((run_dir / "summary.json").read_text())["stopped"] == "interrupted"
     resumed = run_cli("train", f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -228,7 +228,7 @@ def test_kill_9_never_damages_a_checkpoint(tmp_path):
             "trainer.histogram_every_n_epochs=0"]
     run_dir = tmp_path / "run"
     rng = random.Random(0)
-    for attempt in range(3):
+    for attempt in range(2):
         log = tmp_path / f"attempt{attempt}.log"
         extra = [f"hydra.run.dir={run_dir}"] if attempt == 0 else [f"resume={run_dir}"]
         proc = _cli(args + extra, tmp_path, log)
@@ -238,7 +238,7 @@ def test_kill_9_never_damages_a_checkpoint(tmp_path):
         proc.wait()
         for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
             load_checkpoint(ckpt)  # every visible checkpoint is whole
-    finish = run_cli("train", f"resume={run_dir}", "trainer.epochs=14", cwd=tmp_path)
+    finish = run_cli("train", f"resume={run_dir}", "trainer.epochs=10", cwd=tmp_path)
     assert finish.returncode == 0, finish.stderr
     frame = pd.read_csv(run_dir / "metrics.csv")
-    assert list(frame["epoch"]) == list(range(1, 15))  # no gap, no duplicate
+    assert list(frame["epoch"]) == list(range(1, 11))  # no gap, no duplicate

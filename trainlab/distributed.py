@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -227,7 +228,7 @@ def _check_devices(device_type: str, count: int) -> None:
 
 
 def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dict) -> Any:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -237,17 +238,22 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
         logging.getLogger(name).setLevel(logging.CRITICAL)
     backend = "nccl" if device_type == "cuda" else "gloo"
     log.info("launching %d training processes (%s backend) through torch's elastic agent", count, backend)
+    errors = Path(tempfile.mkdtemp(prefix="trainlab-ranks-"))
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=count, run_id=f"trainlab-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",  # port 0: the agent picks a free one (torchrun --standalone)
         max_restarts=0, start_method="spawn", monitor_interval=0.1,
         shutdown_timeout=120,  # on a signal, workers get time to finish the step and save interrupted.ckpt
+        logs_specs=DefaultLogsSpecs(log_dir=str(errors / "agent")),  # the agent's files go with ours, not left in /tmp
     )
-    errors = Path(tempfile.mkdtemp(prefix="trainlab-ranks-"))
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     try:
         results = elastic_launch(config, _worker)(fn, device_type, args, kwargs, log_files, str(errors))
-    except (ChildFailedError, SignalException):
+    except SignalException as e:  # the agent forwarded the signal; the workers saved what they could
+        name = signal.Signals(e.sigval).name
+        raise _first_error(errors) or RunStopped(f"interrupted by {name}; the training processes saved no "
+                                                 "checkpoint this time", 128 + e.sigval) from None
+    except ChildFailedError:
         error = _first_error(errors)
         if error is None:
             raise  # not a user error: torch's own report names the failed rank and its traceback
