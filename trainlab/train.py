@@ -106,7 +106,8 @@ def train_epoch(s: Stepper, loader, metrics: ClassificationMetrics, tally: Epoch
             metrics.update(logits, target, loss)
             if step % log_every == 0:
                 # The only host sync inside the epoch: once per log interval. The loss is the ranks' mean.
-                value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()), tally.correct.float() / tally.seen,
+                value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()),
+                                                     tally.correct.float() / tally.seen,
                                                      s.group.max(tally.first_bad.float())]).tolist()
                 recorder.log_step(step, value)
                 speed = tally.seen / (tally.elapsed + time.perf_counter() - start)
@@ -225,13 +226,13 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
         info.setdefault("resumes", []).append({"time": datetime.now().isoformat(timespec="seconds"),
                                                "from": resumed_from, "changed": changed})
         log.info("resumed from %s%s", resumed_from, f"; changed: {', '.join(changed)}" if changed else "")
-    model = run.stepper.model
+    model, group = run.stepper.model, run.stepper.group
     info.update({
         "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
         "runtime": run.stepper.runtime.to_dict(), "settings": settings_dict(settings), "data": run.data.describe(),
         "augment": run.stepper.augment.describe(), "model": {"parameters": count_parameters(model)},
-        "distributed": run.stepper.group.describe() | {"batch_size_global": run.data.batch_size,
-                                                       "batch_size_per_process": run.data.batch_size // run.stepper.group.world_size},
+        "distributed": group.describe() | {"batch_size_global": run.data.batch_size,
+                                           "batch_size_per_process": run.data.batch_size // group.world_size},
         "steps_per_epoch": run.n_train, "val_batches": run.n_val, "config": OmegaConf.to_container(cfg, resolve=True)})
     recorder.write_json("run.json", info)
     if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
@@ -298,14 +299,16 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: Optional[str] = None, ch
             tally, generator = _start_epoch(run, epoch, settings.seed, position)
             step = train_epoch(run.stepper, run.train_loader, run.train_metrics, tally, recorder, epoch, step,
                                run.n_train, trainer.log_every_n_steps, generator, stop)
-            first_bad = int(tally.first_bad)
-            if stop.requested and tally.batches < run.n_train and first_bad < 0:
+            # Agreed between the ranks (one may have seen the signal or the NaN first): all take the same branch.
+            first_bad, stopping = int(group.max(tally.first_bad)), group.any(stop.requested)
+            if stopping and tally.batches < run.n_train and first_bad < 0:
                 payload = _checkpoint(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
                 mine = {"tally": tally.state_dict(), "generator": generator.get_state(),
                         "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
                 payload["position"] = {"epoch": epoch, "ranks": group.gather(mine)}
                 path = checkpointer.save_interrupted(payload)
-                stopped, reason = "interrupted", f"{stop.name} at epoch {epoch}, batch {tally.batches}; saved {path}"
+                stopped, reason = "interrupted", (f"{stop.name or 'another rank'} at epoch {epoch}, "
+                                                  f"batch {tally.batches}; saved {path}")
                 break
             row, confusions = _epoch_row(run, tally, epoch, step)
             recorder.log_epoch(row, confusions, run.stepper.model)
@@ -320,8 +323,9 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: Optional[str] = None, ch
             log.info(epoch_line(row, trainer.epochs, improved))
             checkpointer.save_epoch(_checkpoint(cfg, run, epoch, step, best, stopper, recorder.history, elapsed()),
                                     epoch, improved)
-            if stop.requested:
-                stopped, reason = "interrupted", f"{stop.name} at the end of epoch {epoch}; saved last.ckpt"
+            if group.any(stop.requested):
+                stopped, reason = "interrupted", (f"{stop.name or 'another rank'} at the end of epoch {epoch}; "
+                                                  "saved last.ckpt")
                 break
             if stopper.should_stop():
                 stopped, reason = "early_stopping", stopper.reason()
