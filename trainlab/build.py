@@ -119,6 +119,9 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     check_batch(data.batch_size, group.world_size)
     with group.main_first():
         data.setup(("train", "val"))
+    if data.batch_size > len(data.splits["train"]):
+        raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
+                          "training images: lower dataset.batch_size")
     model = build_model(cfg, data.num_classes, data.classes, runtime)
     opt_cfg, (l1,) = take(cfg.optimizer, "l1", defaults={"l1": 0.0})
     optimizer = build_optimizer(build(opt_cfg, "optimizer"), model.parameters())

@@ -46,6 +46,7 @@ _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 _failed_jobs: list[str] = []
+_held: list = []  # the locks on this process's output directories
 
 
 def _debug() -> bool:
@@ -91,23 +92,25 @@ def _check_group_choices(overrides: list[str]) -> bool:
     return any(o.is_sweep_override() for o in parsed)
 
 
-def preflight(args: list[str], config_name: str, check: Optional[Callable]) -> None:
+def preflight(args: list[str], config_name: str, check: Optional[Callable]):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
-    and no run directory is created for it."""
+    and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
+    run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
-        return
+        return None
     overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
         if _check_group_choices(overrides) or any(a in _MULTIRUN_FLAGS or "hparams_search" in a for a in args):
-            return  # a sweep (-m, sweep syntax, or a sweeper preset): every job is checked as it starts
+            return None  # a sweep (-m, sweep syntax, or a sweeper preset): every job is checked as it starts
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         if check is not None:
             check(cfg)
+        return cfg
     except TrainlabError as e:
         fail(str(e))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
@@ -151,19 +154,53 @@ def torchrun_args(args: list[str]) -> list[str]:
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
 
 
-def evaluate_args(args: list[str]) -> list[str]:
-    """Without hydra.run.dir, an evaluation goes beside its checkpoint: <run_dir>/eval/<ckpt>-<split>-<time>."""
-    from trainlab.compare import default_eval_dir
-    from trainlab.evaluate import checkpoint_path
+def _default_eval_dir(args: list[str]) -> Optional[Path]:
+    """Where an evaluation goes without hydra.run.dir: beside its checkpoint's run (<run_dir>/eval/...)."""
+    from trainlab.evaluate import checkpoint_path, default_eval_dir
 
     values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    if "ckpt" not in values or "hydra.run.dir" in values or any(a in _MULTIRUN_FLAGS for a in args):
-        return args
+    if "ckpt" not in values:
+        return None
     try:
         ckpt = checkpoint_path(values["ckpt"])
     except TrainlabError as e:
         fail(str(e))
-    return args + [f"hydra.run.dir={default_eval_dir(ckpt, values.get('split', 'val'))}"]
+    return default_eval_dir(ckpt, values.get("split", "val"))
+
+
+def _option(args: list[str], key: str) -> Optional[str]:
+    return next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), None)
+
+
+def claim_output(command: str, args: list[str], cfg) -> list[str]:
+    """Lock this run's directory before Hydra writes anything into it, and refuse a folder that already
+    holds a run (unless resume= or overwrite=true) or that is not trainlab's. A directory trainlab names
+    itself gets a free neighbour (`_1`, ...) when two runs start in the same second. Returns the arguments
+    with that directory made explicit, so Hydra uses exactly it."""
+    from omegaconf import OmegaConf
+
+    from trainlab.fs import claim_run_dir, free_run_dir
+
+    if cfg is None:  # a sweep, or a Hydra flag: each job is checked when it starts
+        sweep_dir = _option(args, "hydra.sweep.dir")
+        if sweep_dir and (Path(sweep_dir) / "multirun.yaml").is_file() and _option(args, "overwrite") != "true":
+            fail(f"{sweep_dir} already holds a sweep: pick another hydra.sweep.dir=<folder>, or pass overwrite=true "
+                 "to run every job again in it")
+        return args
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write into rank 0's directory
+        return args
+    given = _option(args, "hydra.run.dir")
+    if given is None:
+        default = _default_eval_dir(args) if command == "evaluate" else None
+        folder = free_run_dir(default or Path(OmegaConf.select(cfg, "hydra.run.dir")))
+        args = args + [f"hydra.run.dir={folder}"]
+    resumed = command == "train" and _option(args, "resume") not in (None, "", "null")
+    mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
+    try:
+        _held.append(claim_run_dir(Path(given or folder), mode))  # held until the process exits
+    except TrainlabError as e:
+        fail(str(e))
+    return args
 
 
 def _job(run: Callable, cfg) -> object:
@@ -171,10 +208,20 @@ def _job(run: Callable, cfg) -> object:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from trainlab.fs import WRITE_ERRNOS, write_error
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            _claim_job_dir(run_dir, cfg)
+        try:
+            return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        except OSError as e:  # a full disk or a read-only folder met while writing the record
+            if e.errno not in WRITE_ERRNOS or _debug():
+                raise
+            raise write_error(Path(e.filename or run_dir), e, "free some disk space or check the folder's "
+                              "permissions; what was written before (checkpoints included) is intact") from None
     except TrainlabError as e:
         if _debug():
             raise
@@ -187,15 +234,34 @@ def _job(run: Callable, cfg) -> object:
         fail(str(e), code=e.exit_code, prefix="" if isinstance(e, RunStopped) else "error: ")
 
 
+def _claim_job_dir(run_dir: Path, cfg) -> None:
+    """A sweep's job directory (Hydra made it and wrote .hydra/ already): lock it, and refuse to train over
+    an earlier job's record unless overwrite=true."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from trainlab.fs import FolderLock, remove_run_entries
+
+    lock = FolderLock(run_dir)
+    if not lock.acquire():
+        raise TrainlabError(f"{run_dir} is in use: {lock.holder()} of trainlab is writing into it")
+    _held.append(lock)
+    earlier = [n for n in ("run.json", "checkpoints", "metrics.csv", "metrics.json") if (run_dir / n).exists()]
+    if not earlier or cfg.get("resume"):
+        return
+    if not cfg.get("overwrite"):
+        raise TrainlabError(f"{run_dir} already holds an earlier job's {', '.join(earlier)}: pick another "
+                            "hydra.sweep.dir=<folder>, or pass overwrite=true to replace it")
+    remove_run_entries(run_dir, keep=(".hydra", f"{HydraConfig.get().job.name}.log"))
+
+
 def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
               check: Optional[Callable] = None) -> None:
     import hydra
 
-    preflight(args, config_name, check)
+    cfg = preflight(args, config_name, check)
     if command == "train":
         args = torchrun_args(resume_args(args))
-    if command == "evaluate":
-        args = evaluate_args(args)
+    args = claim_output(command, args, cfg)
     sys.argv = [f"trainlab {command}"] + args
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
@@ -221,9 +287,13 @@ def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> Optional[
 
 def _check_train(cfg) -> None:
     from trainlab.config import load_settings
+    from trainlab.data import check_root
+    from trainlab.runtime import check_hardware
 
     if not cfg.get("resume"):  # a resumed run is checked against its stored config, later
-        load_settings(cfg)
+        settings = load_settings(cfg)
+        check_hardware(settings.device.type, settings.trainer.precision)
+        check_root(cfg.dataset)
 
 
 def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):

@@ -17,14 +17,11 @@ from typing import Optional
 import pandas as pd
 
 from trainlab.errors import TrainlabError
+from trainlab.fs import atomic_write_text, claim_run_dir, free_run_dir
 
 log = logging.getLogger("trainlab")
 
 TILE_INCHES, TILE_DPI = (2.4, 2.8), 100  # one labelled picture in the grid: 240 x 280 pixels
-
-
-def default_eval_dir(ckpt: Path, split: str) -> Path:
-    return ckpt.parent.parent / "eval" / f"{ckpt.stem}-{split}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
 
 def ensure_evaluated(spec: str) -> Path:
@@ -35,12 +32,16 @@ def ensure_evaluated(spec: str) -> Path:
         return path
     from omegaconf import OmegaConf
 
-    from trainlab.evaluate import checkpoint_path, evaluate
+    from trainlab.evaluate import checkpoint_path, default_eval_dir, evaluate
 
     ckpt = checkpoint_path(spec)
-    out = default_eval_dir(ckpt, "val")
+    out = free_run_dir(default_eval_dir(ckpt, "val"))
+    lock = claim_run_dir(out, option="the evaluation folder")
     log.info("evaluating %s on val first", ckpt)
-    evaluate(OmegaConf.create({"ckpt": str(ckpt), "split": "val"}), out, overrides=[])
+    try:
+        evaluate(OmegaConf.create({"ckpt": str(ckpt), "split": "val"}), out, overrides=[])
+    finally:
+        lock.release()
     return out
 
 
@@ -59,8 +60,7 @@ def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = Non
     if list(a["path"]) != list(b["path"]) or list(a["target"]) != list(b["target"]):
         raise TrainlabError(f"{a_dir} and {b_dir} were evaluated on different images "
                             f"({a_rec['split']}: {len(a)} vs {b_rec['split']}: {len(b)}); evaluate both on the same split and data")
-    out_dir = Path(out_dir or Path("outputs") / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _claim_out_dir(out_dir)
     both = pd.DataFrame({
         "path": a["path"], "target": a["target"], "target_name": a["target_name"],
         "a_pred": a["pred"], "a_pred_name": a["pred_name"], "a_confidence": a["confidence"],
@@ -92,9 +92,26 @@ def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = Non
               "split": a_rec["split"], **counts, "shown": shown,
               "largest_movers": [{"class": c, **{k: float(v) for k, v in row.items()}}
                                  for c, row in per_class.head(5).iterrows()]}
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
     _print(result, out_dir)
     return result
+
+
+def _claim_out_dir(out_dir: Optional[Path]) -> Path:
+    """`out=` must be new, empty, or an earlier comparison's folder (whose files are replaced); by default a
+    fresh folder under outputs/compare."""
+    if out_dir is None:
+        out_dir = free_run_dir(Path("outputs") / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.is_dir() and any(p.name != ".trainlab.lock" for p in out_dir.iterdir()) \
+            and not (out_dir / "compare.json").is_file():
+        raise TrainlabError(f"out={out_dir} is not empty and holds no earlier comparison: trainlab writes only into "
+                            "new or empty folders; pick another out=<folder>")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainlabError(f"cannot create {out_dir}: {e.strerror or e}; pick a writable out=<folder>") from None
+    return out_dir
 
 
 def _short(name: str, width: int = 18) -> str:

@@ -62,6 +62,7 @@ class DeviceSettings:
 class Settings:
     seed: int = 0
     resume: Optional[str] = None
+    overwrite: bool = False
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
@@ -87,7 +88,7 @@ def _require(ok: bool, message: str) -> None:
 def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     """Validate the whole composed config and return the typed top-level settings. `require_data=False`
     for commands that do not read the data set (so dataset.root may be unset)."""
-    top = {k: cfg[k] for k in ("seed", "resume", "trainer", "checkpoint", "early_stopping", "device") if k in cfg}
+    top = {k: cfg[k] for k in ("seed", "resume", "overwrite", "trainer", "checkpoint", "early_stopping", "device") if k in cfg}
     settings: Settings = _typed(Settings, top, "")
     t = settings.trainer
     _require(t.epochs >= 1, f"trainer.epochs must be >= 1 (got {t.epochs})")

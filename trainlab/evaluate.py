@@ -10,19 +10,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainlab.augment import BatchAugment
 from trainlab.build import build, build_model, build_partial
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
-from trainlab.errors import CheckpointError, ConfigError
-from trainlab.record import atomic_write_text, class_labels
+from trainlab.errors import CheckpointError, ConfigError, DataError
+from trainlab.fs import atomic_write_text
+from trainlab.record import class_labels
 from trainlab.resume import check_classes, config_from_checkpoint
 from trainlab.runtime import resolve_runtime, seed_everything
 
@@ -43,6 +45,16 @@ def checkpoint_path(spec: str) -> Path:
     if not path.is_file():
         raise CheckpointError(f"ckpt={spec}: no such checkpoint file or run directory")
     return path
+
+
+def default_eval_dir(ckpt: Path, split: str) -> Path:
+    """Beside the checkpoint's run, `<run>/eval/<ckpt>-<split>-<time>`, when the checkpoint sits in a trainlab
+    run; otherwise under outputs/eval/ (never in a folder of the user's)."""
+    stamp = datetime.now()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run / "run.json").is_file():
+        return run / "eval" / f"{ckpt.stem}-{split}-{stamp:%Y-%m-%d_%H-%M-%S}"
+    return Path("outputs") / "eval" / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{split}-{stamp:%H-%M-%S}"
 
 
 @torch.inference_mode()
@@ -70,6 +82,12 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     ckpt = load_checkpoint(path)
     run_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
     settings = load_settings(run_cfg)
+    root = OmegaConf.select(run_cfg, "dataset.root")
+    if root and not Path(str(root)).expanduser().exists():
+        if any(c.startswith("dataset.root=") for c in changed):
+            raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
+        raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
+                        "dataset.root=<where the data is now>")
     if settings.device.count > 1:
         log.info("evaluating in one process: device.count=%d applies to training only", settings.device.count)
     runtime = resolve_runtime(settings.device.type, settings.trainer.precision, settings.trainer.channels_last,

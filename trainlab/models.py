@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -24,7 +25,7 @@ def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, i
     builder = getattr(torchvision.models, arch)
     if weights:
         # Pretrained weights have a 1000-way head: load them as they are, then replace the head.
-        model = builder(weights=weights)
+        model = builder(weights=_pretrained(arch, str(weights)))
     else:
         model = builder(weights=None, num_classes=num_classes)
     if small_stem:
@@ -36,6 +37,27 @@ def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, i
     head = nn.Linear(in_features, num_classes) if (weights or dropout) else model.fc
     model.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout else head
     return initialize(model, init, skip_pretrained=bool(weights))
+
+
+def _pretrained(arch: str, name: str):
+    """torchvision's weights enum for `name`, with the file already in torch's hub cache (downloaded once
+    if there is a network): one clear line instead of a traceback when it cannot be had."""
+    from urllib.error import URLError
+
+    options = torchvision.models.get_model_weights(arch)
+    if name not in options.__members__:
+        raise ConfigError(f"model.weights={name} is neither a file nor one of {arch}'s torchvision weights "
+                          f"({', '.join(options.__members__)}); pass a trainlab checkpoint, a weight name, or null")
+    weights = options[name]
+    try:
+        weights.get_state_dict(progress=False, check_hash=True)  # downloads into the hub cache, or reads it
+    except (URLError, OSError, RuntimeError) as e:
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        reason = " ".join(str(getattr(e, "reason", e)).split())[:100]
+        raise ConfigError(f"cannot download {arch} weights {name} ({reason}): on a machine without network, copy "
+                          f"{weights.url.rsplit('/', 1)[-1]} (from {weights.url}) into {folder}, or use "
+                          "model.weights=null to start from random weights") from None
+    return weights
 
 
 def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0) -> nn.Module:

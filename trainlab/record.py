@@ -15,6 +15,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from trainlab.columns import COLUMNS
+from trainlab.fs import atomic_write_text
 from trainlab.plots import confusion_figure, plot_history
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,6 @@ __all__ = ["COLUMNS", "RunRecorder"]
 def class_labels(ids: list[str], names: list[str]) -> list[str]:
     """Axis labels: the id plus the first human name when they differ ('n01443537 goldfish')."""
     return [i if n == i else f"{i} {n.split(',')[0].strip()}" for i, n in zip(ids, names)]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_default(value):

@@ -61,14 +61,22 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_hardware(device_type: str, precision: str) -> None:
+    """Refuse, before anything is written, what this machine cannot run."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu "
+                          "(device.type=cpu for a checkpoint's run)")
+    if precision == "16-mixed" and device_type == "cpu":
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
+
+
 def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool,
                     local_rank: int = 0, processes_per_node: int = 1) -> Runtime:
     """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
     (which GPU it drives, how many cores it may use)."""
     reasons = {}
+    check_hardware(device_type, precision)
     if device_type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu")
         device = f"cuda:{local_rank}"
         has_bf16 = torch.cuda.is_bf16_supported()
         reasons["device"] = torch.cuda.get_device_name(local_rank)
@@ -82,8 +90,6 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
                                 else "auto: no native bf16 on this hardware, so fp32")
     else:
         reasons["precision"] = "set by trainer.precision"
-    if precision == "16-mixed" and device == "cpu":
-        raise ConfigError("trainer.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
     if str(channels_last).lower() == "auto":
         # channels_last speeds up convolutions with both oneDNN (CPU) and cuDNN (GPU) in mixed precision and fp32.
         use_cl = True

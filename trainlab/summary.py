@@ -15,7 +15,7 @@ from trainlab.build import build, build_model
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import DataError
-from trainlab.record import atomic_write_text
+from trainlab.fs import atomic_write_text
 from trainlab.resume import config_from_checkpoint
 from trainlab.runtime import Runtime
 

@@ -2,6 +2,27 @@
 
 from trainlab.data.base import EpochBatches, ImageData, Split
 from trainlab.data.fake import FakeData
-from trainlab.data.files import Digits, ImageFolderData, TinyImageNet
+from trainlab.data.digits import Digits
+from trainlab.data.files import ImageFolderData, TinyImageNet
 
-__all__ = ["Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet"]
+
+
+def check_root(node) -> None:
+    """The checks on a data set's folder that need no image read, made before a run directory exists:
+    the folder exists, and the demo data set is never pointed at a folder of the user's."""
+    from pathlib import Path
+
+    from trainlab.data.digits import check_root as check_digits_root, default_root
+    from trainlab.errors import DataError
+
+    target, root = str(node.get("_target_", "")), node.get("root") if "root" in node else None
+    if target.endswith(".Digits"):
+        check_digits_root(Path(str(root)) if root else default_root())
+    elif root and not Path(str(root)).expanduser().exists():
+        from trainlab.data.files import TINY_HINT
+
+        hint = TINY_HINT if target.endswith(".TinyImageNet") else "point it at the folder that holds the data"
+        raise DataError(f"dataset.root {root} does not exist; {hint}")
+
+
+__all__ = ["check_root", "Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet"]

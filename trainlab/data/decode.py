@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,11 +20,13 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from trainlab.errors import DataError
+from trainlab.errors import DataError, TrainlabError
+from trainlab.fs import FolderLock, atomic_write_text, cache_home
 from trainlab.progress import progress_iter
 
 log = logging.getLogger(__name__)
 
+CACHE_FORMAT = "trainlab-decoded-v2"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -82,52 +85,102 @@ def fingerprint(paths: list[str], size: int) -> str:
 
 
 def resolve_cache_dir(root: Path, cache_dir: Optional[str]) -> Path:
-    """`cache_dir` if given, else `<root>/.trainlab_cache`, else (read-only data) a per-root folder under
-    ~/.cache/trainlab."""
+    """`cache_dir` if given, else `<root>/.trainlab_cache` (when it exists or the data folder is writable),
+    else (read-only data) a per-root folder in trainlab's cache folder."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     beside = root / ".trainlab_cache"
-    if os.access(root, os.W_OK) or beside.is_dir():
+    if beside.is_dir() or os.access(root, os.W_OK):
         return beside
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    return Path.home() / ".cache" / "trainlab" / f"{root.name}-{digest}"
+    return cache_home() / "decoded" / f"{root.name}-{digest}"
+
+
+def _read_cache(array_path: Path, count: int, size: int) -> Optional[tuple[torch.Tensor, dict]]:
+    """The cached images if the cache is complete and matches (`count` files at `size`), else None. A cache
+    is never trusted: a truncated array, a missing or foreign meta file, or a shape that does not match
+    means it is rebuilt."""
+    meta_path = array_path.with_suffix(".json")
+    if not array_path.exists() and not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            raise ValueError("it was written by another version")
+        expected = (count - len(meta["skipped"]), 3, size, size)
+        if array_path.stat().st_size != meta["bytes"]:
+            raise ValueError(f"{array_path.stat().st_size} bytes instead of {meta['bytes']}")
+        images = np.load(array_path, mmap_mode="c")
+        if images.shape != expected or images.dtype != np.uint8:
+            raise ValueError(f"shape {images.shape} instead of {expected}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("the decoded-image cache %s is incomplete or damaged (%s): decoding the images again", array_path,
+                    e.strerror if isinstance(e, OSError) and e.strerror else e)
+        return None
+    log.info("using the decoded cache %s", array_path)
+    return torch.from_numpy(images), meta
 
 
 def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[Path],
-                   skip_bad: bool = False) -> tuple[torch.Tensor, dict]:
+                   skip_bad: bool = False, source: str = "") -> tuple[torch.Tensor, dict]:
     """Decoded images for `paths`, from the cache when it is current. Returns (images, meta); meta holds
     the cache file (or None), the indices of skipped bad files and, once computed, the split's channel
-    statistics."""
+    statistics. `source`: the data folder, so that an explicit cache folder shared by several data sets
+    replaces only this one's outdated arrays."""
     if cache_dir is None:
         images, bad = decode_files(paths, size, f"{len(paths)} {split} images", skip_bad)
         return images, {"file": None, "skipped": bad}
-    key = fingerprint(paths, size)
-    array_path = cache_dir / f"{split}-{size}px-{key}.npy"
-    meta_path = array_path.with_suffix(".json")
-    if array_path.exists() and meta_path.exists():
-        log.info("using the decoded %s cache %s", split, array_path)
-        return torch.from_numpy(np.load(array_path, mmap_mode="c")), json.loads(meta_path.read_text())
+    array_path = cache_dir / f"{split}-{size}px-{fingerprint(paths, size)}.npy"
+    cached = _read_cache(array_path, len(paths), size)
+    if cached is not None:
+        return cached
+    fix = "set dataset.cache_dir=<a writable folder with space> or dataset.cache=false"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(cache_dir)
+        if not lock.acquire():
+            log.info("another trainlab process is decoding into %s: waiting for it", cache_dir)
+            lock.acquire(wait=True)
     except OSError as e:
-        raise DataError(f"cannot create the cache folder {cache_dir}: {e.strerror}; "
-                        "set dataset.cache_dir=<writable folder> or dataset.cache=false") from None
-    images, bad = decode_files(paths, size, f"{len(paths)} {split} images (once, into {cache_dir})", skip_bad)
-    tmp = array_path.with_name(array_path.name + ".tmp")
-    with open(tmp, "wb") as f:  # write then rename: a killed run never leaves a half-written cache
-        np.save(f, images.numpy())
-    os.replace(tmp, array_path)
-    for stale in cache_dir.glob(f"{split}-{size}px-*.npy"):
-        if stale != array_path:
-            stale.unlink(missing_ok=True)
-            stale.with_suffix(".json").unlink(missing_ok=True)
-    meta = {"file": str(array_path), "skipped": bad}
-    write_meta(array_path, meta)
-    return images, meta
+        raise DataError(f"cannot use the cache folder {cache_dir}: {e.strerror or e}; {fix}") from None
+    try:
+        cached = _read_cache(array_path, len(paths), size)  # built by the process this one waited for
+        if cached is not None:
+            return cached
+        images, bad = decode_files(paths, size, f"{len(paths)} {split} images (once, into {cache_dir})", skip_bad)
+        meta = {"format": CACHE_FORMAT, "file": str(array_path), "source": source, "split": split, "size": size,
+                "skipped": bad}
+        fd, tmp = tempfile.mkstemp(prefix=f".{array_path.name}.", suffix=".tmp", dir=cache_dir)
+        try:  # write then rename: a killed run never leaves a half-written array under the real name
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, images.numpy())
+            meta["bytes"] = os.path.getsize(tmp)
+            os.replace(tmp, array_path)
+            write_meta(array_path, meta)
+        except (OSError, TrainlabError) as e:
+            Path(tmp).unlink(missing_ok=True)
+            array_path.unlink(missing_ok=True)
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise DataError(f"cannot write the decoded-image cache {array_path}: {reason}; {fix}") from None
+        _remove_outdated(cache_dir, array_path, meta)
+        return images, meta
+    finally:
+        lock.release()
+
+
+def _remove_outdated(cache_dir: Path, current: Path, meta: dict) -> None:
+    """Delete the arrays this cache held for earlier versions of the same split and data folder: only files
+    whose meta file says trainlab wrote them for that split and folder."""
+    for other in cache_dir.glob(f"{meta['split']}-{meta['size']}px-*.npy"):
+        other_meta = other.with_suffix(".json")
+        try:
+            old = json.loads(other_meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if other != current and old.get("file") == str(other) and old.get("source", meta["source"]) == meta["source"]:
+            other.unlink(missing_ok=True)
+            other_meta.unlink(missing_ok=True)
 
 
 def write_meta(array_path: Path, meta: dict) -> None:
-    meta_path = Path(array_path).with_suffix(".json")
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    atomic_write_text(Path(array_path).with_suffix(".json"), json.dumps(meta, indent=1))

@@ -1,5 +1,5 @@
-"""Data sets read from image files: Tiny-ImageNet-200 (official layout), a user's class folders, and
-scikit-learn's digits written once in the Tiny-ImageNet layout."""
+"""Data sets read from image files: Tiny-ImageNet-200 (official layout) and a user's class folders.
+Both only read the data folder; decoded images go to the cache (see decode.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from trainlab.data.base import ImageData, Split, channel_stats
 from trainlab.data.decode import IMAGE_EXTENSIONS, load_or_decode, resolve_cache_dir, write_meta
-from trainlab.errors import DataError
+from trainlab.errors import DataError, TrainlabError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class FileImageData(ImageData):
             if name not in listing:
                 raise DataError(f"{self.root} has no {name} split")
             paths, labels = listing[name]
-            images, meta = load_or_decode(paths, self.image_size, name, cache_dir, self.skip_bad_images)
+            images, meta = load_or_decode(paths, self.image_size, name, cache_dir, self.skip_bad_images,
+                                          source=str(self.root))
             if meta.get("skipped") and not self.skip_bad_images:  # the cache was built while skipping them
                 raise DataError(f"cannot decode image {paths[meta['skipped'][0]]}; replace or delete the file, "
                                 "or set dataset.skip_bad_images=true to leave such files out")
@@ -65,7 +66,10 @@ class FileImageData(ImageData):
                 if "mean" not in meta:  # computed once from the train split, then kept beside the cache
                     meta["mean"], meta["std"] = channel_stats(images)
                     if meta.get("file"):
-                        write_meta(Path(meta["file"]), meta)
+                        try:
+                            write_meta(Path(meta["file"]), meta)
+                        except TrainlabError as e:  # a read-only cache: they are computed again next time
+                            log.warning("could not keep the channel statistics beside the cache: %s", e)
                 self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
             tensor_labels = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
             self.splits[name] = Split(images, tensor_labels, paths)
@@ -210,14 +214,3 @@ class ImageFolderData(FileImageData):
         pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
         return {"train": pick(sorted(train_idx)), "val": pick(sorted(val_idx))}
 
-
-class Digits(TinyImageNet):
-    """scikit-learn's 1,797 scanned digits, written once as 64x64 grayscale JPEGs in the Tiny-ImageNet layout."""
-
-    def index(self):
-        if not (self.root / "wnids.txt").is_file():
-            from trainlab.data.digits import write_digits_tree
-
-            log.info("writing scikit-learn's digits in the tiny-imagenet layout to %s (once)", self.root)
-            write_digits_tree(self.root)
-        return super().index()
