@@ -46,7 +46,7 @@ _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 _failed_jobs: list[str] = []
-_held: list = []  # the locks on this process's output directories
+_held: list = []  # the locks on this command's output directories, released when it ends
 
 
 def _debug() -> bool:
@@ -97,7 +97,7 @@ def preflight(args: list[str], config_name: str, check: Optional[Callable]):
     and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
     run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
     from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
@@ -109,12 +109,32 @@ def preflight(args: list[str], config_name: str, check: Optional[Callable]):
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         if check is not None:
-            check(cfg)
+            check(cfg, overrides)
         return cfg
     except TrainlabError as e:
         fail(str(e))
+    except OverrideParseException as e:
+        bad = next((a for a in overrides if _unparsable(a)), "")
+        fail(f"cannot read the override {bad!r}: put values with spaces or non-ASCII characters in quotes, e.g. "
+             f"'dataset.root=\"/my data/photos\"' (the single quotes keep the shell from eating the double ones)"
+             if bad else _one_line(str(e)))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         fail(_one_line(str(e)))
+
+
+def _unparsable(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except OverrideParseException:
+        return True
+    return False
+
+
+def _unquote(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def resume_args(args: list[str]) -> list[str]:
@@ -122,17 +142,24 @@ def resume_args(args: list[str]) -> list[str]:
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
     from datetime import datetime
 
-    from trainlab.checkpoint import find_checkpoint
+    from trainlab.checkpoint import find_checkpoint, load_checkpoint
     from trainlab.train import OUTPUTS_ROOT
 
-    spec = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "")
+    spec = _option(args, "resume") or ""
     if not spec or spec == "null" or any(a in _MULTIRUN_FLAGS for a in args):
         return args
     try:
-        run_dir = find_checkpoint(spec, OUTPUTS_ROOT).parent.parent
+        path = find_checkpoint(spec, OUTPUTS_ROOT)
+        choices = load_checkpoint(path).get("choices", {})
     except TrainlabError as e:
         fail(str(e))
-    extra = [f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"]
+    run_dir = path.parent.parent
+    # Compose with the run's own group options, so that keys of its groups (model.width of a small_cnn run,
+    # dataset.val_size of fake data) parse as they did when it started.
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+    extra = [f"{'+' if group == 'experiment' else ''}{group}={value}" for group, value in choices.items()
+             if group not in given and "/" not in group and value is not None]
+    extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}")
     if not any(a.startswith("hydra.run.dir=") for a in args):
         extra.append(f"hydra.run.dir={run_dir}")
     return args + extra
@@ -158,7 +185,7 @@ def _default_eval_dir(args: list[str]) -> Optional[Path]:
     """Where an evaluation goes without hydra.run.dir: beside its checkpoint's run (<run_dir>/eval/...)."""
     from trainlab.evaluate import checkpoint_path, default_eval_dir
 
-    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    values = {k: _unquote(v) for k, v in (a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))}
     if "ckpt" not in values:
         return None
     try:
@@ -169,7 +196,7 @@ def _default_eval_dir(args: list[str]) -> Optional[Path]:
 
 
 def _option(args: list[str], key: str) -> Optional[str]:
-    return next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), None)
+    return next((_unquote(a.split("=", 1)[1]) for a in reversed(args) if a.startswith(f"{key}=")), None)
 
 
 def claim_output(command: str, args: list[str], cfg) -> list[str]:
@@ -197,7 +224,7 @@ def claim_output(command: str, args: list[str], cfg) -> list[str]:
     resumed = command == "train" and _option(args, "resume") not in (None, "", "null")
     mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
     try:
-        _held.append(claim_run_dir(Path(given or folder), mode))  # held until the process exits
+        _held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
     except TrainlabError as e:
         fail(str(e))
     return args
@@ -258,9 +285,11 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
               check: Optional[Callable] = None) -> None:
     import hydra
 
+    if command == "train":
+        args = resume_args(args)
     cfg = preflight(args, config_name, check)
     if command == "train":
-        args = torchrun_args(resume_args(args))
+        args = torchrun_args(args)
     args = claim_output(command, args, cfg)
     sys.argv = [f"trainlab {command}"] + args
 
@@ -268,9 +297,15 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     def task(cfg):
         return _job(run, cfg)
 
-    task()
+    try:
+        task()
+    finally:
+        while _held:
+            _held.pop().release()
     if _failed_jobs:
-        fail(f"{len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}", code=1)
+        failed = list(_failed_jobs)
+        _failed_jobs.clear()
+        fail(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", code=1)
 
 
 def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> Optional[float]:
@@ -285,15 +320,21 @@ def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> Optional[
     return best.get(json.loads(summary.read_text())["monitor"]) if best else None
 
 
-def _check_train(cfg) -> None:
+def _check_train(cfg, overrides: list[str]) -> None:
     from trainlab.config import load_settings
     from trainlab.data import check_root
     from trainlab.runtime import check_hardware
 
-    if not cfg.get("resume"):  # a resumed run is checked against its stored config, later
-        settings = load_settings(cfg)
-        check_hardware(settings.device.type, settings.trainer.precision)
-        check_root(cfg.dataset)
+    if cfg.get("resume"):  # the stored config with these overrides: refused here, before the run's files are opened
+        from trainlab.checkpoint import find_checkpoint
+        from trainlab.resume import stored_run
+        from trainlab.train import OUTPUTS_ROOT
+
+        stored_run(find_checkpoint(str(cfg.resume), OUTPUTS_ROOT), overrides, ("resume",))
+        return
+    settings = load_settings(cfg)
+    check_hardware(settings.device.type, settings.trainer.precision)
+    check_root(cfg.dataset)
 
 
 def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
@@ -302,15 +343,17 @@ def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
     return evaluate(cfg, run_dir, overrides)
 
 
-def _check_evaluate(cfg) -> None:
+def _check_evaluate(cfg, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from trainlab.evaluate import SPLITS
+    from trainlab.evaluate import OWN_KEYS, SPLITS, checkpoint_path
+    from trainlab.resume import stored_run
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
     if cfg.split not in SPLITS:  # before a run directory is made for it
         raise TrainlabError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
+    stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS)
 
 
 def _summary(cfg, run_dir: Path, overrides: list[str], choices: dict):
@@ -338,7 +381,7 @@ def _compare(args: list[str]) -> None:
 
 def _plain(action: Callable) -> None:
     """Run a command that takes no Hydra config: console logging, and user errors as one line."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", force=True)
     try:
         action()
     except TrainlabError as e:

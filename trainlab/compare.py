@@ -55,12 +55,12 @@ def _load(eval_dir: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = None) -> dict:
+    out_dir = _claim_out_dir(out_dir)  # first: a wrong out= is refused before any evaluation runs
     a_dir, b_dir = ensure_evaluated(a_spec), ensure_evaluated(b_spec)
     (a, a_rec), (b, b_rec) = _load(a_dir), _load(b_dir)
     if list(a["path"]) != list(b["path"]) or list(a["target"]) != list(b["target"]):
         raise TrainlabError(f"{a_dir} and {b_dir} were evaluated on different images "
                             f"({a_rec['split']}: {len(a)} vs {b_rec['split']}: {len(b)}); evaluate both on the same split and data")
-    out_dir = _claim_out_dir(out_dir)
     both = pd.DataFrame({
         "path": a["path"], "target": a["target"], "target_name": a["target_name"],
         "a_pred": a["pred"], "a_pred_name": a["pred_name"], "a_confidence": a["confidence"],

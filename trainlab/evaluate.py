@@ -16,16 +16,15 @@ from typing import Optional
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
 from trainlab.build import build, build_model, build_partial
-from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
-from trainlab.errors import CheckpointError, ConfigError, DataError
+from trainlab.errors import CheckpointError, ConfigError
 from trainlab.fs import atomic_write_text
 from trainlab.record import class_labels
-from trainlab.resume import check_classes, config_from_checkpoint
+from trainlab.resume import check_classes, stored_run
 from trainlab.runtime import resolve_runtime, seed_everything
 
 log = logging.getLogger("trainlab")
@@ -79,15 +78,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     path = checkpoint_path(str(cfg.ckpt))
-    ckpt = load_checkpoint(path)
-    run_cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
+    ckpt, run_cfg, changed = stored_run(path, overrides, OWN_KEYS)
     settings = load_settings(run_cfg)
-    root = OmegaConf.select(run_cfg, "dataset.root")
-    if root and not Path(str(root)).expanduser().exists():
-        if any(c.startswith("dataset.root=") for c in changed):
-            raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
-        raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
-                        "dataset.root=<where the data is now>")
     if settings.device.count > 1:
         log.info("evaluating in one process: device.count=%d applies to training only", settings.device.count)
     runtime = resolve_runtime(settings.device.type, settings.trainer.precision, settings.trainer.channels_last,

@@ -125,6 +125,8 @@ def claim_run_dir(folder: Path, mode: str = "new", option: str = "hydra.run.dir"
     "overwrite": a trainlab run there is replaced (its files removed first; nothing else is touched).
     A folder of the user's (not empty, no trainlab run in it) is never accepted."""
     folder = Path(folder).expanduser()
+    if folder.is_dir() and _contents(folder) and not holds_run(folder):  # before the lock file is made in it
+        raise _not_a_run(folder, _contents(folder), option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(folder)
@@ -139,15 +141,19 @@ def claim_run_dir(folder: Path, mode: str = "new", option: str = "hydra.run.dir"
     if contents and mode != "resume":
         if not holds_run(folder):
             lock.release()
-            raise TrainlabError(f"{folder} is not empty and holds no trainlab run ({', '.join(contents[:3])}"
-                                f"{', ...' if len(contents) > 3 else ''}): trainlab writes only into new or empty "
-                                f"folders; pick another {option}=<folder>")
+            raise _not_a_run(folder, contents, option)
         if mode == "new":
             lock.release()
             raise TrainlabError(f"{folder} already holds a trainlab run: continue it with resume={folder}, pick "
                                 f"another {option}=<folder>, or pass overwrite=true to replace it")
         remove_run_entries(folder)
     return lock
+
+
+def _not_a_run(folder: Path, contents: list[str], option: str) -> TrainlabError:
+    return TrainlabError(f"{folder} is not empty and holds no trainlab run ({', '.join(contents[:3])}"
+                         f"{', ...' if len(contents) > 3 else ''}): trainlab writes only into new or empty folders; "
+                         f"pick another {option}=<folder>")
 
 
 def remove_run_entries(folder: Path, keep: tuple[str, ...] = ()) -> None:

@@ -5,11 +5,12 @@ with model.weights=<file.ckpt>)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.errors import CheckpointError
+from trainlab.errors import CheckpointError, DataError
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment")
 
@@ -48,3 +49,21 @@ def check_classes(saved_classes: list[str], classes: list[str], where: str) -> N
         raise CheckpointError(f"{where} was trained on {len(saved_classes)} classes "
                               f"({', '.join(saved_classes[:3])}, ...) but the data has {len(classes)} "
                               f"({', '.join(classes[:3])}, ...); point dataset.root at the same data set")
+
+
+def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...]) -> tuple[dict, DictConfig, list[str]]:
+    """Checkpoint -> (checkpoint, config to run with, changed overrides), checked before anything is written:
+    the stored config with the command line applied, its settings validated, and its data folder present."""
+    from trainlab.checkpoint import load_checkpoint
+    from trainlab.config import load_settings
+
+    ckpt = load_checkpoint(path)
+    cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
+    load_settings(cfg)
+    root = OmegaConf.select(cfg, "dataset.root")
+    if root and not Path(str(root)).expanduser().exists():
+        if any(c.startswith("dataset.root=") for c in changed):
+            raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
+        raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
+                        "dataset.root=<where the data is now>")
+    return ckpt, cfg, changed

@@ -29,7 +29,7 @@ from trainlab.metrics import ClassificationMetrics
 from trainlab.models import count_parameters, l1_norm
 from trainlab.progress import EpochProgress
 from trainlab.record import RunRecorder
-from trainlab.resume import check_classes, config_from_checkpoint
+from trainlab.resume import check_classes, stored_run
 from trainlab.runtime import Runtime, peak_memory_mb, resolve_runtime, seed_everything
 
 log = logging.getLogger("trainlab")
@@ -259,8 +259,7 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
     resumed_from, changed = None, ()
     if cfg.get("resume"):
         path = find_checkpoint(str(cfg.resume), OUTPUTS_ROOT)
-        ckpt = load_checkpoint(path)
-        cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}))
+        ckpt, cfg, changed = stored_run(path, overrides, ("resume",))
         cfg.resume, run_dir, resumed_from, choices = str(path), path.parent.parent, str(path), ckpt.get("choices")
         del ckpt  # each training process loads it again: one copy per process, not one more in this one
     settings = load_settings(cfg)

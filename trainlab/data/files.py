@@ -83,7 +83,8 @@ class TinyImageNet(FileImageData):
     def index(self):
         root = self.root
         if not root.is_dir():
-            raise DataError(f"dataset.root {root} does not exist; {TINY_HINT}")
+            raise DataError(f"dataset.root {root} {'is a file, not a folder' if root.exists() else 'does not exist'}; "
+                            f"{TINY_HINT}")
         wnids_file = root / "wnids.txt"
         if not wnids_file.is_file():
             raise DataError(f"{root} is not in the tiny-imagenet-200 layout: wnids.txt is missing; {TINY_HINT}")
@@ -164,7 +165,8 @@ class ImageFolderData(FileImageData):
     def index(self):
         root = self.root
         if not root.is_dir():
-            raise DataError(f"dataset.root {root} does not exist; point it at a folder of class folders")
+            raise DataError(f"dataset.root {root} {'is a file, not a folder' if root.exists() else 'does not exist'}; "
+                            "point it at a folder of class folders")
         if (root / "train").is_dir() and (root / "val").is_dir():
             self.classes = self._class_dirs(root / "train")
             train = self._files(root / "train", allow_missing=False)
