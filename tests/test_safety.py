@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -140,6 +141,12 @@ def test_digits_default_to_the_cache_folder(tmp_path, capsys):
     assert (tmp_path / "cache" / "digits" / MARKER).is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["data"]["cache"]["dir"] == \
         str(tmp_path / "cache" / "digits" / ".trainlab_cache")
+    # "Score my new images" with the demo run: refused before anything is written, the photos intact.
+    pets = _photos(tmp_path / "pets")
+    before = hashes(pets, tmp_path / "run")
+    assert_one_line(*run(capsys, "evaluate", "ckpt=run", "split=test", f"dataset.root={pets}"),
+                    "is not a digits folder made by trainlab")
+    assert_untouched(before, pets, tmp_path / "run", new_allowed="-none-")
 
 
 # --- data: one line for each kind of broken input; data folders never change -----------------------------------
@@ -341,13 +348,18 @@ def test_pretrained_weights_offline_is_one_line(tmp_path, capsys, monkeypatch):
 
 # --- runs: an existing run is never overwritten by accident ------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def _trained_once(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("trained") / "done"
+    cli.main(["train", "dataset=fake", "dataset.train_size=64", "dataset.val_size=16", "dataset.image_size=16", *FAST,
+              "trainer.epochs=2", "checkpoint.every_n_epochs=1", f"hydra.run.dir={where}"])
+    return where
+
+
 @pytest.fixture
-def finished_run(tmp_path, capsys) -> Path:
-    code, _, err = run(capsys, "train", "dataset=fake", "dataset.train_size=64", "dataset.val_size=16",
-                       "dataset.image_size=16", *FAST, "trainer.epochs=2", "checkpoint.every_n_epochs=1",
-                       "hydra.run.dir=done")
-    assert code == 0, err
-    return tmp_path / "done"
+def finished_run(_trained_once, tmp_path) -> Path:
+    """A finished 2-epoch run (epoch_001, epoch_002, best, last) of this test's own."""
+    return Path(shutil.copytree(_trained_once, tmp_path / "done"))
 
 
 def test_new_run_into_an_existing_run_is_refused(finished_run, capsys):
@@ -425,14 +437,17 @@ def test_bad_resumes_are_one_line(finished_run, capsys, tmp_path, spec, extra, m
 def test_evaluate_after_the_data_moved(tmp_path, capsys):
     root = write_tiny_imagenet(tmp_path / "data" / "tiny")
     code, _, err = run(capsys, "train", "dataset=tiny_imagenet", f"dataset.root={root}", "dataset.batch_size=4", *FAST,
-                       "hydra.run.dir=run")
+                       "hydra.run.dir='rün 1'")
     assert code == 0, err
+    run_dir = tmp_path / "rün 1"
     root.rename(tmp_path / "data" / "moved")
-    before = hashes(tmp_path / "run")
-    assert_one_line(*run(capsys, "evaluate", "ckpt=run"), f"no longer at {root}", "dataset.root=<where the data is now>")
-    assert_untouched(before, tmp_path / "run", new_allowed="-none-")
-    code, out, err = run(capsys, "evaluate", "ckpt=run", f"dataset.root={tmp_path / 'data' / 'moved'}")
+    before = hashes(run_dir)
+    assert_one_line(*run(capsys, "evaluate", "ckpt='rün 1'"), f"no longer at {root}",
+                    "dataset.root=<where the data is now>")
+    assert_untouched(before, run_dir, new_allowed="-none-")
+    code, out, err = run(capsys, "evaluate", "ckpt='rün 1'", f"dataset.root={tmp_path / 'data' / 'moved'}")
     assert code == 0, err
+    assert len(list((run_dir / "eval").glob("best-val-*/metrics.json"))) == 1
 
 
 def test_evaluate_of_a_loose_checkpoint_writes_under_outputs(finished_run, tmp_path, capsys):

@@ -39,7 +39,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        hint = "free some disk space" if e.errno == errno.ENOSPC else "check the folder's permissions"
+        hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) \
+            else "check the folder's permissions"
         raise TrainlabError(f"could not write checkpoint {path}: {e.strerror}; {hint} "
                             "(the previous checkpoint is intact)") from None
 

@@ -133,6 +133,12 @@ def _unparsable(override: str) -> bool:
     return False
 
 
+def _override(key: str, value) -> str:
+    """`key=value` that Hydra parses back to exactly `value` (a path with spaces or non-ASCII letters is quoted)."""
+    plain = f"{key}={value}"
+    return plain if not _unparsable(plain) else f"{key}='{value}'"
+
+
 def _unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
@@ -161,7 +167,7 @@ def resume_args(args: list[str]) -> list[str]:
              if group not in given and "/" not in group and value is not None]
     extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}")
     if not any(a.startswith("hydra.run.dir=") for a in args):
-        extra.append(f"hydra.run.dir={run_dir}")
+        extra.append(_override("hydra.run.dir", run_dir))
     return args + extra
 
 
@@ -220,7 +226,7 @@ def claim_output(command: str, args: list[str], cfg) -> list[str]:
     if given is None:
         default = _default_eval_dir(args) if command == "evaluate" else None
         folder = free_run_dir(default or Path(OmegaConf.select(cfg, "hydra.run.dir")))
-        args = args + [f"hydra.run.dir={folder}"]
+        args = args + [_override("hydra.run.dir", folder)]
     resumed = command == "train" and _option(args, "resume") not in (None, "", "null")
     mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
     try:

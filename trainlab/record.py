@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -89,9 +88,7 @@ class RunRecorder:
         if not self.active:
             return
         frame = pd.DataFrame(self.history).reindex(columns=COLUMNS)
-        tmp = self.run_dir / "metrics.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, self.run_dir / "metrics.csv")
+        atomic_write_text(self.run_dir / "metrics.csv", frame.to_csv(index=False))
         for key, value in row.items():
             if key != "epoch" and value is not None:
                 self.writer.add_scalar(key, value, epoch)

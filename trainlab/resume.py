@@ -56,14 +56,18 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...]) -> t
     the stored config with the command line applied, its settings validated, and its data folder present."""
     from trainlab.checkpoint import load_checkpoint
     from trainlab.config import load_settings
+    from trainlab.data import check_root
+    from trainlab.runtime import check_hardware
 
     ckpt = load_checkpoint(path)
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
-    load_settings(cfg)
+    settings = load_settings(cfg)
+    check_hardware(settings.device.type, settings.trainer.precision)
     root = OmegaConf.select(cfg, "dataset.root")
     if root and not Path(str(root)).expanduser().exists():
         if any(c.startswith("dataset.root=") for c in changed):
             raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
         raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
                         "dataset.root=<where the data is now>")
+    check_root(cfg.dataset)
     return ckpt, cfg, changed
