@@ -6,6 +6,7 @@ the cost of a fresh interpreter. Subprocesses only where a resource limit or a s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -411,6 +412,34 @@ def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "plain_file").write_text("x")
     assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={tmp_path / 'plain_file' / 'run'}"),
                     "cannot create the run directory", "hydra.run.dir")
+
+
+def test_read_only_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "ro" in self.parts:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={tmp_path / 'ro' / 'run'}"),
+                    "cannot create the run directory", "Read-only file system")
+
+
+def test_a_failed_write_during_the_run_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import trainlab.record
+
+    def unwritable(folder, *args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", folder)
+
+    monkeypatch.setattr(trainlab.record, "SummaryWriter", unwritable)
+    args = ["train", "dataset=fake", *FAST]
+    assert_one_line(*run(capsys, *args, "hydra.run.dir=a"), f"cannot write {tmp_path / 'a' / 'tensorboard'}",
+                    "Permission denied", "intact")
+    monkeypatch.setenv("TRAINLAB_DEBUG", "1")
+    code, out, err = run(capsys, *args, "hydra.run.dir=b")
+    assert code != 0 and "Traceback" in err and "PermissionError: [Errno 13] Permission denied" in err
 
 
 def test_existing_sweep_directory_is_refused(tmp_path, capsys):
