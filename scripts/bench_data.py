@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from trainlab.bench import (alternate, bare_train_ips, imagefolder_delivery_ips, report, tiny_tree,
-                            trainlab_delivery_ips)
 from trainlab.data import TinyImageNet
+
+from benchlib import alternate, bare_train_ips, imagefolder_delivery_ips, report, tiny_tree, trainlab_delivery_ips
 
 
 def main() -> None:
@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = tiny_tree(Path(tmp) / "tiny-imagenet-200", per_class=args.per_class)
-        data = TinyImageNet(root=str(root), image_size=64, batch_size=128, cache=True, cache_dir=str(Path(tmp) / "cache"))
+        data = TinyImageNet(root=str(root), image_size=64, batch_size=128, cache=True,
+                            cache_dir=str(Path(tmp) / "cache"))
         data.setup(("train",))  # builds the decode-once cache (not timed: it happens once per data set)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

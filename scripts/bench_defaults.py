@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from trainlab.bench import alternate, report, textbook_train_ips, tiny_tree, trainlab_train_ips
+from benchlib import alternate, report, textbook_train_ips, tiny_tree, trainlab_train_ips
 
 
 def main() -> None:
@@ -27,7 +27,8 @@ def main() -> None:
                     "trainer.limit_val_batches=1", "trainer.histogram_every_n_epochs=0",
                     f"dataset.cache_dir={Path(tmp) / 'cache'}"]
         results = alternate({
-            "textbook loop (fp32, ImageFolder+PIL, 2 workers)": lambda: textbook_train_ips(root, args.batch_size, args.steps),
+            "textbook loop (fp32, ImageFolder+PIL, 2 workers)":
+                lambda: textbook_train_ips(root, args.batch_size, args.steps),
             "trainlab train +experiment=resnet18_tiny": lambda: trainlab_train_ips(trainlab),
         })
     names = list(results)

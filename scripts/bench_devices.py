@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from trainlab.bench import alternate, report, tiny_tree, trainlab_train_ips
+from benchlib import alternate, report, tiny_tree, trainlab_train_ips
 
 
 def main() -> None:

@@ -14,10 +14,19 @@ import torch
 import torchvision
 
 from trainlab.augment import BatchAugment
-from trainlab.bench import IMAGENET_MEAN, IMAGENET_STD, alternate, bare_eval_ips, bare_train_ips, report, trainlab_train_ips
 from trainlab.data import FakeData
 from trainlab.evaluate import predict
 from trainlab.runtime import resolve_runtime
+
+from benchlib import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    alternate,
+    bare_eval_ips,
+    bare_train_ips,
+    report,
+    trainlab_train_ips,
+)
 
 
 def main() -> None:

@@ -9,11 +9,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose, run_cli
 from trainlab.build import build, build_partial, take
 from trainlab.config import load_settings
 from trainlab.errors import ConfigError
 from trainlab.optim import LRSchedule
+
+from helpers import assert_one_line, compose, run
 
 CONF = files("trainlab.conf")
 
@@ -25,15 +26,16 @@ def options(group: str) -> list[str]:
 def test_conf_ships_every_group():
     for group in ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment"):
         assert options(group), group
-    assert set(options("scheduler")) == {"none", "step", "multistep", "exponential", "cosine", "cyclic", "onecycle", "plateau"}
+    assert set(options("scheduler")) == {"none", "step", "multistep", "exponential", "cosine", "cyclic", "onecycle",
+                                         "plateau"}
     assert set(options("optimizer")) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"}
     assert set(options("dataset")) == {"tiny_imagenet", "image_folder", "digits", "fake"}
 
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_and_runs(name):
-    from trainlab.runtime import resolve_runtime
     from trainlab.build import build_model
+    from trainlab.runtime import resolve_runtime
 
     cfg = compose([f"model={name}", "dataset=fake"])
     runtime = resolve_runtime("cpu", "32", "false", "auto", False)
@@ -133,31 +135,31 @@ def test_bad_values_are_refused(override, message):
     (["+experiment=resnet18_tiny"], "dataset.root is not set"),
     (["-m", "device=cpu,tpu"], "unknown device 'tpu'"),
 ])
-def test_cli_config_errors_are_one_line(tmp_path, args, message):
-    result = run_cli("train", *args, cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("trainlab: error:") and message in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+def test_cli_config_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", *args)
+    line = assert_one_line(code, out, err, message)
+    assert line.startswith("trainlab: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
-def test_cli_help_lists_commands_and_groups(tmp_path):
-    top = run_cli("--help", cwd=tmp_path)
-    assert top.returncode == 0
+def test_cli_help_lists_commands_and_groups(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
     for command in ("train", "evaluate", "compare", "summary", "diagnose", "report"):
-        assert f"  {command} " in top.stdout, command
-    train_help = run_cli("train", "--help", cwd=tmp_path)
-    assert train_help.returncode == 0
+        assert f"  {command} " in out, command
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
     for group in ("dataset:", "optimizer:", "scheduler:", "experiment:"):
-        assert group in train_help.stdout
-    unknown = run_cli("fly", cwd=tmp_path)
-    assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+        assert group in out
+    code, _, err = run(capsys, "fly")
+    assert code == 2 and "unknown command 'fly'" in err
 
 
-def test_cfg_job_prints_the_composed_config(tmp_path):
-    result = run_cli("train", "+experiment=quickstart", "--cfg", "job", cwd=tmp_path)
-    assert result.returncode == 0
-    cfg = OmegaConf.create(result.stdout)
+def test_cfg_job_prints_the_composed_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "train", "+experiment=quickstart", "--cfg", "job")
+    assert code == 0
+    cfg = OmegaConf.create(out)
     assert cfg.trainer.epochs == 8 and cfg.dataset._target_ == "trainlab.data.Digits"

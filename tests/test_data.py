@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_tiny_imagenet
 from trainlab.data import Digits, EpochBatches, FakeData, ImageFolderData, TinyImageNet
 from trainlab.errors import DataError
+
+from helpers import write_tiny_imagenet
 
 
 def tiny(root, **kw):

@@ -16,8 +16,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import compose, run_cli
-from test_resume import _cli, _wait_for
 from trainlab import distributed
 from trainlab.build import build_run
 from trainlab.checkpoint import load_checkpoint
@@ -26,11 +24,11 @@ from trainlab.config import load_settings
 from trainlab.data import EpochBatches
 from trainlab.distributed import SINGLE
 from trainlab.errors import ConfigError
+from trainlab.loop import validate
 from trainlab.runtime import resolve_runtime, seed_everything
-from trainlab.train import validate
 
-# Clock-dependent columns; everything else must agree between runs that compute the same thing.
-TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
+from helpers import TIMING, compose, run_cli, start_cli, wait_for
+
 # Real learning in a few seconds: lr low enough that the curves move over several epochs.
 BASE = ["dataset=fake", "dataset.train_size=192", "dataset.val_size=45", "dataset.batch_size=16", "augment=none",
         "optimizer.lr=0.02", "trainer.epochs=3", "trainer.precision=32", "trainer.histogram_every_n_epochs=0",
@@ -194,8 +192,8 @@ def test_torchrun_two_nodes_on_localhost_train_the_same_run(sweep, tmp_path):
 def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_path):
     args = BASE + ["model=small_cnn", "device.count=2", "trainer.log_every_n_steps=1"]
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    proc = _cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
-    _wait_for(log, "epoch 2 train 3/", proc)
+    proc = start_cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
+    wait_for(log, "epoch 2 train 3/", proc)
     proc.send_signal(signal.SIGTERM)  # to the launching process only, as a scheduler would
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
     assert "continue with: trainlab train resume=" in log.read_text() and "Traceback" not in log.read_text()

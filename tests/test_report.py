@@ -7,14 +7,14 @@ import re
 
 import pytest
 
-from conftest import compose, run_cli
 from trainlab.columns import COLUMNS
 from trainlab.report import report
 from trainlab.train import train
 
-FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0"]
+from helpers import FAST, compose, run, run_cli
 
 
+@pytest.mark.slow
 def test_single_run_report_is_self_contained_and_names_every_metric(tmp_path):
     train(compose(FAST + ["trainer.epochs=3", "optimizer.lr=0.001"]), tmp_path)  # slow enough to confuse classes
     md, page = report(tmp_path)
@@ -33,20 +33,22 @@ def test_single_run_report_is_self_contained_and_names_every_metric(tmp_path):
     assert (tmp_path / "report_files" / "confusion.png").stat().st_size > 1000
 
 
-def test_diagnose_cli_and_end_of_training_findings(tmp_path):
-    run = tmp_path / "run"
-    result = run_cli("train", *FAST, "trainer.epochs=4", "optimizer.lr=1e-9", "scheduler=none", f"hydra.run.dir={run}",
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    log = (run / "train.log").read_text()  # lr far too low: nothing moves
+@pytest.mark.slow
+def test_diagnose_cli_and_end_of_training_findings(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *FAST, "trainer.epochs=4", "optimizer.lr=1e-9", "scheduler=none",
+                       "dataset.train_size=128", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    log = (run_dir / "train.log").read_text()  # lr far too low: nothing moves
     assert "diagnosis: [warning] loss plateau" in log and "learning rate may be far too low" in log
-    diagnosed = run_cli("diagnose", str(run), cwd=tmp_path)
-    assert diagnosed.returncode == 0 and "[warning] loss plateau" in diagnosed.stdout
+    code, out, _ = run(capsys, "diagnose", str(run_dir))
+    assert code == 0 and "[warning] loss plateau" in out
     (tmp_path / "empty").mkdir()
-    missing = run_cli("diagnose", str(tmp_path / "empty"), cwd=tmp_path)
-    assert missing.returncode == 2 and "has no metrics.csv" in missing.stderr
+    code, _, err = run(capsys, "diagnose", str(tmp_path / "empty"))
+    assert code == 2 and "has no metrics.csv" in err
 
 
+@pytest.mark.slow
 def test_multirun_report_compares_the_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("train", "-m", *FAST, "trainer.epochs=2", "optimizer=sgd,adam", f"hydra.sweep.dir={sweep}",

@@ -7,8 +7,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,14 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, run_cli, write_tiny_imagenet
 from trainlab.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from trainlab.errors import CheckpointError, DataError, TrainlabError
 from trainlab.train import train, train_command
 
-FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0",
-        "trainer.log_every_n_steps=4", "model.dropout=0.2", "optimizer.lr=0.05"]
-TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
+from helpers import FAST as SHRUNK
+from helpers import TIMING, compose, run_cli, start_cli, wait_for, write_tiny_imagenet
+
+FAST = [*SHRUNK, "trainer.log_every_n_steps=4", "model.dropout=0.2", "optimizer.lr=0.05"]
 
 
 def weights(run_dir: Path) -> dict:
@@ -38,6 +36,7 @@ def metric_rows(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
 
 
+@pytest.mark.slow
 def test_four_plus_four_epochs_equal_eight_straight(tmp_path):
     schedule = ["scheduler=multistep", "scheduler.milestones=[3,6]"]  # an lr schedule that does not depend on epochs
     train(compose(FAST + schedule + ["trainer.epochs=8"]), tmp_path / "straight")
@@ -58,7 +57,7 @@ def test_checkpoint_contents_load_weights_only(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.ckpt", "epoch_002.ckpt", "last.ckpt"]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_score", "early_stopping", "rng",
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best", "early_stopping", "rng",
                 "classes", "class_names", "config", "history", "trainlab_version", "torch_version"):
         assert key in ckpt, key
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"} and len(ckpt["history"]) == 2
@@ -107,9 +106,10 @@ def test_mismatched_resumes_are_refused(tmp_path):
               tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_model_weights_starts_a_new_run_from_a_checkpoint(tmp_path):
-    from trainlab.runtime import resolve_runtime
     from trainlab.build import build_model
+    from trainlab.runtime import resolve_runtime
 
     train(compose(FAST + ["trainer.epochs=2"]), tmp_path / "a")
     source = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -123,6 +123,7 @@ def test_model_weights_starts_a_new_run_from_a_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["epoch"] == 1  # a new run, epoch 1
 
 
+@pytest.mark.slow
 def test_early_stopping_records_why_and_keeps_every_epoch(tmp_path):
     cfg = compose(FAST + ["trainer.epochs=6", "early_stopping.enabled=true", "early_stopping.monitor=val/acc1",
                           "early_stopping.mode=max", "early_stopping.patience=2", "early_stopping.min_delta=2.0"])
@@ -181,35 +182,20 @@ def test_corrupt_jpeg_can_be_skipped_and_is_reported(tmp_path):
     assert run["data"]["skipped_images"] == {"train": 1} and run["data"]["sizes"]["train"] == 17
 
 
-def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        assert proc.poll() is None, path.read_text() if path.exists() else "process ended"
-        time.sleep(0.05)
-    raise AssertionError(f"'{text}' never appeared in {path}")
-
-
-def _cli(args, cwd, log):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args], cwd=cwd, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     args = FAST + ["dataset.train_size=800", "trainer.epochs=3", "trainer.log_every_n_steps=2"]
     straight = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     run_dir, log = tmp_path / "stopped", tmp_path / "stopped.log"
-    proc = _cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
-    _wait_for(log, "epoch 2 train 7/", proc)  # progress lines come every 2 global steps: odd batches here
+    proc = start_cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
+    wait_for(log, "epoch 2 train 7/", proc)  # progress lines come every 2 global steps: odd batches here
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert "continue with: trainlab train resume=" in log.read_text()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
-    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 6 <= ckpt["position"]["ranks"][0]["tally"]["batches"] < 25
+    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2
+    assert 6 <= ckpt["position"]["ranks"][0]["tally"]["batches"] < 25
     assert json.loads((run_dir / "summary.json").read_text())["stopped"] == "interrupted"
     resumed = run_cli("train", f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -231,8 +217,8 @@ def test_kill_9_never_damages_a_checkpoint(tmp_path):
     for attempt in range(2):
         log = tmp_path / f"attempt{attempt}.log"
         extra = [f"hydra.run.dir={run_dir}"] if attempt == 0 else [f"resume={run_dir}"]
-        proc = _cli(args + extra, tmp_path, log)
-        _wait_for(log, f"epoch {4 * attempt + 3}/40", proc)
+        proc = start_cli(args + extra, tmp_path, log)
+        wait_for(log, f"epoch {4 * attempt + 3}/40", proc)
         time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

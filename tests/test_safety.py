@@ -7,7 +7,6 @@ the cost of a fresh interpreter. Subprocesses only where a resource limit or a s
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -23,57 +22,16 @@ import torch
 from PIL import Image
 
 from trainlab import cli
-from trainlab.config import compose
-from trainlab.data import ImageFolderData, TinyImageNet
-from trainlab.data import decode
+from trainlab.data import ImageFolderData, TinyImageNet, decode
 from trainlab.data.digits import MARKER, ensure_digits_tree
-from trainlab.data.synthetic import write_tiny_imagenet
 from trainlab.errors import DataError
 from trainlab.fs import FolderLock, free_run_dir
-from trainlab.train import train
+from trainlab.testing import write_tiny_imagenet
+
+from helpers import assert_one_line, assert_untouched, hashes, run
 
 FAST = ["model=small_cnn", "trainer.precision=32", "trainer.threads=1", "trainer.epochs=1",
         "trainer.histogram_every_n_epochs=0"]
-
-
-def hashes(*folders: Path) -> dict[str, str]:
-    """sha256 of every file under the folders, by path."""
-    found = {}
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def assert_untouched(before: dict[str, str], *folders: Path, new_allowed: str = ".trainlab_cache") -> None:
-    """Every file that existed is byte-identical; new files appear only inside trainlab's cache folder."""
-    after = hashes(*folders)
-    changed = [p for p, h in before.items() if after.get(p) != h]
-    assert not changed, f"changed or removed: {changed[:5]}"
-    new = [p for p in after if p not in before and f"/{new_allowed}/" not in p]
-    assert not new, f"written into a folder trainlab does not own: {new[:5]}"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    """`trainlab <args>` in this process: (exit status, stdout, stderr)."""
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(code: int, out: str, err: str, *parts: str, status: int = 2) -> str:
-    assert code == status, err
-    assert "Traceback" not in out + err
-    lines = [ln for ln in err.splitlines() if ln.startswith("trainlab:")]
-    assert len(lines) == 1, err
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
@@ -445,13 +403,13 @@ def test_a_failed_write_during_the_run_is_one_line_and_debug_shows_the_traceback
 def test_existing_sweep_directory_is_refused(tmp_path, capsys):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "multirun.yaml").write_text("{}")
-    assert_one_line(*run(capsys, "train", "-m", "dataset=fake", "optimizer=sgd,adam", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
-                    "already holds a sweep")
+    args = ["train", "-m", "dataset=fake", "optimizer=sgd,adam", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert_one_line(*run(capsys, *args), "already holds a sweep")
 
 
 @pytest.mark.parametrize("spec, extra, message", [
     ("missing", [], "no such checkpoint file or run directory"),
-    ("no_checkpoints", [], "has no last.ckpt or interrupted.ckpt"),
+    ("no_checkpoints", [], "has no interrupted.ckpt or last.ckpt"),
     ("run", ["model.width=8"], "a checkpoint's model cannot change"),
     ("run", ["model=mlp"], "picks a config group option"),
 ])

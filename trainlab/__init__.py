@@ -1,3 +1,8 @@
 """trainlab: a command-line experiment runner for PyTorch image classification."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("trainlab")  # one place: pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -7,7 +7,7 @@ handful of tensor ops. Randomness comes from a generator seeded per (seed, epoch
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ class BatchAugment:
         scale, shift = self._affine[images.device]
         return (images.float() * scale).add_(shift)
 
-    def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def train(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a uint8 batch and normalise it."""
         if self.crop_padding or self.flip:
             images = random_crop_flip(images, self.crop_padding, self.flip, generator)
@@ -48,7 +48,8 @@ class BatchAugment:
 
     def describe(self) -> dict:
         return {"crop_padding": self.crop_padding, "flip": self.flip, "rotation": self.rotation,
-                "color_jitter": self.color_jitter, "mean": self._mean.flatten().tolist(), "std": self._std.flatten().tolist()}
+                "color_jitter": self.color_jitter, "mean": self._mean.flatten().tolist(),
+                "std": self._std.flatten().tolist()}
 
 
 def _uniform(n: int, low: float, high: float, device, generator) -> torch.Tensor:
@@ -62,7 +63,8 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator=N
     device = images.device
     dy = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
-    flips = (torch.rand(n, device=device, generator=generator) < 0.5) if flip else torch.zeros(n, dtype=torch.bool, device=device)
+    flips = (torch.rand(n, device=device, generator=generator) < 0.5) if flip \
+        else torch.zeros(n, dtype=torch.bool, device=device)
     if device.type != "cpu":
         return _crop_flip_gather(images, padding, dy, dx, flips)
     # On a CPU, slicing each image is ~10x faster than one big gather (the index tensors cost more than the copy).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
@@ -21,10 +21,10 @@ from trainlab.distributed import SINGLE, Group, check_batch
 from trainlab.errors import CheckpointError, ConfigError, TrainlabError
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import LRSchedule, build_optimizer
-from trainlab.resume import check_classes
 from trainlab.runtime import Runtime
+from trainlab.stored_run import check_classes
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 
 def build(node: DictConfig | dict, group: str, **kwargs: Any) -> Any:
@@ -76,7 +76,7 @@ class Stepper:
     scaler: torch.amp.GradScaler
     runtime: Runtime
     l1: float
-    grad_clip: Optional[float]
+    grad_clip: float | None
     group: Group                      # the training processes this one steps with (one, for a plain run)
 
 
@@ -135,7 +135,8 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     schedule = LRSchedule(build(sched_cfg, "scheduler"), optimizer, interval=interval, warmup_epochs=warmup,
                           epochs=trainer.epochs, steps_per_epoch=n_train, monitor=plateau_metric)
     metrics = {split: build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split=split,
-                                    with_auroc=split == "val", device=runtime.torch_device) for split in ("train", "val")}
+                                    with_auroc=split == "val", device=runtime.torch_device)
+               for split in ("train", "val")}
     if runtime.compile:
         log.info("compiling the model with torch.compile (the first steps are slow while it compiles)")
     forward = torch.compile(model) if runtime.compile else model

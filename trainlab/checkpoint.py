@@ -11,7 +11,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ from trainlab.errors import CheckpointError, TrainlabError
 
 FORMAT = "trainlab-checkpoint-v1"
 RESUME_NAMES = ("interrupted.ckpt", "last.ckpt")  # a run resumes from the newer of these
+EVALUATE_NAMES = ("best.ckpt", "last.ckpt")        # a run is evaluated with the first of these that exists
+OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; `latest` and dates look here
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -129,29 +131,35 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def run_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint a run resumes from: the newer of interrupted.ckpt and last.ckpt."""
-    found = [run_dir / "checkpoints" / n for n in RESUME_NAMES if (run_dir / "checkpoints" / n).is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+def run_checkpoint(run_dir: Path, names: tuple[str, ...] = RESUME_NAMES) -> Path | None:
+    """The newest of `names` in a run's checkpoints/ (resume: interrupted.ckpt or last.ckpt), or for
+    EVALUATE_NAMES the first that exists (best.ckpt, else last.ckpt)."""
+    found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if names == RESUME_NAMES else found[0]
 
 
-def find_checkpoint(spec: str, outputs_root: Path) -> Path:
-    """Resolve `resume=`: a .ckpt file, a run directory, `latest`, or a date (YYYY-MM-DD)."""
-    usage = "use resume=<run_dir>, resume=<file.ckpt>, resume=latest or resume=YYYY-MM-DD"
+def find_checkpoint(spec: str, outputs_root: Path, key: str = "resume") -> Path:
+    """The one resolver of `resume=` and `ckpt=`: a .ckpt file, a run directory, `latest` (the newest run under
+    `outputs_root`), or a date (YYYY-MM-DD: its newest run). In a run directory `resume=` takes the newer of
+    interrupted.ckpt and last.ckpt, `ckpt=` (evaluate, compare, summary) best.ckpt, else last.ckpt."""
+    names = RESUME_NAMES if key == "resume" else EVALUATE_NAMES
+    usage = f"use {key}=<run_dir>, {key}=<file.ckpt>, {key}=latest or {key}=YYYY-MM-DD"
     path = Path(spec).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        found = run_checkpoint(path)
+        found = run_checkpoint(path, names)
         if found is None:
-            raise CheckpointError(f"resume={spec}: {path}/checkpoints has no last.ckpt or interrupted.ckpt")
+            raise CheckpointError(f"{key}={spec}: {path}/checkpoints has no {' or '.join(names)}")
         return found
     if spec == "latest" or re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
         pattern = "*/*/checkpoints/*.ckpt" if spec == "latest" else f"{spec}/*/checkpoints/*.ckpt"
-        candidates = [p for p in outputs_root.glob(pattern) if p.name in RESUME_NAMES]
+        candidates = [p for p in outputs_root.glob(pattern) if p.name in names]
         if not candidates:
             where = outputs_root if spec == "latest" else outputs_root / spec
-            raise CheckpointError(f"resume={spec}: no run with a checkpoint under {where}; {usage}")
+            raise CheckpointError(f"{key}={spec}: no run with a checkpoint under {where}; {usage}")
         newest_run = max(candidates, key=lambda p: p.stat().st_mtime_ns).parent.parent
-        return run_checkpoint(newest_run)
-    raise CheckpointError(f"resume={spec}: no such checkpoint file or run directory; {usage}")
+        return run_checkpoint(newest_run, names)
+    raise CheckpointError(f"{key}={spec}: no such checkpoint file or run directory; {usage}")

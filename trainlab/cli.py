@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import trainlab
 from trainlab.errors import RunStopped, TrainlabError
@@ -75,8 +75,9 @@ def _log_to_files(message: str) -> None:
 def _check_group_choices(overrides: list[str]) -> bool:
     """`optimizer=foo` (or a sweep over several options) names an option that does not exist.
     Returns whether any override is a sweep."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from importlib.resources import files
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     conf = files(CONFIG_MODULE)
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -85,14 +86,15 @@ def _check_group_choices(overrides: list[str]) -> bool:
         if override.package or not conf.joinpath(group).is_dir() or override.is_delete():
             continue
         options = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() \
+            else [override.get_value_element_as_str()]
         for value in values:
             if value not in options:
                 raise TrainlabError(f"unknown {group} '{value}': choose one of {', '.join(options)}")
     return any(o.is_sweep_override() for o in parsed)
 
 
-def preflight(args: list[str], config_name: str, check: Optional[Callable]):
+def preflight(args: list[str], config_name: str, check: Callable | None):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
     and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
     run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
@@ -102,7 +104,8 @@ def preflight(args: list[str], config_name: str, check: Optional[Callable]):
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         return None
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    overrides = [a for a in args
+                 if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
         if _check_group_choices(overrides) or any(a in _MULTIRUN_FLAGS or "hparams_search" in a for a in args):
             return None  # a sweep (-m, sweep syntax, or a sweeper preset): every job is checked as it starts
@@ -148,8 +151,7 @@ def resume_args(args: list[str]) -> list[str]:
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
     from datetime import datetime
 
-    from trainlab.checkpoint import find_checkpoint, load_checkpoint
-    from trainlab.train import OUTPUTS_ROOT
+    from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint, load_checkpoint
 
     spec = _option(args, "resume") or ""
     if not spec or spec == "null" or any(a in _MULTIRUN_FLAGS for a in args):
@@ -187,7 +189,7 @@ def torchrun_args(args: list[str]) -> list[str]:
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
 
 
-def _default_eval_dir(args: list[str]) -> Optional[Path]:
+def _default_eval_dir(args: list[str]) -> Path | None:
     """Where an evaluation goes without hydra.run.dir: beside its checkpoint's run (<run_dir>/eval/...)."""
     from trainlab.evaluate import checkpoint_path, default_eval_dir
 
@@ -201,7 +203,7 @@ def _default_eval_dir(args: list[str]) -> Optional[Path]:
     return default_eval_dir(ckpt, values.get("split", "val"))
 
 
-def _option(args: list[str], key: str) -> Optional[str]:
+def _option(args: list[str], key: str) -> str | None:
     return next((_unquote(a.split("=", 1)[1]) for a in reversed(args) if a.startswith(f"{key}=")), None)
 
 
@@ -288,7 +290,7 @@ def _claim_job_dir(run_dir: Path, cfg) -> None:
 
 
 def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
-              check: Optional[Callable] = None) -> None:
+              check: Callable | None = None) -> None:
     import hydra
 
     if command == "train":
@@ -314,7 +316,7 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
         fail(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", code=1)
 
 
-def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> Optional[float]:
+def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> float | None:
     """Returns the best value of checkpoint.monitor: what a sweeper (Optuna) optimises."""
     import json
 
@@ -332,9 +334,8 @@ def _check_train(cfg, overrides: list[str]) -> None:
     from trainlab.runtime import check_hardware
 
     if cfg.get("resume"):  # the stored config with these overrides: refused here, before the run's files are opened
-        from trainlab.checkpoint import find_checkpoint
-        from trainlab.resume import stored_run
-        from trainlab.train import OUTPUTS_ROOT
+        from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
+        from trainlab.stored_run import stored_run
 
         stored_run(find_checkpoint(str(cfg.resume), OUTPUTS_ROOT), overrides, ("resume",))
         return
@@ -353,7 +354,7 @@ def _check_evaluate(cfg, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from trainlab.evaluate import OWN_KEYS, SPLITS, checkpoint_path
-    from trainlab.resume import stored_run
+    from trainlab.stored_run import stored_run
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
@@ -425,7 +426,7 @@ def _diagnose(args: list[str]) -> None:
     _plain(lambda: print_findings(path))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")

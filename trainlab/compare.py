@@ -12,14 +12,13 @@ import logging
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
 from trainlab.errors import TrainlabError
 from trainlab.fs import atomic_write_text, claim_run_dir, free_run_dir
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 TILE_INCHES, TILE_DPI = (2.4, 2.8), 100  # one labelled picture in the grid: 240 x 280 pixels
 
@@ -54,13 +53,14 @@ def _load(eval_dir: Path) -> tuple[pd.DataFrame, dict]:
     return frame, record
 
 
-def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = None) -> dict:
+def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Path | None = None) -> dict:
     out_dir = _claim_out_dir(out_dir)  # first: a wrong out= is refused before any evaluation runs
     a_dir, b_dir = ensure_evaluated(a_spec), ensure_evaluated(b_spec)
     (a, a_rec), (b, b_rec) = _load(a_dir), _load(b_dir)
     if list(a["path"]) != list(b["path"]) or list(a["target"]) != list(b["target"]):
         raise TrainlabError(f"{a_dir} and {b_dir} were evaluated on different images "
-                            f"({a_rec['split']}: {len(a)} vs {b_rec['split']}: {len(b)}); evaluate both on the same split and data")
+                            f"({a_rec['split']}: {len(a)} vs {b_rec['split']}: {len(b)}); evaluate both on the same "
+                            "split and data")
     both = pd.DataFrame({
         "path": a["path"], "target": a["target"], "target_name": a["target_name"],
         "a_pred": a["pred"], "a_pred_name": a["pred_name"], "a_confidence": a["confidence"],
@@ -88,7 +88,8 @@ def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = Non
     if len(differ):
         shown = min(n, len(differ))
         disagreement_grid(differ.head(shown), a_rec["checkpoint"], b_rec["checkpoint"], out_dir / "disagreements.png")
-    result = {"a": str(a_dir), "b": str(b_dir), "a_checkpoint": a_rec["checkpoint"], "b_checkpoint": b_rec["checkpoint"],
+    result = {"a": str(a_dir), "b": str(b_dir),
+              "a_checkpoint": a_rec["checkpoint"], "b_checkpoint": b_rec["checkpoint"],
               "split": a_rec["split"], **counts, "shown": shown,
               "largest_movers": [{"class": c, **{k: float(v) for k, v in row.items()}}
                                  for c, row in per_class.head(5).iterrows()]}
@@ -97,7 +98,7 @@ def compare(a_spec: str, b_spec: str, n: int = 10, out_dir: Optional[Path] = Non
     return result
 
 
-def _claim_out_dir(out_dir: Optional[Path]) -> Path:
+def _claim_out_dir(out_dir: Path | None) -> Path:
     """`out=` must be new, empty, or an earlier comparison's folder (whose files are replaced); by default a
     fresh folder under outputs/compare."""
     if out_dir is None:
@@ -144,7 +145,7 @@ def disagreement_grid(rows: pd.DataFrame, a_name: str, b_name: str, path: Path) 
             ax.imshow(decode_file(row["path"], 64).permute(1, 2, 0).numpy())
         except (TrainlabError, OSError, RuntimeError, ValueError):
             ax.text(0.5, 0.5, "(no image file)", ha="center", va="center", transform=ax.transAxes)
-        mark = lambda pred: "✓" if pred == row["target"] else "✗"  # noqa: E731
+        mark = lambda pred, target=row["target"]: "✓" if pred == target else "✗"  # noqa: E731
         ax.set_title(f"true: {_short(row['target_name'])}\n"
                      f"A: {_short(row['a_pred_name'])} {row['a_confidence']:.2f} {mark(row['a_pred'])}\n"
                      f"B: {_short(row['b_pred_name'])} {row['b_confidence']:.2f} {mark(row['b_pred'])}", fontsize=8)
@@ -158,13 +159,15 @@ def _print(result: dict, out_dir: Path) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"A: {result['a_checkpoint']}\nB: {result['b_checkpoint']}\n{result['images']} {result['split']} images")
+    console.print(f"A: {result['a_checkpoint']}\nB: {result['b_checkpoint']}\n"
+                  f"{result['images']} {result['split']} images")
     if not result["disagreements"]:
         console.print("no disagreements: A and B predict the same class for every image")
     counts = Table(title="agreement")
     for column in ("both right", "only A right", "only B right", "both wrong", "disagreements"):
         counts.add_column(column, justify="right")
-    counts.add_row(*(str(result[k]) for k in ("both_right", "only_a_right", "only_b_right", "both_wrong", "disagreements")))
+    kinds = ("both_right", "only_a_right", "only_b_right", "both_wrong", "disagreements")
+    counts.add_row(*(str(result[k]) for k in kinds))
     console.print(counts)
     movers = Table(title="per-class accuracy, largest changes (B - A)")
     for column in ("class", "A", "B", "change"):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.errors import ConfigError
 from trainlab.columns import COLUMNS
+from trainlab.errors import ConfigError
 
 METRIC_COLUMNS = COLUMNS[2:]  # everything but epoch and step can be monitored
 
@@ -24,9 +24,9 @@ PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 @dataclass
 class TrainerSettings:
     epochs: int = 10
-    limit_train_batches: Optional[int] = None
-    limit_val_batches: Optional[int] = None
-    grad_clip: Optional[float] = None
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
+    grad_clip: float | None = None
     log_every_n_steps: int = 50
     precision: str = "auto"
     channels_last: str = "auto"
@@ -61,7 +61,7 @@ class DeviceSettings:
 @dataclass
 class Settings:
     seed: int = 0
-    resume: Optional[str] = None
+    resume: str | None = None
     overwrite: bool = False
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
@@ -88,7 +88,8 @@ def _require(ok: bool, message: str) -> None:
 def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     """Validate the whole composed config and return the typed top-level settings. `require_data=False`
     for commands that do not read the data set (so dataset.root may be unset)."""
-    top = {k: cfg[k] for k in ("seed", "resume", "overwrite", "trainer", "checkpoint", "early_stopping", "device") if k in cfg}
+    keys = ("seed", "resume", "overwrite", "trainer", "checkpoint", "early_stopping", "device")
+    top = {k: cfg[k] for k in keys if k in cfg}
     settings: Settings = _typed(Settings, top, "")
     t = settings.trainer
     _require(t.epochs >= 1, f"trainer.epochs must be >= 1 (got {t.epochs})")
@@ -99,8 +100,10 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     _require(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1 (got {t.log_every_n_steps})")
     _require(t.histogram_every_n_epochs >= 0, "trainer.histogram_every_n_epochs must be >= 0")
     t.precision = str(t.precision)
-    _require(t.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})")
-    _require(str(t.channels_last).lower() in ("auto", "true", "false"), "trainer.channels_last must be auto, true or false")
+    _require(t.precision in PRECISIONS,
+             f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})")
+    _require(str(t.channels_last).lower() in ("auto", "true", "false"),
+             "trainer.channels_last must be auto, true or false")
     _require(t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1),
              f"trainer.threads must be auto or a positive integer (got {t.threads!r})")
     for name in ("checkpoint", "early_stopping"):
@@ -136,7 +139,8 @@ def _check_groups(cfg: DictConfig, require_data: bool = True) -> None:
     _require(_num(ds, "dataset", "image_size", 8) >= 8, f"dataset.image_size must be >= 8 (got {ds.get('image_size')})")
     _require(_num(ds, "dataset", "num_workers", 0) >= 0, "dataset.num_workers must be >= 0")
     _require(_num(opt, "optimizer", "lr", 1) > 0, f"optimizer.lr must be > 0 (got {opt.get('lr')})")
-    _require(_num(opt, "optimizer", "weight_decay", 0) >= 0, f"optimizer.weight_decay must be >= 0 (got {opt.get('weight_decay')})")
+    _require(_num(opt, "optimizer", "weight_decay", 0) >= 0,
+             f"optimizer.weight_decay must be >= 0 (got {opt.get('weight_decay')})")
     _require(_num(opt, "optimizer", "l1", 0) >= 0, f"optimizer.l1 must be >= 0 (got {opt.get('l1')})")
     warmup = _num(sched, "scheduler", "warmup_epochs", 0)
     _require(warmup >= 0, "scheduler.warmup_epochs must be >= 0")
@@ -145,7 +149,8 @@ def _check_groups(cfg: DictConfig, require_data: bool = True) -> None:
     _require(sched.get("interval", "epoch") in ("epoch", "step"), "scheduler.interval must be epoch or step")
     _require(_num(aug, "augment", "crop_padding", 0) >= 0, "augment.crop_padding must be >= 0")
     _require(0.0 <= _num(aug, "augment", "color_jitter", 0) < 1.0, "augment.color_jitter must be in [0, 1)")
-    _require(0.0 <= _num(model, "model", "dropout", 0) < 1.0, f"model.dropout must be in [0, 1) (got {model.get('dropout')})")
+    _require(0.0 <= _num(model, "model", "dropout", 0) < 1.0,
+             f"model.dropout must be in [0, 1) (got {model.get('dropout')})")
     _require(model.get("init", "default") in ("default", "kaiming", "xavier"),
              f"model.init must be default, kaiming or xavier (got {model.get('init')!r})")
 

@@ -8,7 +8,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -43,11 +42,11 @@ class Finding:
         return f"[{self.severity}] {self.kind} ({where}): {self.evidence}. {self.suggestion}"
 
 
-def _col(h: pd.DataFrame, name: str) -> Optional[pd.Series]:
+def _col(h: pd.DataFrame, name: str) -> pd.Series | None:
     return h[name].astype(float) if name in h and h[name].notna().any() else None
 
 
-def diagnose(history: pd.DataFrame, summary: Optional[dict] = None, num_classes: Optional[int] = None) -> list[Finding]:
+def diagnose(history: pd.DataFrame, summary: dict | None = None, num_classes: int | None = None) -> list[Finding]:
     """Findings for a run's metrics.csv rows (and its summary.json, when there is one)."""
     if history is None or len(history) == 0:
         return []
@@ -73,12 +72,13 @@ def _diverged(h: pd.DataFrame, _) -> list[Finding]:
     if len(blown):
         e = int(blown.iloc[0])
         i = int(h.index[h["epoch"] == e][0])
-        return [Finding("diverged", "warning", (e, e), f"train/loss jumped to {loss[i]:.3g} from a best of "
-                        f"{best[i - 1]:.3g}", "lower optimizer.lr or add scheduler.warmup_epochs and trainer.grad_clip")]
+        return [Finding("diverged", "warning", (e, e),
+                        f"train/loss jumped to {loss[i]:.3g} from a best of {best[i - 1]:.3g}",
+                        "lower optimizer.lr or add scheduler.warmup_epochs and trainer.grad_clip")]
     return []
 
 
-def _chance(h: pd.DataFrame, num_classes: Optional[int]) -> list[Finding]:
+def _chance(h: pd.DataFrame, num_classes: int | None) -> list[Finding]:
     acc = _col(h, "val/acc1")
     if acc is None or not num_classes or len(h) < CHANCE_EPOCHS:
         return []
@@ -86,7 +86,8 @@ def _chance(h: pd.DataFrame, num_classes: Optional[int]) -> list[Finding]:
     if acc.iloc[CHANCE_EPOCHS - 1:].max() <= CHANCE_FACTOR * chance:
         loss = _col(h, "train/loss")
         moved = loss is not None and abs(loss.iloc[-1] - loss.iloc[0]) > PLATEAU_REL * CHANCE_EPOCHS * abs(loss.iloc[0])
-        cause = ("the learning rate may be too high (try optimizer.lr / 10) or the initialisation bad (model.init=kaiming)"
+        cause = ("the learning rate may be too high (try optimizer.lr / 10) or the initialisation bad "
+                 "(model.init=kaiming)"
                  if moved else "the loss barely moved: the learning rate may be far too low (try optimizer.lr x 10)")
         return [Finding("chance level", "warning", (int(h["epoch"].iloc[0]), int(h["epoch"].iloc[-1])),
                         f"val/acc1 never rose above {acc.max():.3f} (chance is {chance:.3f}) after {len(h)} epochs",
@@ -101,9 +102,9 @@ def _plateau(h: pd.DataFrame, _) -> list[Finding]:
     change = (loss.diff().abs() / loss.shift(1).abs().clip(lower=1e-12)).iloc[-PLATEAU_EPOCHS:]
     if (change < PLATEAU_REL).all() and (acc is None or acc.iloc[-1] < PLATEAU_ACC):
         first = int(h["epoch"].iloc[-PLATEAU_EPOCHS - 1])
+        stayed = f"train/loss stayed at {loss.iloc[-1]:.4f} (< {PLATEAU_REL:.0%} change per epoch)"
         return [Finding("loss plateau", "warning", (first, int(h["epoch"].iloc[-1])),
-                        f"train/loss stayed at {loss.iloc[-1]:.4f} (< {PLATEAU_REL:.0%} change per epoch) with train/acc1 "
-                        f"{acc.iloc[-1]:.3f}" if acc is not None else f"train/loss stayed at {loss.iloc[-1]:.4f}",
+                        f"{stayed} with train/acc1 {acc.iloc[-1]:.3f}" if acc is not None else stayed,
                         "the learning rate may be too low (try optimizer.lr x 3) or the model too small for the data")]
     return []
 
@@ -170,7 +171,8 @@ def _gradients(h: pd.DataFrame, _) -> list[Finding]:
         if len(spikes):
             findings.append(Finding("exploding gradients", "warning", (int(spikes.iloc[0]), int(spikes.iloc[-1])),
                                     f"grad_norm_max reached {peak.max():.3g}, {peak.max() / median:.0f}x the median "
-                                    f"epoch mean {median:.3g}", "set trainer.grad_clip (e.g. 1.0) or lower optimizer.lr"))
+                                    f"epoch mean {median:.3g}",
+                                    "set trainer.grad_clip (e.g. 1.0) or lower optimizer.lr"))
     tiny = h["epoch"][mean < GRAD_VANISH]
     if len(tiny):
         findings.append(Finding("vanishing gradients", "warning", (int(tiny.iloc[0]), int(tiny.iloc[-1])),
@@ -187,8 +189,9 @@ def _schedule_done(h: pd.DataFrame, _) -> list[Finding]:
     gain = acc.iloc[-1] - acc.iloc[-3]
     if lr.iloc[-1] < LR_DONE * lr.max() and gain > STILL_IMPROVING and acc.iloc[-1] >= acc.max():
         return [Finding("still improving", "info", (int(h["epoch"].iloc[-3]), int(h["epoch"].iloc[-1])),
-                        f"the lr schedule has run down (lr {lr.iloc[-1]:.2g}, peak {lr.max():.2g}) while val/acc1 still "
-                        f"gained {gain:+.3f} over the last 2 epochs", "train longer (a larger trainer.epochs)")]
+                        f"the lr schedule has run down (lr {lr.iloc[-1]:.2g}, peak {lr.max():.2g}) while "
+                        f"val/acc1 still gained {gain:+.3f} over the last 2 epochs",
+                        "train longer (a larger trainer.epochs)")]
     return []
 
 

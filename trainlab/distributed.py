@@ -20,17 +20,19 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from trainlab.errors import ConfigError, RunStopped, TrainlabError
+from trainlab.runtime import check_hardware
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 # Environment variables torchrun (and any elastic agent) sets in each worker.
 _WORLD_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -44,7 +46,7 @@ class Group:
     local_rank: int = 0
     local_world_size: int = 1
     nodes: int = 1
-    backend: Optional[str] = None
+    backend: str | None = None
     launcher: str = "single process"   # single process | trainlab (elastic) | torchrun
     _control: Any = None               # a gloo group for host-side agreement (the stop flag) when NCCL trains
 
@@ -56,9 +58,6 @@ class Group:
     def describe(self) -> dict:
         return {"world_size": self.world_size, "nodes": self.nodes, "processes_per_node": self.local_world_size,
                 "backend": self.backend, "launcher": self.launcher}
-
-    def device(self, device_type: str) -> str:
-        return f"cuda:{self.local_rank}" if device_type == "cuda" else "cpu"
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the training step calls: DDP averages the gradients across ranks during backward."""
@@ -160,7 +159,7 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def torchrun_world() -> Optional[int]:
+def torchrun_world() -> int | None:
     """The world size when this process was started by torchrun (or another elastic agent), else None."""
     if all(k in os.environ for k in _WORLD_ENV):
         return int(os.environ["WORLD_SIZE"])
@@ -173,8 +172,7 @@ def _join(device_type: str, launcher: str) -> Group:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if device_type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu")
+        check_hardware(device_type, "auto")
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"{local_world} processes on this node but only {torch.cuda.device_count()} CUDA "
                               "GPU(s) are visible; start at most one process per GPU")
@@ -220,8 +218,7 @@ def run(fn: Callable, device_type: str, count: int, batch_size: int, *args: Any,
 def _check_devices(device_type: str, count: int) -> None:
     if device_type != "cuda":
         return
-    if not torch.cuda.is_available():
-        raise ConfigError("device=cuda was requested but no CUDA GPU is visible to PyTorch; use device=cpu")
+    check_hardware(device_type, "auto")
     if count > torch.cuda.device_count():
         raise ConfigError(f"device.count={count} but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
                           f"use device.count<={torch.cuda.device_count()}")
@@ -263,7 +260,7 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
     return results[0]
 
 
-def _first_error(folder: Path) -> Optional[TrainlabError]:
+def _first_error(folder: Path) -> TrainlabError | None:
     """The lowest rank's TrainlabError, rebuilt from the file that rank wrote before exiting."""
     files = sorted(folder.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
     if not files:

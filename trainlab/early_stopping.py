@@ -4,14 +4,13 @@ has not improved by more than `min_delta` for `patience` epochs."""
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 
 class BestTracker:
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
-        self.best: Optional[float] = None
-        self.best_epoch: Optional[int] = None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
         self.bad_epochs = 0
 
     def update(self, row: dict) -> bool:

@@ -12,7 +12,6 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import torch
@@ -20,30 +19,23 @@ from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
 from trainlab.build import build, build_model, build_partial
+from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.config import load_settings
-from trainlab.errors import CheckpointError, ConfigError
+from trainlab.errors import ConfigError
 from trainlab.fs import atomic_write_text
 from trainlab.record import class_labels
-from trainlab.resume import check_classes, stored_run
 from trainlab.runtime import resolve_runtime, seed_everything
+from trainlab.stored_run import check_classes, stored_run
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 SPLITS = ("val", "train", "test")
 OWN_KEYS = ("ckpt", "split")  # evaluate's own keys; every other key=value applies to the stored config
 
 
 def checkpoint_path(spec: str) -> Path:
-    """A .ckpt file, or a run directory: its best.ckpt, else its last.ckpt."""
-    path = Path(str(spec)).expanduser()
-    if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CheckpointError(f"ckpt={spec}: {path}/checkpoints has no best.ckpt or last.ckpt")
-    if not path.is_file():
-        raise CheckpointError(f"ckpt={spec}: no such checkpoint file or run directory")
-    return path
+    """`ckpt=`: a .ckpt file, or a run directory (its best.ckpt, else last.ckpt), `latest` or a date."""
+    return find_checkpoint(str(spec), OUTPUTS_ROOT, key="ckpt")
 
 
 def default_eval_dir(ckpt: Path, split: str) -> Path:
@@ -53,7 +45,7 @@ def default_eval_dir(ckpt: Path, split: str) -> Path:
     run = ckpt.parent.parent
     if ckpt.parent.name == "checkpoints" and (run / "run.json").is_file():
         return run / "eval" / f"{ckpt.stem}-{split}-{stamp:%Y-%m-%d_%H-%M-%S}"
-    return Path("outputs") / "eval" / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{split}-{stamp:%H-%M-%S}"
+    return OUTPUTS_ROOT / "eval" / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{split}-{stamp:%H-%M-%S}"
 
 
 @torch.inference_mode()
@@ -93,12 +85,14 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})
     normalize = BatchAugment(mean=norm["mean"], std=norm["std"])
     start = time.perf_counter()
-    logits, labels = predict(model, data.loader(split, pin_memory=runtime.device != "cpu", train=False), normalize, runtime)
+    loader = data.loader(split, pin_memory=runtime.device != "cpu", train=False)
+    logits, labels = predict(model, loader, normalize, runtime)
     seconds = time.perf_counter() - start
     labelled = data.splits[split].labels is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = _metrics(run_cfg, logits, labels, split, data.num_classes, out_dir, data) if labelled else {}
-    predictions = _predictions(run_cfg, logits, labels if labelled else None, data.splits[split].paths, data.class_names)
+    predictions = _predictions(run_cfg, logits, labels if labelled else None, data.splits[split].paths,
+                               data.class_names)
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     pd.DataFrame({"index": range(data.num_classes), "id": data.classes, "name": data.class_names}).to_csv(
         out_dir / "classes.csv", index=False)
@@ -123,7 +117,7 @@ def _metrics(cfg: DictConfig, logits, labels, split, num_classes, out_dir: Path,
     return values
 
 
-def _predictions(cfg: DictConfig, logits, labels: Optional[torch.Tensor], paths, names) -> pd.DataFrame:
+def _predictions(cfg: DictConfig, logits, labels: torch.Tensor | None, paths, names) -> pd.DataFrame:
     probs = logits.softmax(dim=1)
     k = min(5, logits.shape[1])
     top = probs.topk(k, dim=1)
@@ -149,7 +143,8 @@ def _print_table(record: dict, out_dir: Path) -> None:
 
     console = Console()
     console.print(f"{record['checkpoint']} (epoch {record['epoch']}) on {record['split']}: {record['images']} images, "
-                  f"{record['images_per_s']:.0f} images/s" + ("" if record["metrics"] else " (unlabelled: predictions only)"))
+                  f"{record['images_per_s']:.0f} images/s"
+                  + ("" if record["metrics"] else " (unlabelled: predictions only)"))
     if record["metrics"]:
         table = Table()
         table.add_column("metric")

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from trainlab.errors import TrainlabError
 
@@ -71,7 +70,7 @@ class FolderLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_NAME
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> bool:
         """Returns False when another process holds it (and `wait` is False)."""
@@ -102,7 +101,7 @@ class FolderLock:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.acquire(wait=True)
         return self
 

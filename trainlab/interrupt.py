@@ -7,9 +7,8 @@ import logging
 import signal
 import threading
 import time
-from typing import Optional
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DUPLICATE_WINDOW_S = 1.0
@@ -17,7 +16,7 @@ DUPLICATE_WINDOW_S = 1.0
 
 class StopRequest:
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._when = 0.0
         self._previous: dict = {}
 
@@ -40,7 +39,7 @@ class StopRequest:
         log.warning("%s received: finishing the current step and saving a checkpoint "
                     "(send it again to abort without saving)", signal.Signals(signum).name)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

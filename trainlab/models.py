@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torchvision
@@ -19,7 +19,7 @@ ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
 def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, init: str = "default",
-           dropout: float = 0.0, weights: Optional[str] = None) -> nn.Module:
+           dropout: float = 0.0, weights: str | None = None) -> nn.Module:
     if arch not in ARCHS:
         raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
     builder = getattr(torchvision.models, arch)
@@ -62,7 +62,8 @@ def _pretrained(arch: str, name: str):
 
 def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0) -> nn.Module:
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
 
     w = int(width)
     model = nn.Sequential(

@@ -8,7 +8,7 @@ metric ReduceLROnPlateau watches.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
@@ -30,7 +30,7 @@ class LRSchedule:
     `after_epoch(metrics)` every epoch; only the one matching `interval` advances the schedule."""
 
     def __init__(self, make: Callable[..., object], optimizer: torch.optim.Optimizer, *, interval: str,
-                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: Optional[str] = None):
+                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: str | None = None):
         self.interval, self.monitor = interval, monitor
         self.optimizer = optimizer
         per_unit = steps_per_epoch if interval == "step" else 1

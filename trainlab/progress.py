@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Iterator, Optional, Sized, TypeVar
+from collections.abc import Iterator, Sized
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -56,7 +57,7 @@ class EpochProgress:
 
     def __init__(self, description: str, total: int):
         self.description, self.total = description, total
-        self._bar: Optional[Progress] = _bar(transient=True) if _interactive() else None
+        self._bar: Progress | None = _bar(transient=True) if _interactive() else None
         if self._bar is not None:
             self._bar.start()
             self._task = self._bar.add_task(description, total=total, status="")
@@ -72,7 +73,7 @@ class EpochProgress:
             self._bar.stop()
             self._bar = None
 
-    def __enter__(self) -> "EpochProgress":
+    def __enter__(self) -> EpochProgress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import torch
@@ -37,7 +36,7 @@ def _json_default(value):
 
 class RunRecorder:
     def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
-                 history: Optional[list[dict]] = None, active: bool = True):
+                 history: list[dict] | None = None, active: bool = True):
         """`history`: the rows of the epochs already done (a resumed run appends to them). `active=False`
         (training ranks other than 0) keeps the history in memory and writes nothing."""
         self.run_dir, self.active = Path(run_dir), active
@@ -82,7 +81,7 @@ class RunRecorder:
         except Exception as e:  # tracing is best-effort (e.g. data-dependent control flow): say so, keep going
             log.warning("could not trace the model graph for TensorBoard: %s", str(e).splitlines()[0])
 
-    def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: Optional[torch.nn.Module]) -> None:
+    def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: torch.nn.Module | None) -> None:
         epoch = row["epoch"]
         self.history.append(row)
         if not self.active:

@@ -9,6 +9,7 @@ import base64
 import html
 import json
 from pathlib import Path
+
 import pandas as pd
 import yaml
 
@@ -107,7 +108,8 @@ def run_report(run_dir: Path) -> tuple[Path, Path]:
     processes = (f" x {group['world_size']} processes ({group.get('nodes', 1)} machine(s), {group.get('backend')}, "
                  f"global batch {group.get('batch_size_global')})" if group.get("world_size", 1) > 1 else "")
     if summary:
-        doc.text(f"Stopped: {summary.get('stopped')} ({summary.get('stop_reason')}); {summary.get('epochs_run')} epochs "
+        doc.text(f"Stopped: {summary.get('stopped')} ({summary.get('stop_reason')}); "
+                 f"{summary.get('epochs_run')} epochs "
                  f"in {summary.get('total_time_s', 0) / 60:.1f} min; best {summary.get('monitor')} at epoch "
                  f"{summary.get('best_epoch')}; precision {summary.get('runtime', {}).get('precision')} on "
                  f"{summary.get('runtime', {}).get('device')}{processes}.")
@@ -171,7 +173,8 @@ def _confusion_sections(doc: Document, run_dir: Path) -> None:
 
 
 def _jobs(sweep_dir: Path) -> list[Path]:
-    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / "metrics.csv").is_file() or (p / "error.txt").is_file())] \
+    jobs = [p for p in sweep_dir.iterdir()
+            if p.is_dir() and ((p / "metrics.csv").is_file() or (p / "error.txt").is_file())] \
         if sweep_dir.is_dir() else []
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
@@ -193,7 +196,8 @@ def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
     for job in jobs:
         label = " ".join(o for o in overrides[job] if o not in common) or job.name
         if (job / "error.txt").is_file() and not (job / "metrics.csv").is_file():
-            rows.append({"job": job.name, "overrides": label, "status": "failed: " + (job / "error.txt").read_text().strip()})
+            rows.append({"job": job.name, "overrides": label,
+                         "status": "failed: " + (job / "error.txt").read_text().strip()})
             continue
         history = pd.read_csv(job / "metrics.csv")
         summary = _read_json(job / "summary.json")
@@ -249,7 +253,8 @@ def scaling_table(jobs: list[Path]) -> pd.DataFrame:
                         "epoch s": float((history["time/train_s"] + history["time/val_s"]).mean()),
                         **{k: float(last[k]) for k in ("val/acc1", "val/loss", "train/loss")}, "status": "ok"})
         else:
-            row["status"] = "failed: " + ((job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else "?")
+            error = job / "error.txt"
+            row["status"] = "failed: " + (error.read_text().strip() if error.is_file() else "?")
         rows.append(row)
     table = pd.DataFrame(rows)
     if "images/s" in table:
@@ -270,7 +275,8 @@ def _scaling_section(doc: Document, sweep_dir: Path, jobs: list[Path]) -> None:
     doc.heading("Device scaling")
     doc.table(table.fillna(""), floats="{:.2f}")
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    labels = [f"{r['device']} x{r['count']}" + (f"\n{r['others']}" if r.get("others") else "") for _, r in table.iterrows()]
+    labels = [f"{r['device']} x{r['count']}" + (f"\n{r['others']}" if r.get("others") else "")
+              for _, r in table.iterrows()]
     ax.bar(labels, table["images/s"].fillna(0) if "images/s" in table else [0] * len(table), color="tab:blue")
     ax.set_ylabel("training images per second")
     ax.set_xlabel("device x processes (failed jobs: 0)")

@@ -115,6 +115,12 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
     return runtime
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch's randomness (shuffle, augmentation, dropout) depends only on (seed, epoch), so a run
+    restarted at an epoch boundary repeats exactly; mid-epoch the generator states are checkpointed."""
+    return seed * 1_000_003 + epoch
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -12,14 +12,13 @@ from omegaconf import DictConfig
 from torchinfo import summary as torchinfo_summary
 
 from trainlab.build import build, build_model
-from trainlab.checkpoint import load_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import DataError
 from trainlab.fs import atomic_write_text
-from trainlab.resume import config_from_checkpoint
 from trainlab.runtime import Runtime
+from trainlab.stored_run import stored_run
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 OWN_KEYS = ("ckpt", "num_classes", "depth")
 
 
@@ -40,8 +39,7 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     if cfg.get("ckpt"):
         from trainlab.evaluate import checkpoint_path
 
-        ckpt = load_checkpoint(checkpoint_path(str(cfg.ckpt)))
-        run_cfg, _ = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=OWN_KEYS)
+        ckpt, run_cfg, _ = stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS, needs_data=False)
         classes = ckpt["classes"]
     else:
         run_cfg, ckpt = cfg, None

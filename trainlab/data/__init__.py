@@ -1,10 +1,9 @@
 """Data sets: each decodes its images once into uint8 tensors and hands out batch loaders (see base.py)."""
 
 from trainlab.data.base import EpochBatches, ImageData, Split
-from trainlab.data.fake import FakeData
 from trainlab.data.digits import Digits
+from trainlab.data.fake import FakeData
 from trainlab.data.files import ImageFolderData, TinyImageNet
-
 
 
 def check_root(node) -> None:
@@ -12,7 +11,8 @@ def check_root(node) -> None:
     the folder exists, and the demo data set is never pointed at a folder of the user's."""
     from pathlib import Path
 
-    from trainlab.data.digits import check_root as check_digits_root, default_root
+    from trainlab.data.digits import check_root as check_digits_root
+    from trainlab.data.digits import default_root
     from trainlab.errors import DataError
 
     target, root = str(node.get("_target_", "")), node.get("root") if "root" in node else None

@@ -7,21 +7,20 @@ from memory; augmentation and normalisation happen per batch on the training dev
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainlab.runtime import epoch_seed
+
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
 
 @dataclass
 class Split:
     images: torch.Tensor            # uint8 (N, 3, H, W); may be memory-mapped from the cache
-    labels: Optional[torch.Tensor]  # int64 (N,); None for an unlabelled split (Tiny-ImageNet's test)
+    labels: torch.Tensor | None  # int64 (N,); None for an unlabelled split (Tiny-ImageNet's test)
     paths: list[str]
 
     def __len__(self) -> int:
@@ -56,7 +55,7 @@ class EpochBatches(Sampler):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=g)
         else:
             order = torch.arange(self.size)
@@ -77,7 +76,8 @@ class _Batches(Dataset):
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # index_select, not images[index]: measured ~20x faster for a batch gather on a CPU.
-        labels = self.split.labels.index_select(0, index) if self.split.labels is not None else torch.full((len(index),), -1)
+        labels = self.split.labels.index_select(0, index) if self.split.labels is not None \
+            else torch.full((len(index),), -1)
         return self.split.images.index_select(0, index), labels
 
 
@@ -111,7 +111,7 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: Optional[bool] = None,
+    def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: bool | None = None,
                rank: int = 0, world: int = 1) -> DataLoader:
         """Training order shuffles (seeded per epoch through `loader.sampler.set_epoch`) and drops an incomplete
         last batch; evaluation order (val, test, or any split with train=False) keeps file order, every image.

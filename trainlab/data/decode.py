@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -84,7 +83,7 @@ def fingerprint(paths: list[str], size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_cache_dir(root: Path, cache_dir: Optional[str]) -> Path:
+def resolve_cache_dir(root: Path, cache_dir: str | None) -> Path:
     """`cache_dir` if given, else `<root>/.trainlab_cache` (when it exists or the data folder is writable),
     else (read-only data) a per-root folder in trainlab's cache folder."""
     if cache_dir:
@@ -96,7 +95,7 @@ def resolve_cache_dir(root: Path, cache_dir: Optional[str]) -> Path:
     return cache_home() / "decoded" / f"{root.name}-{digest}"
 
 
-def _read_cache(array_path: Path, count: int, size: int) -> Optional[tuple[torch.Tensor, dict]]:
+def _read_cache(array_path: Path, count: int, size: int) -> tuple[torch.Tensor, dict] | None:
     """The cached images if the cache is complete and matches (`count` files at `size`), else None. A cache
     is never trusted: a truncated array, a missing or foreign meta file, or a shape that does not match
     means it is rebuilt."""
@@ -121,7 +120,7 @@ def _read_cache(array_path: Path, count: int, size: int) -> Optional[tuple[torch
     return torch.from_numpy(images), meta
 
 
-def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Optional[Path],
+def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Path | None,
                    skip_bad: bool = False, source: str = "") -> tuple[torch.Tensor, dict]:
     """Decoded images for `paths`, from the cache when it is current. Returns (images, meta); meta holds
     the cache file (or None), the indices of skipped bad files and, once computed, the split's channel

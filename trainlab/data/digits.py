@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -29,7 +28,7 @@ def default_root() -> Path:
     return cache_home() / "digits"
 
 
-def _marker(root: Path) -> Optional[dict]:
+def _marker(root: Path) -> dict | None:
     try:
         return json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
@@ -120,7 +119,7 @@ class Digits(TinyImageNet):
     """scikit-learn's 1,797 scanned digits as a Tiny-ImageNet tree; `root=None` puts it in trainlab's cache
     folder (`$TRAINLAB_CACHE_DIR`, `$XDG_CACHE_HOME/trainlab` or `~/.cache/trainlab`)."""
 
-    def __init__(self, root: Optional[str] = None, **kwargs):
+    def __init__(self, root: str | None = None, **kwargs):
         super().__init__(root=str(root) if root else str(default_root()), **kwargs)
 
     def index(self):

@@ -7,7 +7,6 @@ import logging
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -29,13 +28,13 @@ class FileImageData(ImageData):
     """Decodes the files listed by `index()` (with the cache) and computes the train mean/std once."""
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0,
-                 cache: bool = True, cache_dir: Optional[str] = None, skip_bad_images: bool = False):
+                 cache: bool = True, cache_dir: str | None = None, skip_bad_images: bool = False):
         super().__init__(image_size, batch_size, num_workers)
         self.root = Path(str(root)).expanduser()
         self.cache, self.cache_dir, self.skip_bad_images = bool(cache), cache_dir, bool(skip_bad_images)
         self.skipped: dict[str, list[str]] = {}
 
-    def index(self) -> dict[str, tuple[list[str], Optional[list[int]]]]:
+    def index(self) -> dict[str, tuple[list[str], list[int] | None]]:
         """Fill `classes`/`class_names`; return split -> (paths, labels or None)."""
         raise NotImplementedError
 
@@ -130,7 +129,8 @@ class TinyImageNet(FileImageData):
         images = self.root / "val" / "images"
         annotations = self.root / "val" / "val_annotations.txt"
         if not images.is_dir():
-            raise DataError(f"{images} is missing: the layout needs val/images/*.JPEG and val/val_annotations.txt; {TINY_HINT}")
+            raise DataError(f"{images} is missing: the layout needs val/images/*.JPEG and val/val_annotations.txt; "
+                            f"{TINY_HINT}")
         if not annotations.is_file():
             raise DataError(f"{images} exists but {annotations} does not: the validation labels come from that file "
                             f"(val/ has no class folders); restore it from the original zip; {TINY_HINT}")
@@ -157,7 +157,7 @@ class ImageFolderData(FileImageData):
     train and val per class (stratified) by `val_fraction` and `split_seed`."""
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0, cache: bool = True,
-                 cache_dir: Optional[str] = None, val_fraction: float = 0.2, split_seed: int = 0,
+                 cache_dir: str | None = None, val_fraction: float = 0.2, split_seed: int = 0,
                  skip_bad_images: bool = False):
         super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir, skip_bad_images)
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)

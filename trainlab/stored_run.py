@@ -1,4 +1,4 @@
-"""The config of a run that comes from a checkpoint (`train resume=`, `evaluate ckpt=`): the config stored
+"""A run's config from its checkpoint (`train resume=`, `evaluate ckpt=`): the config stored
 in the checkpoint, with single keys given on the command line (trainer.epochs=..., dataset.root=...)
 applied on top and recorded. Changing the model or the classes is refused: that is a new run (start it
 with model.weights=<file.ckpt>)."""
@@ -51,9 +51,11 @@ def check_classes(saved_classes: list[str], classes: list[str], where: str) -> N
                               f"({', '.join(classes[:3])}, ...); point dataset.root at the same data set")
 
 
-def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...]) -> tuple[dict, DictConfig, list[str]]:
-    """Checkpoint -> (checkpoint, config to run with, changed overrides), checked before anything is written:
-    the stored config with the command line applied, its settings validated, and its data folder present."""
+def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
+               needs_data: bool = True) -> tuple[dict, DictConfig, list[str]]:
+    """The one way from a checkpoint to a run (train's resume, evaluate, compare, summary): (checkpoint, config
+    to run with, changed overrides), checked before anything is written: the stored config with the command
+    line applied, its settings validated, the hardware present and (`needs_data`) its data folder there."""
     from trainlab.checkpoint import load_checkpoint
     from trainlab.config import load_settings
     from trainlab.data import check_root
@@ -63,11 +65,12 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...]) -> t
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
-    root = OmegaConf.select(cfg, "dataset.root")
+    root = OmegaConf.select(cfg, "dataset.root") if needs_data else None
     if root and not Path(str(root)).expanduser().exists():
         if any(c.startswith("dataset.root=") for c in changed):
             raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
         raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
                         "dataset.root=<where the data is now>")
-    check_root(cfg.dataset)
+    if needs_data:
+        check_root(cfg.dataset)
     return ckpt, cfg, changed

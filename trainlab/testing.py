@@ -37,7 +37,7 @@ def write_tiny_imagenet(root: Path, wnids=("n02", "n01", "n03"), train_per_class
             im.save(folder / f"{w}_{k}.JPEG", quality=95)
     (root / "val" / "images").mkdir(parents=True)
     lines, n = [], 0
-    for k in range(val_per_class):
+    for _ in range(val_per_class):
         for w in wnids:
             image(w).save(root / "val" / "images" / f"val_{n}.JPEG", quality=95)
             lines.append(f"val_{n}.JPEG\t{w}\t0\t0\t{size - 1}\t{size - 1}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -16,7 +16,7 @@ from torchvision import transforms as T
 
 from trainlab.augment import BatchAugment
 from trainlab.config import compose
-from trainlab.data.synthetic import write_tiny_imagenet
+from trainlab.testing import write_tiny_imagenet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)
 
@@ -105,7 +105,7 @@ def bare_train_ips(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     g = torch.Generator().manual_seed(0)
     model.train()
     seen, start = 0, time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         if in_memory:
             x, y = fixed, labels[:batch_size]
         else:
@@ -138,7 +138,7 @@ def imagefolder_delivery_ips(root: Path, batch_size: int, batches: int, workers:
     """Images per second that the tutorial pipeline delivers (no model)."""
     loader = textbook_loader(root, batch_size, workers)
     seen, start = 0, time.perf_counter()
-    for i, (x, y) in enumerate(loader):
+    for i, (_, y) in enumerate(loader):
         if i == batches:
             break
         seen += len(y)

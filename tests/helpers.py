@@ -1,0 +1,91 @@
+"""What the tests share: the shrunken config, the CLI (in-process and as a subprocess), and the checks that
+files were left alone. Fixtures live in conftest.py; everything importable lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainlab import cli
+from trainlab.config import compose  # noqa: F401  (tests compose the real config through this)
+from trainlab.testing import write_tiny_imagenet  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+# The real config, shrunk: in-memory data, a small CNN, fp32 (the same numbers on every CPU), no histograms.
+FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0"]
+# Clock-dependent columns; everything else must agree between runs that compute the same thing.
+TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(extra or {})}
+    env.pop("TRAINLAB_DEBUG", None)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_cli(*args, cwd=None, env_extra=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """`trainlab <args>` in a fresh interpreter: for exit codes, signals, torchrun and resource limits."""
+    return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=_env(env_extra),
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def start_cli(args, cwd, log: Path) -> subprocess.Popen:
+    """`trainlab train <args>` started in the background, its output going to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args], cwd=cwd, env=_env(),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, path.read_text() if path.exists() else "process ended"
+        time.sleep(0.05)
+    raise AssertionError(f"'{text}' never appeared in {path}")
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """`trainlab <args>` in this process (the console script's code path): (exit status, stdout, stderr)."""
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, out: str, err: str, *parts: str, status: int = 2) -> str:
+    """The error contract: this exit status, one `trainlab:` line on stderr holding `parts`, no traceback."""
+    assert code == status, err
+    assert "Traceback" not in out + err
+    lines = [ln for ln in err.splitlines() if ln.startswith("trainlab:")]
+    assert len(lines) == 1, err
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def hashes(*folders: Path) -> dict[str, str]:
+    """sha256 of every file under the folders, by path."""
+    found = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def assert_untouched(before: dict[str, str], *folders: Path, new_allowed: str = ".trainlab_cache") -> None:
+    """Every file that existed is byte-identical; new files appear only inside `new_allowed` folders."""
+    after = hashes(*folders)
+    changed = [p for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"changed or removed: {changed[:5]}"
+    new = [p for p in after if p not in before and f"/{new_allowed}/" not in p]
+    assert not new, f"written into a folder trainlab does not own: {new[:5]}"

@@ -1,0 +1,147 @@
+"""One epoch of training and one pass of validation: the part of `trainlab train` that runs on every step.
+`train.py` calls these once per epoch; everything they need comes in the `Run` that `build.py` assembled."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from trainlab.build import Run, Stepper
+from trainlab.columns import COLUMNS
+from trainlab.interrupt import StopRequest
+from trainlab.metrics import ClassificationMetrics
+from trainlab.models import l1_norm
+from trainlab.progress import EpochProgress
+from trainlab.record import RunRecorder
+from trainlab.runtime import Runtime, peak_memory_mb
+
+log = logging.getLogger(__name__)
+
+
+class EpochTally:
+    """Running sums of one training epoch, kept on the device so no step waits for the host."""
+
+    def __init__(self, device: torch.device, lr: float, epoch: int, step: int):
+        self.grad_sum = torch.zeros((), device=device)
+        self.grad_max = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)                          # for the progress bar
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
+        self.batches, self.seen, self.elapsed, self.lr = 0, 0, 0.0, lr
+        # Where the run is: not part of the state below (a checkpoint stores them once, for every rank).
+        self.epoch, self.step = epoch, step
+
+    def state_dict(self) -> dict:
+        return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "correct": self.correct,
+                "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
+                "elapsed": self.elapsed, "lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("grad_sum", "grad_max", "correct", "first_bad"):
+            getattr(self, key).copy_(state[key])
+        self.batches, self.seen, self.elapsed, self.lr = state["batches"], state["seen"], state["elapsed"], state["lr"]
+
+
+def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
+    device = runtime.torch_device
+    return images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+
+
+def as_input(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+
+
+def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorder: RunRecorder,
+                stop: StopRequest, log_every: int) -> None:
+    """Train until the epoch ends, a non-finite loss shows up (checked every log interval) or a stop is
+    requested; the tally says how far it got (batches, samples, the global step)."""
+    s, loader, metrics, n_batches = run.stepper, run.train_loader, run.train_metrics, run.n_train
+    s.model.train()
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    with EpochProgress(f"epoch {tally.epoch} train", n_batches) as progress:
+        for images, target in loader:  # after a mid-epoch resume the sampler starts at tally.batches
+            if tally.batches >= n_batches or s.group.any(stop.requested):  # every rank leaves at the same step
+                break
+            images, target = to_device(images, target, s.runtime)
+            x = as_input(s.augment.train(images, generator), s.runtime)
+            with s.runtime.autocast():
+                logits = s.train_forward(x)
+                loss = s.criterion(logits, target)
+            objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
+            s.optimizer.zero_grad(set_to_none=True)
+            s.scaler.scale(objective).backward()
+            s.scaler.unscale_(s.optimizer)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if s.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, s.grad_clip, norm)
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.schedule.after_step()
+            tally.step += 1
+            step = tally.step
+            # fp16's scaler skips steps with inf gradients by design; otherwise a bad gradient is a failure too.
+            bad = ~torch.isfinite(loss.detach()) if s.scaler.is_enabled() else ~torch.isfinite(loss.detach() + norm)
+            tally.first_bad = torch.where(bad & (tally.first_bad < 0), step, tally.first_bad)
+            tally.grad_sum += norm
+            torch.maximum(tally.grad_max, norm, out=tally.grad_max)
+            tally.correct += (logits.argmax(1) == target).sum()
+            tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
+            if s.runtime.compile and step == 1:  # the first step of a compiled model is mostly compilation
+                loss.item()  # wait for it (GPUs run ahead)
+                log.info("torch.compile: the first step took %.1fs (compilation included)", time.perf_counter() - start)
+            metrics.update(logits, target, loss)
+            if step % log_every == 0:
+                # The only host sync inside the epoch: once per log interval. The loss is the ranks' mean.
+                value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()),
+                                                     tally.correct.float() / tally.seen,
+                                                     s.group.max(tally.first_bad.float())]).tolist()
+                recorder.log_step(step, value)
+                speed = tally.seen / (tally.elapsed + time.perf_counter() - start)
+                progress.update(tally.batches, f"loss {value:.4f}  acc {acc:.3f}  {speed:.0f} img/s")
+                if first_bad >= 0:
+                    break
+    tally.elapsed += time.perf_counter() - start
+
+
+@torch.no_grad()
+def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int) -> dict:
+    """Metrics of one pass over `loader` (every rank validates its share of rank 0's model)."""
+    s.model.eval()
+    s.group.sync_buffers(s.model)  # every rank validates rank 0's model: the one the checkpoint holds
+    metrics.reset()
+    start = time.perf_counter()
+    for i, (images, target) in enumerate(loader):
+        if i >= n_batches:
+            break
+        images, target = to_device(images, target, s.runtime)
+        with s.runtime.autocast():
+            logits = s.forward(as_input(s.augment.normalize(images), s.runtime))
+            loss = s.criterion(logits, target)
+        metrics.update(logits, target, loss)
+    values, confusion = metrics.compute()
+    return values | {"time/val_s": time.perf_counter() - start, "_confusion": confusion}
+
+
+def epoch_row(run: Run, tally: EpochTally) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Validate, then put the epoch's numbers together in the public column order."""
+    group = run.stepper.group
+    train_values, train_confusion = run.train_metrics.compute()  # both compute()s sum over the ranks
+    val_values = validate(run.stepper, run.val_loader, run.val_metrics, run.n_val)
+    images_per_s = group.sum(tally.seen) / max(tally.elapsed, 1e-9)
+    values = {"epoch": tally.epoch, "step": tally.step, **train_values, **val_values, "lr": tally.lr,
+              "grad_norm": (tally.grad_sum / max(tally.batches, 1)).item(), "grad_norm_max": tally.grad_max.item(),
+              "time/train_s": tally.elapsed, "throughput/train_ips": images_per_s,
+              "throughput/train_ips_per_device": images_per_s / group.world_size, "memory/peak_mb": peak_memory_mb()}
+    confusions = {"train": train_confusion, "val": values.pop("_confusion")}
+    # Rank 0's row (its timings), so every rank takes the same best-epoch and stopping decisions.
+    return group.broadcast({k: values[k] for k in COLUMNS}), confusions
+
+
+def epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    keys = ["train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "val/f1"]
+    parts = [f"epoch {row['epoch']}/{epochs}"] + [f"{k} {row[k]:.4f}" for k in keys]
+    parts += [f"lr {row['lr']:.3g}", f"{row['throughput/train_ips']:.0f} img/s",
+              f"{row['time/train_s'] + row['time/val_s']:.1f}s"]
+    return "  ".join(parts) + ("  *best" if improved else "")
