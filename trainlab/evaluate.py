@@ -23,7 +23,7 @@ from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import ConfigError
 from trainlab.fs import atomic_write_text
-from trainlab.record import class_labels
+from trainlab.record import class_labels, write_classes, write_confusion
 from trainlab.runtime import resolve_runtime, seed_everything
 from trainlab.stored_run import check_classes, stored_run
 
@@ -94,8 +94,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     predictions = _predictions(run_cfg, logits, labels if labelled else None, data.splits[split].paths,
                                data.class_names)
     predictions.to_csv(out_dir / "predictions.csv", index=False)
-    pd.DataFrame({"index": range(data.num_classes), "id": data.classes, "name": data.class_names}).to_csv(
-        out_dir / "classes.csv", index=False)
+    write_classes(out_dir / "classes.csv", data.classes, data.class_names)
     record = {"checkpoint": str(path), "epoch": ckpt["epoch"], "split": split, "images": len(predictions),
               "seconds": seconds, "images_per_s": len(predictions) / max(seconds, 1e-9),
               "runtime": runtime.to_dict(), "changed": changed, "metrics": metrics}
@@ -110,10 +109,7 @@ def _metrics(cfg: DictConfig, logits, labels, split, num_classes, out_dir: Path,
     for chunk_logits, chunk_labels in zip(logits.split(4096), labels.split(4096)):
         metrics.update(chunk_logits, chunk_labels, criterion(chunk_logits, chunk_labels))
     values, confusion = metrics.compute()
-    names = class_labels(data.classes, data.class_names)
-    table = pd.DataFrame(confusion.numpy(), index=names, columns=names)
-    table.index.name = "true \\ predicted"
-    table.to_csv(out_dir / "confusion.csv")
+    write_confusion(out_dir / "confusion.csv", confusion, class_labels(data.classes, data.class_names))
     return values
 
 

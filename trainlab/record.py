@@ -26,6 +26,19 @@ def class_labels(ids: list[str], names: list[str]) -> list[str]:
     return [i if n == i else f"{i} {n.split(',')[0].strip()}" for i, n in zip(ids, names)]
 
 
+def write_classes(path: Path, ids: list[str], names: list[str]) -> None:
+    """classes.csv: index -> id (wnid) -> name, the mapping every output of a run refers to."""
+    table = pd.DataFrame({"index": range(len(ids)), "id": ids, "name": names})
+    atomic_write_text(path, table.to_csv(index=False))
+
+
+def write_confusion(path: Path, confusion: torch.Tensor, labels: list[str]) -> None:
+    """A confusion matrix as CSV: true classes as rows, predicted as columns, class labels on both axes."""
+    table = pd.DataFrame(confusion.numpy(), index=labels, columns=labels)
+    table.index.name = "true \\ predicted"
+    atomic_write_text(path, table.to_csv())
+
+
 def _json_default(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -48,8 +61,7 @@ class RunRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         (self.run_dir / "confusion").mkdir(exist_ok=True)
-        classes = pd.DataFrame({"index": range(len(class_ids)), "id": class_ids, "name": class_names})
-        classes.to_csv(self.run_dir / "classes.csv", index=False)
+        write_classes(self.run_dir / "classes.csv", class_ids, class_names)
 
     def read_json(self, name: str) -> dict:
         path = self.run_dir / name
@@ -92,9 +104,7 @@ class RunRecorder:
             if key != "epoch" and value is not None:
                 self.writer.add_scalar(key, value, epoch)
         for split, confusion in confusions.items():
-            table = pd.DataFrame(confusion.numpy(), index=self.labels, columns=self.labels)
-            table.index.name = "true \\ predicted"
-            table.to_csv(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv")
+            write_confusion(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
             self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
                                                                           f"{split} confusion, epoch {epoch}"), epoch)
         if model is not None and self.histogram_every and epoch % self.histogram_every == 0:
