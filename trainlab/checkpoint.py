@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,44 @@ FORMAT = "trainlab-checkpoint-v1"
 RESUME_NAMES = ("interrupted.ckpt", "last.ckpt")  # a run resumes from the newer of these
 EVALUATE_NAMES = ("best.ckpt", "last.ckpt")        # a run is evaluated with the first of these that exists
 OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; `latest` and dates look here
+
+
+@dataclass
+class TrainingState:
+    """What a training checkpoint holds, all plain tensors and builtins so `torch.load(weights_only=True)`
+    reads it (saved as a dict with `payload()`; `from_payload` reads one back, ignoring keys it does not know)."""
+    epoch: int                    # the last completed epoch
+    step: int                     # optimizer steps so far
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    best: dict                    # BestTracker state: the monitored metric's best value and epoch
+    early_stopping: dict
+    rng: dict                     # capture_rng(): python, numpy, torch (and cuda) generators
+    classes: list[str]
+    class_names: list[str]
+    normalization: dict           # {"mean": [r, g, b], "std": [r, g, b]} the model's inputs were normalised with
+    config: dict                  # the resolved config of the run
+    choices: dict                 # the config group options picked (Hydra's runtime.choices)
+    history: list[dict]           # the metrics.csv rows so far
+    elapsed_s: float
+    position: dict | None = None  # a mid-epoch checkpoint only: the epoch and every rank's place in it
+
+    def payload(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.position is None:
+            del out["position"]
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path) -> TrainingState:
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(payload) - {"position"})
+        if missing:
+            raise CheckpointError(f"{path} holds no training state to resume ({', '.join(missing[:3])} missing); "
+                                  "start a new run from its weights with model.weights=<file.ckpt>")
+        return cls(**{k: v for k, v in payload.items() if k in names})
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -17,7 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 import trainlab
 from trainlab import distributed
 from trainlab.build import Run, build_run
-from trainlab.checkpoint import OUTPUTS_ROOT, Checkpointer, capture_rng, find_checkpoint, load_checkpoint, restore_rng
+from trainlab.checkpoint import (
+    OUTPUTS_ROOT,
+    Checkpointer,
+    TrainingState,
+    capture_rng,
+    find_checkpoint,
+    load_checkpoint,
+    restore_rng,
+)
 from trainlab.config import Settings, load_settings, settings_dict
 from trainlab.diagnostics import as_dicts, diagnose
 from trainlab.distributed import SINGLE, Group
@@ -41,41 +49,37 @@ class Outcome:
     signum: int | None = None
 
 
-def _checkpoint(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, stopper: EarlyStopping,
-                history: list[dict], elapsed: float) -> dict:
+def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, stopper: EarlyStopping,
+           history: list[dict], elapsed: float) -> TrainingState:
     s = run.stepper
-    return {"choices": run.choices,
-        "epoch": epoch, "step": step, "best": best.state_dict(),
-        "early_stopping": stopper.state_dict(), "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.schedule.state_dict(), "scaler": s.scaler.state_dict(), "rng": capture_rng(),
-        "classes": run.data.classes, "class_names": run.data.class_names,
-        "normalization": {"mean": list(run.data.mean), "std": list(run.data.std)},
-        "config": OmegaConf.to_container(cfg, resolve=True), "history": history,
-        "elapsed_s": elapsed,
-    }
+    return TrainingState(
+        epoch=epoch, step=step, model=s.model.state_dict(), optimizer=s.optimizer.state_dict(),
+        scheduler=s.schedule.state_dict(), scaler=s.scaler.state_dict(), best=best.state_dict(),
+        early_stopping=stopper.state_dict(), rng=capture_rng(), classes=run.data.classes,
+        class_names=run.data.class_names, normalization={"mean": list(run.data.mean), "std": list(run.data.std)},
+        config=OmegaConf.to_container(cfg, resolve=True), choices=run.choices, history=history, elapsed_s=elapsed)
 
 
-def _restore(resume: dict, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
+def _restore(resume: TrainingState, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
     """Load a checkpoint's training state; returns (first epoch to run, global step)."""
     s = run.stepper
-    ranks = len(resume["position"]["ranks"]) if "position" in resume else s.group.world_size
+    ranks = len(resume.position["ranks"]) if resume.position else s.group.world_size
     if ranks != s.group.world_size:
         raise CheckpointError(f"this checkpoint stopped in the middle of an epoch with {ranks} training "
                               f"process(es); resume it with device.count={ranks} "
                               "(or resume=<run>/checkpoints/last.ckpt)")
-    check_classes(resume["classes"], run.data.classes, "the checkpoint")
-    s.model.load_state_dict(resume["model"])
-    s.optimizer.load_state_dict(resume["optimizer"])
-    s.schedule.load_state_dict(resume["scheduler"])
-    s.scaler.load_state_dict(resume["scaler"])
-    best.load_state_dict(resume["best"])
-    stopper.load_state_dict(resume["early_stopping"])
-    restore_rng(resume["rng"])
-    where = f"epoch {resume['epoch'] + 1}, batch {resume['position']['ranks'][0]['tally']['batches']}" \
-        if "position" in resume \
-        else f"epoch {resume['epoch'] + 1}"
-    log.info("resuming at %s (global step %d)", where, resume["step"])
-    return resume["epoch"] + 1, resume["step"]
+    check_classes(resume.classes, run.data.classes, "the checkpoint")
+    s.model.load_state_dict(resume.model)
+    s.optimizer.load_state_dict(resume.optimizer)
+    s.schedule.load_state_dict(resume.scheduler)
+    s.scaler.load_state_dict(resume.scaler)
+    best.load_state_dict(resume.best)
+    stopper.load_state_dict(resume.early_stopping)
+    restore_rng(resume.rng)
+    where = f"epoch {resume.epoch + 1}" + (f", batch {resume.position['ranks'][0]['tally']['batches']}"
+                                           if resume.position else "")
+    log.info("resuming at %s (global step %d)", where, resume.step)
+    return resume.epoch + 1, resume.step
 
 
 def _start_epoch(run: Run, epoch: int, seed: int, step: int,
@@ -155,14 +159,15 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
                               trainer.compile, group.local_rank, group.local_world_size)
     seed_everything(settings.seed)
     run = build_run(cfg, settings, runtime, group)
-    resume = load_checkpoint(Path(resumed_from)) if resumed_from else None
+    resume = TrainingState.from_payload(load_checkpoint(Path(resumed_from)), Path(resumed_from)) \
+        if resumed_from else None
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
     stopper = EarlyStopping(**vars(settings.early_stopping))
     start_epoch, first_step = _restore(resume, run, best, stopper) if resume else (1, 0)
-    position, before = (resume or {}).get("position"), (resume or {}).get("elapsed_s", 0.0)
+    position, before = (resume.position, resume.elapsed_s) if resume else (None, 0.0)
     recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
-                           history=(resume or {}).get("history"), active=group.is_main)
+                           history=resume.history if resume else None, active=group.is_main)
     checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep,
                                 active=group.is_main)
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
@@ -177,11 +182,11 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             # Agreed between the ranks (one may have seen the signal or the NaN first): all take the same branch.
             first_bad, stopping = int(group.max(tally.first_bad)), group.any(stop.requested)
             if stopping and tally.batches < run.n_train and first_bad < 0:
-                payload = _checkpoint(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
+                state = _state(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
                 mine = {"tally": tally.state_dict(), "generator": generator.get_state(),
                         "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
-                payload["position"] = {"epoch": epoch, "ranks": group.gather(mine)}
-                path = checkpointer.save_interrupted(payload)
+                state.position = {"epoch": epoch, "ranks": group.gather(mine)}
+                path = checkpointer.save_interrupted(state.payload())
                 return Outcome("interrupted", f"{stop.name or 'another rank'} at epoch {epoch}, batch "
                                               f"{tally.batches}; saved {path}", stop.signum)
             row, confusions = epoch_row(run, tally)
@@ -194,8 +199,8 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             improved = best.update(row)
             stopper.update(row)
             log.info(epoch_line(row, trainer.epochs, improved))
-            checkpointer.save_epoch(_checkpoint(cfg, run, epoch, step, best, stopper, recorder.history, elapsed()),
-                                    epoch, improved)
+            state = _state(cfg, run, epoch, step, best, stopper, recorder.history, elapsed())
+            checkpointer.save_epoch(state.payload(), epoch, improved)
             if group.any(stop.requested):
                 return Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; saved "
                                               "last.ckpt", stop.signum)
