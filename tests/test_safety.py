@@ -346,6 +346,19 @@ def test_a_users_folder_is_never_a_run_directory(tmp_path, capsys):
     assert_untouched(before, mine, new_allowed="-none-")
 
 
+def test_another_tools_output_folder_is_never_overwritten(tmp_path, capsys):
+    """A Hydra/Lightning output folder has .hydra/, checkpoints/ and metrics.csv too, but no trainlab mark."""
+    other = tmp_path / "lightning_run"
+    (other / ".hydra").mkdir(parents=True)
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "epoch=3.ckpt").write_bytes(b"someone else's weights")
+    (other / "metrics.csv").write_text("epoch,loss\n")
+    before = hashes(other)
+    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={other}", "overwrite=true"),
+                    "holds no trainlab run")
+    assert_untouched(before, other, new_allowed="-none-")
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
     busy = tmp_path / "busy"
     busy.mkdir()

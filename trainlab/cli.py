@@ -274,8 +274,9 @@ def _claim_job_dir(run_dir: Path, cfg) -> None:
     an earlier job's record unless overwrite=true."""
     from hydra.core.hydra_config import HydraConfig
 
-    from trainlab.fs import FolderLock, remove_run_entries
+    from trainlab.fs import FolderLock, holds_run, remove_run_entries
 
+    ours = holds_run(run_dir)  # decided before the lock file is made in it
     lock = FolderLock(run_dir)
     if not lock.acquire():
         raise TrainlabError(f"{run_dir} is in use: {lock.holder()} of trainlab is writing into it")
@@ -283,9 +284,9 @@ def _claim_job_dir(run_dir: Path, cfg) -> None:
     earlier = [n for n in ("run.json", "checkpoints", "metrics.csv", "metrics.json") if (run_dir / n).exists()]
     if not earlier or cfg.get("resume"):
         return
-    if not cfg.get("overwrite"):
+    if not cfg.get("overwrite") or not ours:
         raise TrainlabError(f"{run_dir} already holds an earlier job's {', '.join(earlier)}: pick another "
-                            "hydra.sweep.dir=<folder>, or pass overwrite=true to replace it")
+                            "hydra.sweep.dir=<folder>" + (", or pass overwrite=true to replace it" if ours else ""))
     remove_run_entries(run_dir, keep=(".hydra", f"{HydraConfig.get().job.name}.log"))
 
 

@@ -10,6 +10,7 @@ caches into `.trainlab_cache/` or the cache folder, and the demo data into an em
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -110,7 +111,19 @@ class FolderLock:
 
 
 def holds_run(folder: Path) -> bool:
-    return any((Path(folder) / name).exists() for name in RUN_MARKERS)
+    """A trainlab run (or evaluation, or summary) lives here: the folder has a run's files *and* trainlab's mark
+    on it (the lock file trainlab leaves in every folder it claims, or a run.json trainlab wrote). Another
+    tool's output folder (Hydra's .hydra/, Lightning's checkpoints/) is not one, so overwrite=true never
+    removes anything from it."""
+    folder = Path(folder)
+    if not any((folder / name).exists() for name in RUN_MARKERS):
+        return False
+    if (folder / LOCK_NAME).exists():
+        return True
+    try:
+        return "trainlab_version" in json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _contents(folder: Path) -> list[str]:
@@ -124,7 +137,8 @@ def claim_run_dir(folder: Path, mode: str = "new", option: str = "hydra.run.dir"
     "overwrite": a trainlab run there is replaced (its files removed first; nothing else is touched).
     A folder of the user's (not empty, no trainlab run in it) is never accepted."""
     folder = Path(folder).expanduser()
-    if folder.is_dir() and _contents(folder) and not holds_run(folder):  # before the lock file is made in it
+    ours = holds_run(folder)  # decided before the lock file is made in it
+    if folder.is_dir() and _contents(folder) and not ours:
         raise _not_a_run(folder, _contents(folder), option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +152,7 @@ def claim_run_dir(folder: Path, mode: str = "new", option: str = "hydra.run.dir"
                             f"finish or pick another {option}=<folder>")
     contents = _contents(folder)
     if contents and mode != "resume":
-        if not holds_run(folder):
+        if not ours:
             lock.release()
             raise _not_a_run(folder, contents, option)
         if mode == "new":
