@@ -5,6 +5,9 @@ augmentation; then training on trainlab's pipeline against one fixed in-memory b
 data work at all). A B A B in one process, about a minute on 2 cores.
 
     .venv/bin/python scripts/bench_data.py [--batches 10] [--steps 6]
+
+Training runs at the precision and memory format trainlab's `auto` picks on this machine (bf16 autocast is
+emulated, and very slow, on CPUs without native bf16).
 """
 
 import argparse
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 
 from trainlab.data import TinyImageNet
+from trainlab.runtime import resolve_runtime
 
 from benchlib import alternate, bare_train_ips, imagefolder_delivery_ips, report, tiny_tree, trainlab_delivery_ips
 
@@ -23,28 +27,31 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches of 128 per delivery run")
     parser.add_argument("--steps", type=int, default=8, help="training steps per training run")
     parser.add_argument("--per-class", type=int, default=80, help="images per class in the generated tree (20 classes)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="A B rounds per comparison")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = tiny_tree(Path(tmp) / "tiny-imagenet-200", per_class=args.per_class)
-        data = TinyImageNet(root=str(root), image_size=64, batch_size=128, cache=True,
+        data = TinyImageNet(root=str(root), image_size=64, batch_size=args.batch_size, cache=True,
                             cache_dir=str(Path(tmp) / "cache"))
         data.setup(("train",))  # builds the decode-once cache (not timed: it happens once per data set)
+        runtime = resolve_runtime("cpu", "auto", "auto", "auto", False)
+        bs, precision, cl = args.batch_size, runtime.precision, runtime.channels_last
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         delivery = alternate({
-            "ImageFolder + PIL (1 core)": lambda: imagefolder_delivery_ips(root, 128, args.batches),
-            "trainlab cache + batched aug (1 core)": lambda: trainlab_delivery_ips(data, 128, args.batches),
-        }, rounds=3, warmup=True)
+            "ImageFolder + PIL (1 core)": lambda: imagefolder_delivery_ips(root, bs, args.batches),
+            "trainlab cache + batched aug (1 core)": lambda: trainlab_delivery_ips(data, bs, args.batches),
+        }, rounds=args.rounds, warmup=True)
         torch.set_num_threads(threads)
         images, labels = data.splits["train"].images, data.splits["train"].labels
         training = alternate({
-            "fixed in-memory batch": lambda: bare_train_ips(images, labels, 200, 128, args.steps, "bf16-mixed", True,
-                                                            in_memory=True),
-            "trainlab pipeline": lambda: bare_train_ips(images, labels, 200, 128, args.steps, "bf16-mixed", True),
-        }, rounds=3)
+            "fixed in-memory batch": lambda: bare_train_ips(images, labels, 200, bs, args.steps, precision, cl, in_memory=True),
+            "trainlab pipeline": lambda: bare_train_ips(images, labels, 200, bs, args.steps, precision, cl),
+        }, rounds=args.rounds)
     report("delivery, images/s on one core (no model)", delivery,
            {"delivery_vs_imagefolder": ("trainlab cache + batched aug (1 core)", "ImageFolder + PIL (1 core)")})
-    report(f"training resnet18, batch 128, bf16 + channels_last, {args.steps} steps", training,
+    report(f"training resnet18, batch {bs}, precision {precision}, channels_last {cl}, {args.steps} steps", training,
            {"train_vs_fixed_batch": ("trainlab pipeline", "fixed in-memory batch")})
 
 

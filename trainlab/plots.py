@@ -55,7 +55,8 @@ def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
+        # Fixed margins: the axis labels are short and known, and tight_layout would double the drawing time.
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.96)
         path = out_dir / filename
         fig.savefig(path)
         plt.close(fig)

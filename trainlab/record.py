@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,10 @@ def _json_default(value):
     raise TypeError(type(value).__name__)
 
 
+# Drawing figures (the PNG curves, TensorBoard's confusion images) may take at most this share of a run's time.
+FIGURE_TIME_SHARE = 0.05
+
+
 class RunRecorder:
     def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
                  history: list[dict] | None = None, active: bool = True):
@@ -56,6 +61,10 @@ class RunRecorder:
         self.labels = class_labels(class_ids, class_names)
         self.histogram_every = histogram_every
         self.history: list[dict] = list(history or [])
+        # Figures are redrawn when the time since the last drawing is at least 1/FIGURE_TIME_SHARE times what
+        # drawing costs (on a small data set drawing would otherwise take longer than the epoch), and always
+        # at the end of the run. The CSVs and scalars are written every epoch regardless.
+        self._drawn_at, self._draw_cost, self._pending, self._said_throttle = None, 0.0, None, False
         if not active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,15 +114,37 @@ class RunRecorder:
                 self.writer.add_scalar(key, value, epoch)
         for split, confusion in confusions.items():
             write_confusion(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
-            self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
-                                                                          f"{split} confusion, epoch {epoch}"), epoch)
+        self._pending = (frame, epoch, confusions)
+        if self._figures_due():
+            self._draw_figures()
         if model is not None and self.histogram_every and epoch % self.histogram_every == 0:
             for name, param in model.named_parameters():
                 self._histogram(f"weights/{name}", param, epoch)
                 if param.grad is not None:
                     self._histogram(f"gradients/{name}", param.grad, epoch)
-        plot_history(frame, self.run_dir / "plots")
         self.writer.flush()
+
+    def _figures_due(self) -> bool:
+        if self._drawn_at is None:
+            return True
+        due = time.monotonic() - self._drawn_at >= self._draw_cost / FIGURE_TIME_SHARE
+        if not due and not self._said_throttle:
+            self._said_throttle = True
+            log.info("figures: drawing the plots takes %.1f s, so they are redrawn at most every %.0f s (at most "
+                     "%.0f%% of the run's time) and at the end; metrics.csv, confusion/*.csv and TensorBoard scalars "
+                     "are written every epoch", self._draw_cost, self._draw_cost / FIGURE_TIME_SHARE,
+                     100 * FIGURE_TIME_SHARE)
+        return due
+
+    def _draw_figures(self) -> None:
+        """plots/*.png from the whole history, and the TensorBoard confusion images of the pending epoch."""
+        frame, epoch, confusions = self._pending
+        start = time.monotonic()
+        for split, confusion in confusions.items():
+            self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
+                                                                          f"{split} confusion, epoch {epoch}"), epoch)
+        plot_history(frame, self.run_dir / "plots")
+        self._drawn_at, self._draw_cost, self._pending = time.monotonic(), time.monotonic() - start, None
 
     def _histogram(self, tag: str, values: torch.Tensor, epoch: int) -> None:
         values = values.detach().float().cpu()
@@ -123,6 +154,8 @@ class RunRecorder:
     def finish(self, summary: dict, hparams: dict) -> None:
         if not self.active:
             return
+        if self._pending is not None:
+            self._draw_figures()
         self.write_json("summary.json", summary)
         final = {k: v for k, v in summary.get("final", {}).items()
                  if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v)}
