@@ -46,7 +46,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         images, labels = data.splits["train"].images, data.splits["train"].labels
         training = alternate({
-            "fixed in-memory batch": lambda: bare_train_ips(images, labels, 200, bs, args.steps, precision, cl, in_memory=True),
+            "fixed in-memory batch": lambda: bare_train_ips(images, labels, 200, bs, args.steps, precision, cl,
+                                                            in_memory=True),
             "trainlab pipeline": lambda: bare_train_ips(images, labels, 200, bs, args.steps, precision, cl),
         }, rounds=args.rounds)
     report("delivery, images/s on one core (no model)", delivery,

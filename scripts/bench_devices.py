@@ -29,7 +29,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or tiny_tree(Path(tmp) / "tiny-imagenet-200", per_class=args.per_class)
         common = ["+experiment=resnet18_tiny", f"dataset.root={root}", f"dataset.batch_size={args.batch_size}",
-                  f"device={args.device}", "trainer.epochs=1", "scheduler.warmup_epochs=0",
+                  f"device={args.device}", "trainer.epochs=1", "lr_schedule.warmup_epochs=0",
                   f"trainer.limit_train_batches={args.steps}", "trainer.limit_val_batches=1",
                   "trainer.histogram_every_n_epochs=0", f"dataset.cache_dir={Path(tmp) / 'cache'}"]
         one, many = f"1 process ({args.device})", f"{args.count} DDP processes ({args.device})"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from importlib.resources import files
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_method, instantiate
+from omegaconf import MISSING, OmegaConf
 
-from trainlab.build import build, build_partial, take
-from trainlab.config import load_settings
+from trainlab.build import build, build_partial, build_schedule, check_components
+from trainlab.config import Settings, TrainSchema, load_settings
 from trainlab.errors import ConfigError
-from trainlab.optim import LRSchedule
+from trainlab.optim import build_optimizer
 
 from helpers import assert_one_line, compose, run
 
@@ -47,19 +51,16 @@ def test_every_model_builds_and_runs(name):
 @pytest.mark.parametrize("name", options("optimizer"))
 def test_every_optimizer_builds(name):
     cfg = compose([f"optimizer={name}"])
-    rest, (l1,) = take(cfg.optimizer, "l1")
-    opt = build(rest, "optimizer")([torch.nn.Parameter(torch.zeros(3))])
-    assert isinstance(opt, torch.optim.Optimizer)
-    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr and l1 == 0.0
+    opt = build_optimizer(build(cfg.optimizer, "optimizer"), [torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
 @pytest.mark.parametrize("name", options("scheduler"))
 def test_every_scheduler_builds(name):
-    cfg = compose([f"scheduler={name}"])
-    rest, (interval, warmup, monitor) = take(cfg.scheduler, "interval", "warmup_epochs", "monitor")
+    cfg = compose([f"scheduler={name}", "trainer.epochs=4"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
-    schedule = LRSchedule(build(rest, "scheduler"), opt, interval=interval, warmup_epochs=warmup, epochs=4,
-                          steps_per_epoch=3, monitor=monitor)
+    schedule = build_schedule(cfg, load_settings(cfg), opt, steps_per_epoch=3)
+    assert schedule.interval == ("step" if name in ("onecycle", "cyclic") else "epoch")
     used = []
     for _ in range(4):
         for _ in range(3):
@@ -105,7 +106,7 @@ def test_every_experiment_composes_and_validates(name):
     assert settings.trainer.epochs >= 1
     if name == "resnet18_tiny":
         assert cfg.dataset._target_.endswith("TinyImageNet") and cfg.optimizer.lr == 0.2
-        assert cfg.dataset.batch_size == 256 and cfg.scheduler.warmup_epochs == 5
+        assert cfg.dataset.batch_size == 256 and cfg.lr_schedule.warmup_epochs == 5
 
 
 def test_experiment_files_hold_only_overrides():
@@ -117,15 +118,58 @@ def test_experiment_files_hold_only_overrides():
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.epochs=0", "trainer.epochs must be >= 1"),
-    ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
-    ("trainer.epochs=abc", "trainer.epochs"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0"),
+    ("optimizer.lr=-0.1", "cannot build the optimizer: Invalid learning rate: -0.1 (check the optimizer.* keys)"),
     ("trainer.precision=fp8", "trainer.precision must be one of"),
-    ("model.dropout=1.5", "model.dropout"),
-    ("dataset.batch_size=0", "dataset.batch_size"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+    ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
+    ("augment.color_jitter=2", "augment.color_jitter must be in [0, 1)"),
+    ("lr_schedule.interval=week", "lr_schedule.interval must be epoch or step"),
+    ("lr_schedule.warmup_epochs=10", "lr_schedule.warmup_epochs (10) must be >= 0 and smaller than trainer.epochs"),
+    ("model=small_cnn model.weights=IMAGENET1K_V1", "small_cnn has no pretrained weights"),
 ])
-def test_bad_values_are_refused(override, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        load_settings(compose([override]))
+def test_bad_values_are_refused_by_their_owner(override, message):
+    cfg = compose(override.split())
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_components(cfg, load_settings(cfg))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.epochs=abc", "could not be converted to Integer"),
+    ("trainer.epoch=3", "Key 'epoch' not in 'TrainerSettings'"),
+    ("lr_schedule.warmup_epochs=1.5", "could not be converted to Integer"),
+])
+def test_the_schema_refuses_wrong_types_and_keys_as_hydra_composes(override, message):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose([override])
+    assert message in f"{error.value} {error.value.__cause__}"
+
+
+def test_types_live_in_the_schema_and_values_only_in_yaml():
+    def fields(schema):
+        for f in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(f.type) or f.default_factory is not dataclasses.MISSING:
+                yield from fields(f.default_factory)
+            else:
+                yield f
+    assert all(f.default is MISSING for f in fields(TrainSchema))  # no default value written twice
+    cfg = compose([])
+    assert not OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, [f.name for f in dataclasses.fields(Settings)]))
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "scheduler", "loss", "augment", "metrics"])
+def test_component_nodes_hold_only_their_constructors_arguments(group):
+    for name in options(group):
+        node = compose([f"{group}={name}"])[group]
+        target = get_method(node._target_)
+        accepted = set()
+        for fn in [c.__init__ for c in target.__mro__] if inspect.isclass(target) else [target]:
+            params = inspect.signature(fn).parameters
+            accepted |= set(params)
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                break  # **kwargs goes on to the parent class
+        keys = [k for k in node if not k.startswith("_")]
+        assert keys and set(keys) <= set(accepted), (name, set(keys) - set(accepted))
 
 
 @pytest.mark.parametrize("args, message", [

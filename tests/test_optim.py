@@ -30,7 +30,7 @@ def epoch_lrs(schedule, opt, epochs, steps):
 def test_linear_warmup_then_cosine_per_epoch():
     opt = sgd(1.0)
     make = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=None, eta_min=0.0)
-    schedule = LRSchedule(make, opt, interval="epoch", warmup_epochs=2, epochs=6, steps_per_epoch=3)
+    schedule = LRSchedule(make, opt, interval="epoch", warmup_epochs=2, epochs=6, steps_per_epoch=3, unset=("T_max",))
     lrs = epoch_lrs(schedule, opt, 6, 3)
     assert lrs[0] == pytest.approx(WARMUP_START_FACTOR)
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)
@@ -42,7 +42,8 @@ def test_linear_warmup_then_cosine_per_epoch():
 def test_onecycle_runs_over_every_step():
     opt = sgd(0.1)
     make = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None, cycle_momentum=False)
-    schedule = LRSchedule(make, opt, interval="step", warmup_epochs=0, epochs=3, steps_per_epoch=4)
+    schedule = LRSchedule(make, opt, interval="step", warmup_epochs=0, epochs=3, steps_per_epoch=4,
+                          unset=("total_steps",))
     epoch_lrs(schedule, opt, 3, 4)  # would raise if it stepped past total_steps
     assert schedule.scheduler.total_steps == 12
 

@@ -77,7 +77,7 @@ def test_same_seed_same_run(tmp_path):
 @pytest.mark.slow
 def test_l1_and_grad_clip_change_training(tmp_path):
     base = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "base")
-    l1 = train(compose(FAST + ["trainer.epochs=1", "optimizer.l1=0.01"]), tmp_path / "l1")
+    l1 = train(compose(FAST + ["trainer.epochs=1", "trainer.l1=0.01"]), tmp_path / "l1")
     assert l1["train/loss"] != base["train/loss"]
     clipped = train(compose(FAST + ["trainer.epochs=1", "trainer.grad_clip=0.01"]), tmp_path / "clip")
     assert clipped["train/loss"] != base["train/loss"]
@@ -125,7 +125,7 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
                                train_per_class=8, val_per_class=4, grayscale={("n01", 1)}, cmyk={("n02", 2)})
     run_dir = tmp_path / "run"
     result = run_cli("train", "+experiment=resnet18_tiny", f"dataset.root={root}", "trainer.epochs=2",
-                     "dataset.batch_size=16", "scheduler.warmup_epochs=1", "trainer.log_every_n_steps=1",
+                     "dataset.batch_size=16", "lr_schedule.warmup_epochs=1", "trainer.log_every_n_steps=1",
                      "trainer.histogram_every_n_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = pd.read_csv(run_dir / "metrics.csv")
@@ -158,6 +158,7 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
 def test_quickstart_learns_the_real_digits(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("train", "+experiment=quickstart", f"dataset.root={tmp_path / 'digits'}", "trainer.epochs=3",
+                     "dataset.image_size=32",
                      f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = pd.read_csv(run_dir / "metrics.csv")

@@ -12,10 +12,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from trainlab.errors import require
+
 
 class BatchAugment:
     def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, flip: bool = False,
                  rotation: float = 0.0, color_jitter: float = 0.0):
+        require(int(crop_padding) >= 0, f"augment.crop_padding must be >= 0 (got {crop_padding})")
+        require(0.0 <= float(color_jitter) < 1.0, f"augment.color_jitter must be in [0, 1) (got {color_jitter})")
         self.crop_padding, self.flip = int(crop_padding), bool(flip)
         self.rotation, self.color_jitter = float(rotation), float(color_jitter)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

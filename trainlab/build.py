@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import Settings
@@ -48,12 +48,27 @@ def build_partial(node: DictConfig, group: str, **call_kwargs: Any) -> Any:
         raise ConfigError(f"cannot build {group} ({_target(node)}): {e}; check the {group}.* keys") from None
 
 
-def take(node: DictConfig, *keys: str, defaults: dict | None = None) -> tuple[dict, list[Any]]:
-    """Split trainlab's own keys off a group: returns (the rest, as a plain dict, [values of keys])."""
-    plain = OmegaConf.to_container(node, resolve=True)
-    defaults = defaults or {}
-    values = [plain.pop(k, defaults.get(k)) for k in keys]
-    return plain, values
+def build_schedule(cfg: DictConfig, settings: Settings, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> LRSchedule:
+    """The `scheduler` group's torch scheduler, driven as the `lr_schedule` block says."""
+    unset = tuple(key for key, value in cfg.scheduler.items() if value is None)
+    return LRSchedule(build(cfg.scheduler, "scheduler"), optimizer, epochs=settings.trainer.epochs,
+                      steps_per_epoch=steps_per_epoch, unset=unset, **vars(settings.lr_schedule))
+
+
+def check_components(cfg: DictConfig, settings: Settings) -> None:
+    """Build each component once, without data (the model on the meta device: no memory, no time), so that
+    a bad value is one line before the run directory exists. Each constructor checks its own arguments."""
+    data = build(cfg.dataset, "dataset")
+    build(cfg.augment, "augment", mean=data.mean, std=data.std)
+    with torch.device("meta"):
+        model = build_partial(cfg.model, "model", num_classes=2,
+                              **({"weights": None} if _weights_file(cfg.model.get("weights")) else {}))
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
+    build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
+    build(cfg.loss, "loss")
+    del model
 
 
 def _target(node: Any) -> str:
@@ -93,19 +108,23 @@ class Run:
     choices: dict                     # the config group options picked (model: resnet18, ...), as Hydra recorded them
 
 
+def _weights_file(weights: Any) -> bool:
+    return bool(weights) and (str(weights).endswith(".ckpt") or Path(str(weights)).expanduser().is_file())
+
+
 def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
     """The configured model; `model.weights=<file.ckpt>` starts it from a trainlab checkpoint's weights."""
-    model_cfg, (weights,) = take(cfg.model, "weights")
-    from_file = bool(weights) and (str(weights).endswith(".ckpt") or Path(str(weights)).expanduser().is_file())
-    extra = {"weights": weights} if weights and not from_file else {}  # torchvision pretrained weights by name
-    model = build_partial(model_cfg, "model", num_classes=num_classes, **extra)
+    weights = cfg.model.get("weights")
+    from_file = _weights_file(weights)
+    # A trainlab checkpoint is loaded below; a torchvision weight name is the factory's own business.
+    model = build_partial(cfg.model, "model", num_classes=num_classes, **({"weights": None} if from_file else {}))
     if from_file:
         ckpt = load_checkpoint(Path(str(weights)).expanduser())
         check_classes(ckpt["classes"], classes, f"model.weights={weights}")
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
-            raise CheckpointError(f"model.weights={weights} does not fit model={model_cfg['_target_']}: "
+            raise CheckpointError(f"model.weights={weights} does not fit model={_target(cfg.model)}: "
                                   f"{str(e).splitlines()[0]}") from None
         log.info("model weights initialised from %s (epoch %s)", weights, ckpt["epoch"])
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
@@ -123,17 +142,13 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
         raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
                           "training images: lower dataset.batch_size")
     model = build_model(cfg, data.num_classes, data.classes, runtime)
-    opt_cfg, (l1,) = take(cfg.optimizer, "l1", defaults={"l1": 0.0})
-    optimizer = build_optimizer(build(opt_cfg, "optimizer"), model.parameters())
+    optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
     train_loader = data.loader("train", seed=settings.seed, **shard)
     val_loader = data.loader("val", **shard)
     n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
     n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
-    sched_cfg, (interval, warmup, plateau_metric) = take(cfg.scheduler, "interval", "warmup_epochs", "monitor",
-                                                         defaults={"interval": "epoch", "warmup_epochs": 0})
-    schedule = LRSchedule(build(sched_cfg, "scheduler"), optimizer, interval=interval, warmup_epochs=warmup,
-                          epochs=trainer.epochs, steps_per_epoch=n_train, monitor=plateau_metric)
+    schedule = build_schedule(cfg, settings, optimizer, n_train)
     metrics = {split: build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split=split,
                                     with_auroc=split == "val", device=runtime.torch_device)
                for split in ("train", "val")}
@@ -144,5 +159,5 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     train_forward = forward if wrapped is model else (torch.compile(wrapped) if runtime.compile else wrapped)
     stepper = Stepper(model, forward, train_forward, optimizer, schedule,
                       build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std),
-                      runtime.grad_scaler(), runtime, float(l1), trainer.grad_clip, group)
+                      runtime.grad_scaler(), runtime, trainer.l1, trainer.grad_clip, group)
     return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})

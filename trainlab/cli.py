@@ -122,7 +122,9 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
              f"'dataset.root=\"/my data/photos\"' (the single quotes keep the shell from eating the double ones)"
              if bad else _one_line(str(e)))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        fail(_one_line(str(e)))
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+        # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
+        fail(_one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
 
 
 def _unparsable(override: str) -> bool:
@@ -330,6 +332,7 @@ def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> float | N
 
 
 def _check_train(cfg, overrides: list[str]) -> None:
+    from trainlab.build import check_components
     from trainlab.config import load_settings
     from trainlab.data import check_root
     from trainlab.runtime import check_hardware
@@ -342,6 +345,7 @@ def _check_train(cfg, overrides: list[str]) -> None:
         return
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
+    check_components(cfg, settings)
     check_root(cfg.dataset)
 
 

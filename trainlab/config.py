@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.columns import COLUMNS
@@ -20,53 +20,100 @@ METRIC_COLUMNS = COLUMNS[2:]  # everything but epoch and step can be monitored
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
+# The types live here, the values in conf/*.yaml (MISSING: the YAML must give one). Hydra checks overrides
+# against these classes as it composes (they are registered below and named first in config.yaml's defaults).
+
 
 @dataclass
 class TrainerSettings:
-    epochs: int = 10
-    limit_train_batches: int | None = None
-    limit_val_batches: int | None = None
-    grad_clip: float | None = None
-    log_every_n_steps: int = 50
-    precision: str = "auto"
-    channels_last: str = "auto"
-    compile: bool = False
-    histogram_every_n_epochs: int = 5
-    threads: str = "auto"
+    epochs: int = MISSING
+    limit_train_batches: int | None = MISSING
+    limit_val_batches: int | None = MISSING
+    grad_clip: float | None = MISSING
+    l1: float = MISSING
+    log_every_n_steps: int = MISSING
+    precision: str = MISSING
+    channels_last: str = MISSING
+    compile: bool = MISSING
+    histogram_every_n_epochs: int = MISSING
+    threads: str = MISSING
+
+
+@dataclass
+class LRScheduleSettings:
+    interval: str = MISSING
+    warmup_epochs: int = MISSING
+    monitor: str = MISSING
 
 
 @dataclass
 class CheckpointSettings:
-    monitor: str = "val/acc1"
-    mode: str = "max"
-    every_n_epochs: int = 0
-    keep: int = 0
+    monitor: str = MISSING
+    mode: str = MISSING
+    every_n_epochs: int = MISSING
+    keep: int = MISSING
 
 
 @dataclass
 class EarlyStoppingSettings:
-    enabled: bool = False
-    monitor: str = "val/loss"
-    mode: str = "min"
-    patience: int = 10
-    min_delta: float = 0.0
+    enabled: bool = MISSING
+    monitor: str = MISSING
+    mode: str = MISSING
+    patience: int = MISSING
+    min_delta: float = MISSING
 
 
 @dataclass
 class DeviceSettings:
-    type: str = "cpu"
-    count: int = 1
+    type: str = MISSING
+    count: int = MISSING
 
 
 @dataclass
 class Settings:
-    seed: int = 0
-    resume: str | None = None
-    overwrite: bool = False
+    """trainlab's own blocks of the config (the component groups are built from their `_target_`)."""
+    seed: int = MISSING
+    resume: str | None = MISSING
+    overwrite: bool = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    lr_schedule: LRScheduleSettings = field(default_factory=LRScheduleSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
     device: DeviceSettings = field(default_factory=DeviceSettings)
+
+
+@dataclass
+class TrainSchema(Settings):
+    """The whole `trainlab train` config: Settings plus the component groups (checked by their constructors)."""
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    loss: Any = MISSING
+    augment: Any = MISSING
+    metrics: Any = MISSING
+
+
+@dataclass
+class EvaluateSchema(TrainSchema):
+    ckpt: Any = MISSING
+    split: str = MISSING
+
+
+@dataclass
+class SummarySchema(TrainSchema):
+    ckpt: Any = MISSING
+    num_classes: int | None = MISSING
+    depth: int = MISSING
+
+
+def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainSchema)
+    store.store(name="evaluate_schema", node=EvaluateSchema)
+    store.store(name="summary_schema", node=SummarySchema)
 
 
 def _typed(schema: type, node: Any, prefix: str) -> Any:
@@ -88,7 +135,7 @@ def _require(ok: bool, message: str) -> None:
 def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     """Validate the whole composed config and return the typed top-level settings. `require_data=False`
     for commands that do not read the data set (so dataset.root may be unset)."""
-    keys = ("seed", "resume", "overwrite", "trainer", "checkpoint", "early_stopping", "device")
+    keys = [f.name for f in dataclasses.fields(Settings)]
     top = {k: cfg[k] for k in keys if k in cfg}
     settings: Settings = _typed(Settings, top, "")
     t = settings.trainer
@@ -117,46 +164,24 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     _require(settings.early_stopping.min_delta >= 0, "early_stopping.min_delta must be >= 0")
     _require(settings.device.type in ("cpu", "cuda"), f"device.type must be cpu or cuda (got {settings.device.type!r})")
     _require(settings.device.count >= 1, f"device.count must be >= 1 (got {settings.device.count})")
-    _check_groups(cfg, require_data)
+    _require(t.l1 >= 0, f"trainer.l1 must be >= 0 (got {t.l1})")
+    sched = settings.lr_schedule
+    _require(0 <= sched.warmup_epochs < t.epochs,
+             f"lr_schedule.warmup_epochs ({sched.warmup_epochs}) must be >= 0 and smaller than trainer.epochs "
+             f"({t.epochs})")
+    _require(sched.monitor in METRIC_COLUMNS,
+             f"lr_schedule.monitor={sched.monitor} is not a recorded metric (choose from {', '.join(METRIC_COLUMNS)})")
+    if require_data:
+        _check_root(cfg)
     return settings
 
 
-def _num(node: DictConfig, group: str, key: str, default: float) -> float:
-    value = node.get(key, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{group}.{key} must be a number (got {value!r})") from None
-
-
-def _check_groups(cfg: DictConfig, require_data: bool = True) -> None:
-    """Value rules for the component groups whose keys are passed straight to a `_target_`."""
-    ds, opt, sched, aug, model = cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.augment, cfg.model
-    if require_data and "root" in ds.keys():  # `in ds` is False for a ??? value
+def _check_root(cfg: DictConfig) -> None:
+    ds = cfg.dataset
+    if "root" in ds.keys():  # `in ds` is False for a ??? value
+        name = str(ds.get("_target_", "?")).rsplit(".", 1)[-1]
         _require(not OmegaConf.is_missing(ds, "root"),
-                 f"dataset.root is not set: pass dataset.root=/path/to/your/data for dataset {_group_name(ds)}")
-    _require(_num(ds, "dataset", "batch_size", 1) >= 1, f"dataset.batch_size must be >= 1 (got {ds.get('batch_size')})")
-    _require(_num(ds, "dataset", "image_size", 8) >= 8, f"dataset.image_size must be >= 8 (got {ds.get('image_size')})")
-    _require(_num(ds, "dataset", "num_workers", 0) >= 0, "dataset.num_workers must be >= 0")
-    _require(_num(opt, "optimizer", "lr", 1) > 0, f"optimizer.lr must be > 0 (got {opt.get('lr')})")
-    _require(_num(opt, "optimizer", "weight_decay", 0) >= 0,
-             f"optimizer.weight_decay must be >= 0 (got {opt.get('weight_decay')})")
-    _require(_num(opt, "optimizer", "l1", 0) >= 0, f"optimizer.l1 must be >= 0 (got {opt.get('l1')})")
-    warmup = _num(sched, "scheduler", "warmup_epochs", 0)
-    _require(warmup >= 0, "scheduler.warmup_epochs must be >= 0")
-    _require(warmup < int(cfg.trainer.epochs),
-             f"scheduler.warmup_epochs ({warmup:g}) must be smaller than trainer.epochs ({cfg.trainer.epochs})")
-    _require(sched.get("interval", "epoch") in ("epoch", "step"), "scheduler.interval must be epoch or step")
-    _require(_num(aug, "augment", "crop_padding", 0) >= 0, "augment.crop_padding must be >= 0")
-    _require(0.0 <= _num(aug, "augment", "color_jitter", 0) < 1.0, "augment.color_jitter must be in [0, 1)")
-    _require(0.0 <= _num(model, "model", "dropout", 0) < 1.0,
-             f"model.dropout must be in [0, 1) (got {model.get('dropout')})")
-    _require(model.get("init", "default") in ("default", "kaiming", "xavier"),
-             f"model.init must be default, kaiming or xavier (got {model.get('init')!r})")
-
-
-def _group_name(node: DictConfig) -> str:
-    return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+                 f"dataset.root is not set: pass dataset.root=/path/to/your/data for dataset {name}")
 
 
 def compose(overrides=(), config_name: str = "config") -> DictConfig:

@@ -74,7 +74,7 @@ def _diverged(h: pd.DataFrame, _) -> list[Finding]:
         i = int(h.index[h["epoch"] == e][0])
         return [Finding("diverged", "warning", (e, e),
                         f"train/loss jumped to {loss[i]:.3g} from a best of {best[i - 1]:.3g}",
-                        "lower optimizer.lr or add scheduler.warmup_epochs and trainer.grad_clip")]
+                        "lower optimizer.lr or add lr_schedule.warmup_epochs and trainer.grad_clip")]
     return []
 
 

@@ -11,6 +11,12 @@ class ConfigError(TrainlabError):
     """The composed configuration is invalid."""
 
 
+def require(ok: bool, message: str) -> None:
+    """A constructor's check of its own arguments: `message` names the key and the allowed values."""
+    if not ok:
+        raise ConfigError(message)
+
+
 class DataError(TrainlabError):
     """The data on disk is missing or malformed."""
 

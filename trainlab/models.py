@@ -13,15 +13,21 @@ import torch
 import torchvision
 from torch import nn
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, require
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
+INITS = ("default", "kaiming", "xavier")
+
+
+def _check(init: str, dropout: float) -> None:
+    require(init in INITS, f"model.init must be one of {', '.join(INITS)} (got {init!r})")
+    require(0.0 <= float(dropout) < 1.0, f"model.dropout must be in [0, 1) (got {dropout})")
 
 
 def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, init: str = "default",
            dropout: float = 0.0, weights: str | None = None) -> nn.Module:
-    if arch not in ARCHS:
-        raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
+    require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
+    _check(init, dropout)
     builder = getattr(torchvision.models, arch)
     if weights:
         # Pretrained weights have a 1000-way head: load them as they are, then replace the head.
@@ -60,7 +66,16 @@ def _pretrained(arch: str, name: str):
     return weights
 
 
-def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0) -> nn.Module:
+def _no_pretrained(name: str, weights: str | None) -> None:
+    require(not weights, f"model.weights={weights} is not a file, and {name} has no pretrained weights: pass a "
+                         "trainlab checkpoint (.ckpt) or null")
+
+
+def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0,
+              weights: str | None = None) -> nn.Module:
+    """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
+    _check(init, dropout)
+    _no_pretrained("small_cnn", weights)
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                              nn.ReLU(inplace=True))
@@ -74,7 +89,10 @@ def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout:
 
 
 def mlp(num_classes: int, image_size: int, hidden: Sequence[int] = (256,), init: str = "default",
-        dropout: float = 0.0) -> nn.Module:
+        dropout: float = 0.0, weights: str | None = None) -> nn.Module:
+    """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
+    _check(init, dropout)
+    _no_pretrained("mlp", weights)
     layers: list[nn.Module] = [nn.Flatten()]
     width = 3 * int(image_size) ** 2
     for h in hidden:
@@ -88,8 +106,6 @@ def initialize(model: nn.Module, init: str, skip_pretrained: bool = False) -> nn
     """Re-initialise conv and linear weights (biases to zero); `default` keeps PyTorch's own init."""
     if init == "default" or skip_pretrained:
         return model
-    if init not in ("kaiming", "xavier"):
-        raise ConfigError(f"model.init must be default, kaiming or xavier (got {init!r})")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if init == "kaiming":

@@ -1,9 +1,8 @@
 """Optimizer and learning-rate schedule built from their config groups' `_target_`.
 
-trainlab adds three keys of its own, taken out before the torch classes see the rest:
-`optimizer.l1` (L1 penalty weight), `scheduler.interval` (step per epoch or per optimizer step) and
-`scheduler.warmup_epochs` (linear warm-up before the main schedule). `scheduler.monitor` names the
-metric ReduceLROnPlateau watches.
+The `scheduler` group holds only the torch scheduler's arguments; how it is driven (per epoch or per
+optimizer step, the linear warm-up before it, the metric a plateau scheduler watches) is the
+`lr_schedule` block, passed to `LRSchedule` as its keyword arguments.
 """
 
 from __future__ import annotations
@@ -13,16 +12,21 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, require
 
 WARMUP_START_FACTOR = 0.01  # warm-up starts at lr/100: small enough to be safe, large enough to move
 
 
 def build_optimizer(make: Callable[..., torch.optim.Optimizer], params) -> torch.optim.Optimizer:
+    """The configured optimizer; trainlab asks more of lr and weight_decay than torch does (lr=0 trains nothing)."""
     try:
-        return make(params)
+        optimizer = make(params)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build the optimizer: {e} (check the optimizer.* keys)") from None
+    group = optimizer.param_groups[0]
+    require(group["lr"] > 0, f"optimizer.lr must be > 0 (got {group['lr']})")
+    require(group.get("weight_decay", 0) >= 0, f"optimizer.weight_decay must be >= 0 (got {group['weight_decay']})")
+    return optimizer
 
 
 class LRSchedule:
@@ -30,29 +34,29 @@ class LRSchedule:
     `after_epoch(metrics)` every epoch; only the one matching `interval` advances the schedule."""
 
     def __init__(self, make: Callable[..., object], optimizer: torch.optim.Optimizer, *, interval: str,
-                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: str | None = None):
+                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: str | None = None,
+                 unset: tuple[str, ...] = ()):
+        """`unset`: the scheduler's length arguments the config leaves null (T_max, total_steps), filled
+        here from the run's length."""
+        require(interval in ("epoch", "step"), f"lr_schedule.interval must be epoch or step (got {interval!r})")
         self.interval, self.monitor = interval, monitor
         self.optimizer = optimizer
         per_unit = steps_per_epoch if interval == "step" else 1
         warmup = int(warmup_epochs) * per_unit
         remaining = max(1, (epochs - int(warmup_epochs)) * per_unit)
-        kwargs = {}
-        keywords = getattr(make, "keywords", {}) or {}
-        if keywords.get("T_max", 0) is None:
-            kwargs["T_max"] = remaining
-        if keywords.get("total_steps", 0) is None:
-            kwargs["total_steps"] = epochs * steps_per_epoch
-            if interval != "step":
-                raise ConfigError("scheduler=onecycle must step per optimizer step: set scheduler.interval=step")
+        lengths = {"T_max": remaining, "total_steps": epochs * steps_per_epoch}
+        kwargs = {key: lengths[key] for key in unset if key in lengths}
+        if "total_steps" in kwargs and interval != "step":
+            raise ConfigError("scheduler=onecycle must step per optimizer step: set lr_schedule.interval=step")
         try:
             main = make(optimizer, **kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"cannot build the lr scheduler: {e} (check the scheduler.* keys)") from None
         self.plateau = isinstance(main, ReduceLROnPlateau)
         if self.plateau and warmup:
-            raise ConfigError("scheduler=plateau does not combine with warm-up: set scheduler.warmup_epochs=0")
+            raise ConfigError("scheduler=plateau does not combine with warm-up: set lr_schedule.warmup_epochs=0")
         if self.plateau and not monitor:
-            raise ConfigError("scheduler=plateau needs scheduler.monitor (for example val/loss)")
+            raise ConfigError("scheduler=plateau needs lr_schedule.monitor (for example val/loss)")
         if warmup:
             ramp = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=warmup)
             main = SequentialLR(optimizer, [ramp, main], milestones=[warmup])
@@ -71,7 +75,7 @@ class LRSchedule:
             return
         if self.plateau:
             if self.monitor not in metrics:
-                raise ConfigError(f"scheduler.monitor={self.monitor} is not a recorded metric "
+                raise ConfigError(f"lr_schedule.monitor={self.monitor} is not a recorded metric "
                                   f"(choose from {', '.join(sorted(metrics))})")
             self.scheduler.step(metrics[self.monitor])
         else:

@@ -5,6 +5,7 @@ with model.weights=<file.ckpt>)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
     may be repeated as the run was started (`choices`, Hydra's record of them), not changed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    saved = upgrade_config(saved)
     cfg = OmegaConf.create(saved)
     changed = []
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -44,6 +46,20 @@ def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
     return cfg, changed
 
 
+def upgrade_config(saved: dict) -> dict:
+    """Checkpoints written before the lr_schedule block existed kept trainlab's own keys inside the component groups
+    (optimizer.l1, scheduler.interval/warmup_epochs/monitor); move them to where they live now."""
+    if "lr_schedule" in saved:
+        return saved
+    saved = copy.deepcopy(saved)
+    scheduler = saved.get("scheduler", {})
+    saved["lr_schedule"] = {"interval": scheduler.pop("interval", "epoch"),
+                            "warmup_epochs": scheduler.pop("warmup_epochs", 0),
+                            "monitor": scheduler.pop("monitor", None) or "val/loss"}
+    saved.setdefault("trainer", {})["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
+    return saved
+
+
 def check_classes(saved_classes: list[str], classes: list[str], where: str) -> None:
     if list(saved_classes) != list(classes):
         raise CheckpointError(f"{where} was trained on {len(saved_classes)} classes "
@@ -56,6 +72,7 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
     """The one way from a checkpoint to a run (train's resume, evaluate, compare, summary): (checkpoint, config
     to run with, changed overrides), checked before anything is written: the stored config with the command
     line applied, its settings validated, the hardware present and (`needs_data`) its data folder there."""
+    from trainlab.build import check_components
     from trainlab.checkpoint import load_checkpoint
     from trainlab.config import load_settings
     from trainlab.data import check_root
@@ -65,6 +82,7 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
+    check_components(cfg, settings)
     root = OmegaConf.select(cfg, "dataset.root") if needs_data else None
     if root and not Path(str(root)).expanduser().exists():
         if any(c.startswith("dataset.root=") for c in changed):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainlab.errors import require
 from trainlab.runtime import epoch_seed
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class ImageData:
     """Base of every data set: subclasses fill `classes`, `class_names` and `splits` in `setup()`."""
 
     def __init__(self, image_size: int, batch_size: int, num_workers: int = 0):
+        require(int(batch_size) >= 1, f"dataset.batch_size must be >= 1 (got {batch_size})")
+        require(int(image_size) >= 8, f"dataset.image_size must be >= 8 (got {image_size})")
+        require(int(num_workers) >= 0, f"dataset.num_workers must be >= 0 (got {num_workers})")
         self.image_size, self.batch_size, self.num_workers = int(image_size), int(batch_size), int(num_workers)
         self.classes: list[str] = []       # class ids in index order (wnids for Tiny-ImageNet)
         self.class_names: list[str] = []   # human-readable names, same order
