@@ -16,7 +16,7 @@ from trainlab.testing import write_tiny_imagenet  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 # The real config, shrunk: in-memory data, a small CNN, fp32 (the same numbers on every CPU), no histograms.
-FAST = ["dataset=fake", "model=small_cnn", "trainer.precision=32", "trainer.histogram_every_n_epochs=0"]
+FAST = ["+debug=fast"]  # conf/debug/fast.yaml: the real config shrunk to seconds (fake data, small CNN, fp32, 2 epochs)
 # Clock-dependent columns; everything else must agree between runs that compute the same thing.
 TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
 

@@ -73,6 +73,7 @@ def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path):
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
     assert run_cli("report", str(sweep), cwd=tmp_path).returncode == 0
     text = (sweep / "report.html").read_text()
-    assert "Hyper-parameter search (Optuna)" in text and "failed: optimizer.lr must be &gt; 0" in text
+    assert "Hyper-parameter search (Optuna)" in text
+    assert "failed: cannot build the optimizer: Invalid learning rate: -1.0" in text
 
 

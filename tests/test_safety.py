@@ -28,10 +28,10 @@ from trainlab.errors import DataError
 from trainlab.fs import FolderLock, free_run_dir
 from trainlab.testing import write_tiny_imagenet
 
+from helpers import FAST as SHRUNK
 from helpers import assert_one_line, assert_untouched, hashes, run
 
-FAST = ["model=small_cnn", "trainer.precision=32", "trainer.threads=1", "trainer.epochs=1",
-        "trainer.histogram_every_n_epochs=0"]
+FAST = [*SHRUNK, "trainer.threads=1", "trainer.epochs=1"]  # the tests name their dataset
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +94,8 @@ def test_digits_write_only_into_missing_empty_or_marked_folders(tmp_path):
 
 
 def test_digits_default_to_the_cache_folder(tmp_path, capsys):
-    code, out, err = run(capsys, "train", *FAST, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                         "hydra.run.dir=run")
+    code, out, err = run(capsys, "train", *FAST, "dataset=digits", "trainer.limit_train_batches=1",
+                         "trainer.limit_val_batches=1", "hydra.run.dir=run")
     assert code == 0, err
     assert (tmp_path / "cache" / "digits" / MARKER).is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["data"]["cache"]["dir"] == \

@@ -17,10 +17,11 @@ from trainlab.models import small_cnn
 from trainlab.record import COLUMNS
 from trainlab.train import train
 
+from helpers import FAST as SHRUNK
 from helpers import assert_one_line, compose, run, run_cli, write_tiny_imagenet
 
-FAST = ["dataset=fake", "model=small_cnn", "trainer.epochs=2", "trainer.precision=32", "trainer.log_every_n_steps=2",
-        "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05", "model.width=16"]
+FAST = [*SHRUNK, "trainer.log_every_n_steps=2", "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05",
+        "model.width=16"]
 
 
 def test_train_writes_the_full_record(tmp_path):

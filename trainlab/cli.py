@@ -148,6 +148,9 @@ def _unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
+_ADDED_GROUPS = ("experiment", "debug", "hparams_search")  # not in config.yaml's defaults: picked with `+`
+
+
 def resume_args(args: list[str]) -> list[str]:
     """`resume=...` continues a run in its own directory: point Hydra's output there, and keep this
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
@@ -167,7 +170,7 @@ def resume_args(args: list[str]) -> list[str]:
     # Compose with the run's own group options, so that keys of its groups (model.width of a small_cnn run,
     # dataset.val_size of fake data) parse as they did when it started.
     given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-    extra = [f"{'+' if group == 'experiment' else ''}{group}={value}" for group, value in choices.items()
+    extra = [f"{'+' if group in _ADDED_GROUPS else ''}{group}={value}" for group, value in choices.items()
              if group not in given and "/" not in group and value is not None]
     extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}")
     if not any(a.startswith("hydra.run.dir=") for a in args):

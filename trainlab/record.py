@@ -50,6 +50,7 @@ def _json_default(value):
 
 # Drawing figures (the PNG curves, TensorBoard's confusion images) may take at most this share of a run's time.
 FIGURE_TIME_SHARE = 0.05
+FIRST_DRAW_COST_S = 1.0  # what drawing them takes on a laptop CPU, until this run has measured it
 
 
 class RunRecorder:
@@ -64,7 +65,8 @@ class RunRecorder:
         # Figures are redrawn when the time since the last drawing is at least 1/FIGURE_TIME_SHARE times what
         # drawing costs (on a small data set drawing would otherwise take longer than the epoch), and always
         # at the end of the run. The CSVs and scalars are written every epoch regardless.
-        self._drawn_at, self._draw_cost, self._pending, self._said_throttle = None, 0.0, None, False
+        self._drawn_at, self._draw_cost = time.monotonic(), FIRST_DRAW_COST_S
+        self._pending, self._said_throttle = None, False
         if not active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,15 +127,13 @@ class RunRecorder:
         self.writer.flush()
 
     def _figures_due(self) -> bool:
-        if self._drawn_at is None:
-            return True
         due = time.monotonic() - self._drawn_at >= self._draw_cost / FIGURE_TIME_SHARE
         if not due and not self._said_throttle:
             self._said_throttle = True
-            log.info("figures: drawing the plots takes %.1f s, so they are redrawn at most every %.0f s (at most "
-                     "%.0f%% of the run's time) and at the end; metrics.csv, confusion/*.csv and TensorBoard scalars "
-                     "are written every epoch", self._draw_cost, self._draw_cost / FIGURE_TIME_SHARE,
-                     100 * FIGURE_TIME_SHARE)
+            log.info("figures: plots/*.png and TensorBoard's confusion images are redrawn once the time since the "
+                     "last drawing is %.0fx what drawing takes (at most %.0f%% of the run's time), and at the end; "
+                     "metrics.csv, confusion/*.csv and the TensorBoard scalars are written every epoch",
+                     1 / FIGURE_TIME_SHARE, 100 * FIGURE_TIME_SHARE)
         return due
 
     def _draw_figures(self) -> None:

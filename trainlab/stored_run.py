@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.errors import CheckpointError, DataError
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment")
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
+          "hparams_search")
 
 
 def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
