@@ -17,7 +17,7 @@ from trainlab.evaluate import evaluate
 from trainlab.train import train
 
 from helpers import FAST as SHRUNK
-from helpers import compose, run_cli, write_tiny_imagenet
+from helpers import assert_one_line, compose, run, write_tiny_imagenet
 
 FAST = [*SHRUNK, "optimizer.lr=0.05", "dataset.val_size=100", "model.width=16"]
 
@@ -89,39 +89,40 @@ def test_compare_finds_exactly_the_disagreements(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_identical_checkpoints_have_no_disagreements(runs, tmp_path):
-    result = run_cli("compare", str(runs / "late"), str(runs / "late" / "checkpoints" / "best.ckpt"),
-                     f"out={tmp_path / 'same'}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "no disagreements" in result.stdout
+def test_identical_checkpoints_have_no_disagreements(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "compare", str(runs / "late"), str(runs / "late" / "checkpoints" / "best.ckpt"),
+                         f"out={tmp_path / 'same'}")
+    assert code == 0, err
+    assert "no disagreements" in out
     assert json.loads((tmp_path / "same" / "compare.json").read_text())["disagreements"] == 0
     assert not (tmp_path / "same" / "disagreements.png").exists()
 
 
 @pytest.mark.slow
-def test_evaluate_cli_on_the_unlabelled_test_split(tmp_path):
+def test_evaluate_cli_on_the_unlabelled_test_split(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     root = write_tiny_imagenet(tmp_path / "t", test_images=5)
-    run = tmp_path / "run"
-    trained = run_cli("train", "dataset=tiny_imagenet", f"dataset.root={root}", "model=small_cnn", "trainer.epochs=1",
-                      "dataset.batch_size=4", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    result = run_cli("evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=test", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = next((run / "eval").glob("last-test-*"))  # beside the checkpoint by default
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *SHRUNK, "dataset=tiny_imagenet", f"dataset.root={root}", "trainer.epochs=1",
+                       "dataset.batch_size=4", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "split=test")
+    assert code == 0, err
+    out = next((run_dir / "eval").glob("last-test-*"))  # beside the checkpoint by default
     pred = pd.read_csv(out / "predictions.csv")
     assert len(pred) == 5 and "target" not in pred
     assert set(pred["pred_name"]) <= {f"name of n0{k}, alias" for k in (1, 2, 3)}
     assert json.loads((out / "metrics.json").read_text())["metrics"] == {}
-    bad = run_cli("evaluate", f"ckpt={root / 'wnids.txt'}", cwd=tmp_path)
-    assert bad.returncode == 2 and "not a loadable trainlab checkpoint" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    assert_one_line(*run(capsys, "evaluate", f"ckpt={root / 'wnids.txt'}"), "not a loadable trainlab checkpoint")
 
 
 @pytest.mark.slow
-def test_summary_lists_resnet18_layers_with_their_shapes(tmp_path):
-    result = run_cli("summary", "model=resnet18", "dataset=fake", "dataset.image_size=64", "dataset.batch_size=2",
-                     "num_classes=200", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_summary_lists_resnet18_layers_with_their_shapes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "summary", "model=resnet18", "dataset=fake", "dataset.image_size=64",
+                       "dataset.batch_size=2", "num_classes=200", f"hydra.run.dir={tmp_path}")
+    assert code == 0, err
     text = (tmp_path / "summary.txt").read_text()
     expected = {"Conv2d (conv1)": "[2, 64, 32, 32]", "MaxPool2d (maxpool)": "[2, 64, 16, 16]",
                 "Sequential (layer1)": "[2, 64, 16, 16]", "Sequential (layer2)": "[2, 128, 8, 8]",
@@ -132,7 +133,8 @@ def test_summary_lists_resnet18_layers_with_their_shapes(tmp_path):
         assert any(layer in line and shape in line for line in lines), layer
     assert "Total params: 11,279,112" in text  # resnet18 with a 200-way head
     assert "Total mult-adds" in text and list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    small = run_cli("summary", "model=resnet18", "model.small_stem=true", "dataset=fake", "dataset.image_size=64",
-                    "dataset.batch_size=1", "num_classes=200", f"hydra.run.dir={tmp_path / 'small'}", cwd=tmp_path)
-    assert small.returncode == 0
-    assert any("(layer4)" in ln and "[1, 512, 8, 8]" in ln for ln in small.stdout.splitlines())
+    code, out, _ = run(capsys, "summary", "model=resnet18", "model.small_stem=true", "dataset=fake",
+                       "dataset.image_size=64", "dataset.batch_size=1", "num_classes=200",
+                       f"hydra.run.dir={tmp_path / 'small'}")
+    assert code == 0
+    assert any("(layer4)" in ln and "[1, 512, 8, 8]" in ln for ln in out.splitlines())

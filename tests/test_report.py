@@ -11,7 +11,7 @@ from trainlab.columns import COLUMNS
 from trainlab.report import report
 from trainlab.train import train
 
-from helpers import FAST, compose, run, run_cli
+from helpers import FAST, compose, run
 
 
 @pytest.mark.slow
@@ -49,29 +49,31 @@ def test_diagnose_cli_and_end_of_training_findings(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_multirun_report_compares_the_jobs(tmp_path):
+def test_multirun_report_compares_the_jobs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep"
-    result = run_cli("train", "-m", *FAST, "trainer.epochs=2", "optimizer=sgd,adam", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    made = run_cli("report", str(sweep), cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    code, _, err = run(capsys, "train", "-m", *FAST, "trainer.epochs=2", "optimizer=sgd,adam",
+                       f"hydra.sweep.dir={sweep}")
+    assert code == 0, err
+    code, _, err = run(capsys, "report", str(sweep))
+    assert code == 0, err
     text = (sweep / "report.html").read_text()
     assert "optimizer=sgd" in text and "optimizer=adam" in text and text.count("data:image/png;base64") == 2
     assert "| 0 | optimizer=sgd" in (sweep / "report.md").read_text()
 
 
 @pytest.mark.slow
-def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path):
+def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "optuna"
     # Seed 1 samples lr=-1.0 (refused at start-up) for one of the two trials, and 0.05 for the other.
-    result = run_cli("train", "+hparams_search=optuna", *FAST, "dataset.train_size=64", "trainer.epochs=1",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1", "optimizer.lr=choice(-1.0,0.05)",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 1 and "1 job(s) of the sweep failed" in result.stderr
+    code, _, err = run(capsys, "train", "+hparams_search=optuna", *FAST, "dataset.train_size=64", "trainer.epochs=1",
+                       "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1", "optimizer.lr=choice(-1.0,0.05)",
+                       f"hydra.sweep.dir={sweep}")
+    assert code == 1 and "1 job(s) of the sweep failed" in err
     assert len(list(sweep.glob("*/error.txt"))) == 1 and len(list(sweep.glob("*/metrics.csv"))) == 1
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
-    assert run_cli("report", str(sweep), cwd=tmp_path).returncode == 0
+    assert run(capsys, "report", str(sweep))[0] == 0
     text = (sweep / "report.html").read_text()
     assert "Hyper-parameter search (Optuna)" in text
     assert "failed: cannot build the optimizer: Invalid learning rate: -1.0" in text
