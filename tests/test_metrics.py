@@ -13,7 +13,7 @@ from trainlab.metrics import ClassificationMetrics
 @pytest.mark.parametrize("num_classes, batches", [(6, [40, 40, 17]), (12, [64, 33])])
 def test_metrics_match_sklearn(num_classes, batches):
     g = torch.Generator().manual_seed(num_classes)
-    metrics = ClassificationMetrics(num_classes, "val", top_k=5)
+    metrics = ClassificationMetrics(num_classes, "val", top_k=5, average="macro")
     all_logits, all_targets, weighted = [], [], 0.0
     for size in batches:
         target = torch.randint(0, num_classes, (size,), generator=g)
@@ -46,7 +46,7 @@ def test_metrics_match_sklearn(num_classes, batches):
 
 
 def test_reset_starts_a_new_epoch():
-    metrics = ClassificationMetrics(3, "train", with_auroc=False)
+    metrics = ClassificationMetrics(3, "train", top_k=5, average="macro", with_auroc=False)
     metrics.update(torch.eye(3), torch.tensor([0, 1, 2]), torch.tensor(0.1))
     metrics.reset()
     metrics.update(torch.eye(3), torch.tensor([1, 2, 0]), torch.tensor(2.0))
@@ -62,7 +62,7 @@ def test_auroc_averages_over_the_classes_present():
     target = torch.randint(0, 4, (60,), generator=g)  # classes 4 and 5 never occur
     logits = torch.randn(60, 6, generator=g)
     logits[torch.arange(60), target] += 1.0
-    metrics = ClassificationMetrics(6, "val")
+    metrics = ClassificationMetrics(6, "val", top_k=5, average="macro")
     metrics.update(logits, target, torch.tensor(1.0))
     probs = logits.softmax(1).numpy()
     expected = np.mean([sk.roc_auc_score(target.numpy() == c, probs[:, c]) for c in range(4)])

@@ -47,7 +47,7 @@ class ClassificationMetrics:
     """Loss (mean over samples), top-1/top-k accuracy, macro precision/recall/F1, Cohen's kappa,
     macro one-vs-rest AUROC (optional: it keeps every probability) and the confusion matrix."""
 
-    def __init__(self, num_classes: int, split: str, top_k: int = 5, average: str = "macro",
+    def __init__(self, num_classes: int, split: str, top_k: int, average: str,
                  with_auroc: bool = True, device: torch.device | str = "cpu"):
         kw = dict(num_classes=num_classes, validate_args=False)
         metrics = {

@@ -24,8 +24,8 @@ def _check(init: str, dropout: float) -> None:
     require(0.0 <= float(dropout) < 1.0, f"model.dropout must be in [0, 1) (got {dropout})")
 
 
-def resnet(num_classes: int, arch: str = "resnet18", small_stem: bool = False, init: str = "default",
-           dropout: float = 0.0, weights: str | None = None) -> nn.Module:
+def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: float, weights: str | None) -> nn.Module:
+    """The values come from conf/model/resnet*.yaml."""
     require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
     _check(init, dropout)
     builder = getattr(torchvision.models, arch)
@@ -71,8 +71,7 @@ def _no_pretrained(name: str, weights: str | None) -> None:
                          "trainlab checkpoint (.ckpt) or null")
 
 
-def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout: float = 0.0,
-              weights: str | None = None) -> nn.Module:
+def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: str | None) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("small_cnn", weights)
@@ -88,8 +87,8 @@ def small_cnn(num_classes: int, width: int = 32, init: str = "default", dropout:
     return initialize(model, init)
 
 
-def mlp(num_classes: int, image_size: int, hidden: Sequence[int] = (256,), init: str = "default",
-        dropout: float = 0.0, weights: str | None = None) -> nn.Module:
+def mlp(num_classes: int, image_size: int, hidden: Sequence[int], init: str, dropout: float,
+        weights: str | None) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("mlp", weights)

@@ -8,8 +8,8 @@ from trainlab.data.base import ImageData, Split, channel_stats
 
 
 class FakeData(ImageData):
-    def __init__(self, num_classes: int = 10, train_size: int = 256, val_size: int = 64, image_size: int = 32,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+    def __init__(self, num_classes: int, train_size: int, val_size: int, image_size: int, batch_size: int,
+                 num_workers: int = 0, seed: int = 0):
         super().__init__(image_size, batch_size, num_workers)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(val_size)}
         self.seed = int(seed)
