@@ -9,6 +9,15 @@ import pytest
 from trainlab.testing import write_tiny_imagenet
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory):
+    """trainlab's cache folder (autotune decisions, the digits) is a fresh one for the test session, never the
+    user's: the tests neither read a decision measured outside them nor leave theirs behind."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path_factory.mktemp("trainlab-cache")))
+        yield
+
+
 @pytest.fixture
 def tiny_root(tmp_path) -> Path:
     """A miniature tiny-imagenet-200 tree in the official layout."""

@@ -13,7 +13,8 @@ from helpers import REPO
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, ratios", [
-    ("bench_defaults.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4"], ["defaults_vs_textbook"]),
+    ("bench_defaults.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4", "--rounds", "1"],
+     ["defaults_vs_textbook", "defaults_vs_best_bare"]),
     ("bench_overhead.py", ["--steps", "1", "--batch-size", "16", "--eval-batches", "1", "--rounds", "1"],
      ["train_overhead", "eval_overhead"]),
     ("bench_data.py", ["--batches", "1", "--steps", "1", "--per-class", "4", "--batch-size", "16", "--rounds", "1"],

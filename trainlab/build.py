@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import Settings
@@ -112,6 +112,45 @@ def _weights_file(weights: Any) -> bool:
     return bool(weights) and (str(weights).endswith(".ckpt") or Path(str(weights)).expanduser().is_file())
 
 
+def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: ImageData,
+                 group: Group = SINGLE, kept: dict | None = None) -> None:
+    """Settle an `auto` precision / memory format by measuring (trainlab.autotune), before the model is built
+    in its final format. In a process group rank 0 measures and every rank takes its choice. `kept`: the
+    choice a resumed run was trained with; it stays, so the run continues with the same numerics."""
+    from trainlab import autotune
+
+    options = autotune.candidates(runtime.device, settings.trainer.precision, settings.trainer.channels_last)
+    if not settings.trainer.autotune or len(options) < 2:
+        return
+    if kept and autotune.Candidate(kept["precision"], bool(kept["channels_last"])) in options:
+        runtime.precision, runtime.channels_last = kept["precision"], bool(kept["channels_last"])
+        runtime.reasons["precision"] = runtime.reasons["channels_last"] = "autotune: kept from the resumed run"
+        runtime.autotune = {"kept": True, **kept}
+        log.info("autotune: precision=%s channels_last=%s, as the run was trained until now", runtime.precision,
+                 str(runtime.channels_last).lower())
+        return
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    model_config.pop("weights", None)  # timing needs the architecture, not the weights
+
+    def make_model() -> torch.nn.Module:
+        return build_partial(cfg.model, "model", num_classes=data.num_classes, weights=None)
+
+    shape = (3, data.image_size, data.image_size)
+    decision = autotune.decide(make_model, model_config, runtime.torch_device, options, shape, data.num_classes,
+                               data.batch_size) if group.is_main else None
+    choice = decision.choice if decision else None
+    if group.world_size > 1:
+        choice = options[int(group.max(options.index(choice) if choice else -1))]
+    measured = ", ".join(f"{label} {ips:.0f}" for label, ips in decision.speeds.items()) if decision else ""
+    how = ("cached for this machine and model" if decision and decision.cached
+           else f"measured in {decision.seconds:.1f} s" if decision else "rank 0's measurement")
+    runtime.precision, runtime.channels_last = choice.precision, choice.channels_last
+    runtime.reasons["precision"] = runtime.reasons["channels_last"] = f"autotune: fastest training steps ({how})"
+    runtime.autotune = decision.to_dict() if decision else {"choice": choice.label}
+    log.info("autotune: training images/s: %s -> %s (%s; trainer.autotune=false or explicit values skip this)",
+             measured or "-", choice.label, how)
+
+
 def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
     """The configured model; `model.weights=<file.ckpt>` starts it from a trainlab checkpoint's weights."""
     weights = cfg.model.get("weights")
@@ -131,8 +170,10 @@ def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: 
     return model.to(runtime.torch_device, memory_format=memory_format)
 
 
-def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Group = SINGLE) -> Run:
-    """Everything one training process needs; in a process group its loaders read this rank's share."""
+def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Group = SINGLE,
+              kept_speed: dict | None = None) -> Run:
+    """Everything one training process needs; in a process group its loaders read this rank's share.
+    `kept_speed`: a resumed run's own precision/channels_last, kept instead of measuring again."""
     trainer = settings.trainer
     data = build(cfg.dataset, "dataset")
     check_batch(data.batch_size, group.world_size)
@@ -141,6 +182,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     if data.batch_size > len(data.splits["train"]):
         raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
                           "training images: lower dataset.batch_size")
+    tune_runtime(runtime, cfg, settings, data, group, kept_speed)
     model = build_model(cfg, data.num_classes, data.classes, runtime)
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}

@@ -47,6 +47,7 @@ class TrainingState:
     history: list[dict]           # the metrics.csv rows so far
     elapsed_s: float
     position: dict | None = None  # a mid-epoch checkpoint only: the epoch and every rank's place in it
+    speed: dict | None = None     # the precision and channels_last the run trains with (a resume keeps them)
 
     def payload(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -57,7 +58,7 @@ class TrainingState:
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: Path) -> TrainingState:
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(payload) - {"position"})
+        missing = sorted(names - set(payload) - {"position", "speed"})
         if missing:
             raise CheckpointError(f"{path} holds no training state to resume ({', '.join(missing[:3])} missing); "
                                   "start a new run from its weights with model.weights=<file.ckpt>")

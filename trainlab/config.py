@@ -34,6 +34,7 @@ class TrainerSettings:
     log_every_n_steps: int = MISSING
     precision: str = MISSING
     channels_last: str = MISSING
+    autotune: bool = MISSING
     compile: bool = MISSING
     histogram_every_n_epochs: int = MISSING
     threads: str = MISSING

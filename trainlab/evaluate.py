@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build, build_model, build_partial
+from trainlab.build import build, build_model, build_partial, tune_runtime
 from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import ConfigError
@@ -75,11 +75,12 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     if settings.device.count > 1:
         log.info("evaluating in one process: device.count=%d applies to training only", settings.device.count)
     runtime = resolve_runtime(settings.device.type, settings.trainer.precision, settings.trainer.channels_last,
-                              settings.trainer.threads, False)
+                              settings.trainer.threads, False, autotune=settings.trainer.autotune)
     seed_everything(settings.seed)
     data = build(run_cfg.dataset, "dataset")
     data.setup((split,))
     check_classes(ckpt["classes"], data.classes, str(path))
+    tune_runtime(runtime, run_cfg, settings, data)  # the training run's decision, from the cache, on its machine
     model = build_model(run_cfg, data.num_classes, data.classes, runtime)
     model.load_state_dict(ckpt["model"])
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})

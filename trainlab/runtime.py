@@ -28,6 +28,7 @@ class Runtime:
     threads: int
     compile: bool
     reasons: dict
+    autotune: dict | None = None   # what trainer.autotune measured (trainlab.autotune.Decision), if it ran
 
     @property
     def torch_device(self) -> torch.device:
@@ -71,9 +72,10 @@ def check_hardware(device_type: str, precision: str) -> None:
 
 
 def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool,
-                    local_rank: int = 0, processes_per_node: int = 1) -> Runtime:
+                    local_rank: int = 0, processes_per_node: int = 1, autotune: bool = False) -> Runtime:
     """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
-    (which GPU it drives, how many cores it may use)."""
+    (which GPU it drives, how many cores it may use). `autotune`: an `auto` precision or memory format is
+    measured later (`trainlab.build.tune_runtime`); what is set here is only the stand-in until then."""
     reasons = {}
     check_hardware(device_type, precision)
     if device_type == "cuda":
@@ -84,13 +86,19 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
         device = "cpu"
         has_bf16 = _cpu_has_bf16()
         reasons["device"] = f"CPU ({torch.backends.cpu.get_cpu_capability()})"
-    if precision == "auto":
+    if precision == "auto" and autotune:
+        precision = "32"
+        reasons["precision"] = "auto: measured before training (trainer.autotune=true)"
+    elif precision == "auto":
         precision = "bf16-mixed" if has_bf16 else "32"
         reasons["precision"] = ("auto: the hardware has native bf16, so bf16 autocast" if has_bf16
                                 else "auto: no native bf16 on this hardware, so fp32")
     else:
         reasons["precision"] = "set by trainer.precision"
-    if str(channels_last).lower() == "auto":
+    if str(channels_last).lower() == "auto" and autotune:
+        use_cl = False
+        reasons["channels_last"] = "auto: measured before training (trainer.autotune=true)"
+    elif str(channels_last).lower() == "auto":
         # channels_last speeds up convolutions with both oneDNN (CPU) and cuDNN (GPU) in mixed precision and fp32.
         use_cl = True
         reasons["channels_last"] = "auto: channels_last memory format for faster convolutions"
@@ -111,7 +119,8 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
         reasons["threads"] = "set by trainer.threads"
     runtime = Runtime(device, precision, use_cl, n_threads, bool(compile), reasons)
     for key in ("device", "precision", "channels_last", "threads"):
-        log.info("runtime: %s = %s (%s)", key, getattr(runtime, key), reasons[key])
+        if not reasons[key].startswith("auto: measured"):  # those are logged once measured
+            log.info("runtime: %s = %s (%s)", key, getattr(runtime, key), reasons[key])
     return runtime
 
 

@@ -48,16 +48,18 @@ def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
 
 
 def upgrade_config(saved: dict) -> dict:
-    """Checkpoints written before the lr_schedule block existed kept trainlab's own keys inside the component groups
-    (optimizer.l1, scheduler.interval/warmup_epochs/monitor); move them to where they live now."""
-    if "lr_schedule" in saved:
-        return saved
+    """Configs stored by earlier trainlab versions, in today's shape: trainlab's own keys used to sit inside the
+    component groups (optimizer.l1, scheduler.interval/warmup_epochs/monitor), and runs from before
+    trainer.autotune chose `auto` by the hardware's flags (so they keep doing that)."""
     saved = copy.deepcopy(saved)
-    scheduler = saved.get("scheduler", {})
-    saved["lr_schedule"] = {"interval": scheduler.pop("interval", "epoch"),
-                            "warmup_epochs": scheduler.pop("warmup_epochs", 0),
-                            "monitor": scheduler.pop("monitor", None) or "val/loss"}
-    saved.setdefault("trainer", {})["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
+    trainer = saved.setdefault("trainer", {})
+    if "lr_schedule" not in saved:
+        scheduler = saved.get("scheduler", {})
+        saved["lr_schedule"] = {"interval": scheduler.pop("interval", "epoch"),
+                                "warmup_epochs": scheduler.pop("warmup_epochs", 0),
+                                "monitor": scheduler.pop("monitor", None) or "val/loss"}
+        trainer["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
+    trainer.setdefault("autotune", False)
     return saved
 
 

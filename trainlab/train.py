@@ -57,7 +57,8 @@ def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, 
         scheduler=s.schedule.state_dict(), scaler=s.scaler.state_dict(), best=best.state_dict(),
         early_stopping=stopper.state_dict(), rng=capture_rng(), classes=run.data.classes,
         class_names=run.data.class_names, normalization={"mean": list(run.data.mean), "std": list(run.data.std)},
-        config=OmegaConf.to_container(cfg, resolve=True), choices=run.choices, history=history, elapsed_s=elapsed)
+        config=OmegaConf.to_container(cfg, resolve=True), choices=run.choices, history=history, elapsed_s=elapsed,
+        speed={"precision": s.runtime.precision, "channels_last": s.runtime.channels_last})
 
 
 def _restore(resume: TrainingState, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
@@ -156,11 +157,11 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     settings = load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
     runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
-                              trainer.compile, group.local_rank, group.local_world_size)
+                              trainer.compile, group.local_rank, group.local_world_size, trainer.autotune)
     seed_everything(settings.seed)
-    run = build_run(cfg, settings, runtime, group)
     resume = TrainingState.from_payload(load_checkpoint(Path(resumed_from)), Path(resumed_from)) \
         if resumed_from else None
+    run = build_run(cfg, settings, runtime, group, kept_speed=resume.speed if resume else None)
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
     stopper = EarlyStopping(**vars(settings.early_stopping))
