@@ -138,17 +138,16 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     shape = (3, data.image_size, data.image_size)
     decision = autotune.decide(make_model, model_config, runtime.torch_device, options, shape, data.num_classes,
                                data.batch_size) if group.is_main else None
-    choice = decision.choice if decision else None
     if group.world_size > 1:
-        choice = options[int(group.max(options.index(choice) if choice else -1))]
-    measured = ", ".join(f"{label} {ips:.0f}" for label, ips in decision.speeds.items()) if decision else ""
-    how = ("cached for this machine and model" if decision and decision.cached
-           else f"measured in {decision.seconds:.1f} s" if decision else "rank 0's measurement")
+        decision = group.broadcast(decision)  # every rank trains as rank 0 measured
+    choice = decision.choice
+    measured = ", ".join(f"{label} {ips:.0f}" for label, ips in decision.speeds.items())
+    how = "cached for this machine and model" if decision.cached else f"measured in {decision.seconds:.1f} s"
     runtime.precision, runtime.channels_last = choice.precision, choice.channels_last
     runtime.reasons["precision"] = runtime.reasons["channels_last"] = f"autotune: fastest training steps ({how})"
-    runtime.autotune = decision.to_dict() if decision else {"choice": choice.label}
+    runtime.autotune = decision.to_dict()
     log.info("autotune: training images/s: %s -> %s (%s; trainer.autotune=false or explicit values skip this)",
-             measured or "-", choice.label, how)
+             measured, choice.label, how)
 
 
 def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
@@ -188,6 +187,10 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
     train_loader = data.loader("train", seed=settings.seed, **shard)
     val_loader = data.loader("val", **shard)
+    log.info("data loading: %d DataLoader worker processes (dataset.num_workers)%s", data.num_workers,
+             ": a batch is one gather from the decoded images in memory, and workers measured slower than none on "
+             "small machines (scripts/bench_data.py); raise it if your augmentation is heavy" if not data.num_workers
+             else "")
     n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
     n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
     schedule = build_schedule(cfg, settings, optimizer, n_train)

@@ -137,6 +137,7 @@ class ImageData:
             "name": type(self).__name__,
             "num_classes": self.num_classes,
             "image_size": self.image_size,
+            "num_workers": self.num_workers,
             "sizes": {name: len(s) for name, s in self.splits.items()},
             "mean": list(self.mean),
             "std": list(self.std),
