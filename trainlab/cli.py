@@ -19,6 +19,7 @@ CONFIG_MODULE = "trainlab.conf"
 COMMANDS = {
     "train": "train a model from composed configs: `trainlab train +experiment=quickstart`",
     "evaluate": "metrics, predictions.csv and confusion.csv of a checkpoint: `trainlab evaluate ckpt=<file|run_dir>`",
+    "predict": "top-k classes of new, unlabelled images: `trainlab predict ckpt=<file|run_dir> input=<folder>`",
     "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
     "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
@@ -394,6 +395,20 @@ def _compare(args: list[str]) -> None:
                            Path(options["out"]) if "out" in options else None))
 
 
+def _predict(args: list[str]) -> None:
+    from trainlab.predict import USAGE as PREDICT_USAGE
+    from trainlab.predict import predict_images
+
+    if not args or args[0] in ("-h", "--help"):
+        print(PREDICT_USAGE, end="")
+        sys.exit(0 if args else 2)
+    loose = [a for a in args if "=" not in a]
+    if loose:
+        fail(f"predict takes key=value arguments only (got {loose[0]!r}); see trainlab predict --help")
+    options = dict(a.split("=", 1) for a in args)
+    _plain(lambda: predict_images({k: _unquote(v) for k, v in options.items()}))
+
+
 def _plain(action: Callable) -> None:
     """Run a command that takes no Hydra config: console logging, and user errors as one line."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", force=True)
@@ -454,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             run_hydra("summary", rest, _summary, config_name="summary")
         elif command == "compare":
             _compare(rest)
+        elif command == "predict":
+            _predict(rest)
         elif command == "report":
             _report(rest)
         elif command == "diagnose":
