@@ -107,3 +107,17 @@ def test_bad_predict_arguments_are_one_line(trained, tmp_path, capsys, monkeypat
     assert_one_line(*run(capsys, "predict", *args), message)
     made_after = sorted((run_dir / "predict").glob("*")) if (run_dir / "predict").exists() else []
     assert not (tmp_path / "photos" / "results").exists() and made_after == made_before  # nothing written
+
+
+def test_predict_reads_a_safetensors_export_like_its_checkpoint(trained, tmp_path, capsys, monkeypatch):
+    data, run_dir = trained
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "export", f"ckpt={run_dir}", "format=safetensors", f"out={tmp_path / 'exported'}")
+    assert code == 0, err
+    images = data / "val" / "images"
+    for name, ckpt in (("from_ckpt", run_dir), ("from_export", tmp_path / "exported")):
+        code, _, err = run(capsys, "predict", f"ckpt={ckpt}", f"input={images}", f"out={tmp_path / name}")
+        assert code == 0, err
+    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("from_ckpt", "from_export"))
+    assert list(a["path"]) == list(b["path"]) and (a["pred"] == b["pred"]).all()
+    assert np.allclose(a["confidence"], b["confidence"], atol=1e-5)

@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train a model from composed configs: `trainlab train +experiment=quickstart`",
     "evaluate": "metrics, predictions.csv and confusion.csv of a checkpoint: `trainlab evaluate ckpt=<file|run_dir>`",
     "predict": "top-k classes of new, unlabelled images: `trainlab predict ckpt=<file|run_dir> input=<folder>`",
+    "export": "the model for other programs (safetensors, torchscript, onnx): `trainlab export ckpt=... format=...`",
     "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
     "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
@@ -395,18 +396,16 @@ def _compare(args: list[str]) -> None:
                            Path(options["out"]) if "out" in options else None))
 
 
-def _predict(args: list[str]) -> None:
-    from trainlab.predict import USAGE as PREDICT_USAGE
-    from trainlab.predict import predict_images
-
+def _key_values(command: str, usage: str, action: Callable[[dict], object], args: list[str]) -> None:
+    """A command of key=value options only (predict, export): its usage, or the action in `_plain`."""
     if not args or args[0] in ("-h", "--help"):
-        print(PREDICT_USAGE, end="")
+        print(usage, end="")
         sys.exit(0 if args else 2)
     loose = [a for a in args if "=" not in a]
     if loose:
-        fail(f"predict takes key=value arguments only (got {loose[0]!r}); see trainlab predict --help")
+        fail(f"{command} takes key=value arguments only (got {loose[0]!r}); see trainlab {command} --help")
     options = dict(a.split("=", 1) for a in args)
-    _plain(lambda: predict_images({k: _unquote(v) for k, v in options.items()}))
+    _plain(lambda: action({k: _unquote(v) for k, v in options.items()}))
 
 
 def _plain(action: Callable) -> None:
@@ -470,7 +469,15 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "compare":
             _compare(rest)
         elif command == "predict":
-            _predict(rest)
+            from trainlab.predict import USAGE as PREDICT_USAGE
+            from trainlab.predict import predict_images
+
+            _key_values("predict", PREDICT_USAGE, predict_images, rest)
+        elif command == "export":
+            from trainlab.export import USAGE as EXPORT_USAGE
+            from trainlab.export import export_model
+
+            _key_values("export", EXPORT_USAGE, export_model, rest)
         elif command == "report":
             _report(rest)
         elif command == "diagnose":

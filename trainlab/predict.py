@@ -111,32 +111,26 @@ def predict_images(options: dict[str, str]) -> dict:
         if not options.get(key):
             raise ConfigError(f"predict needs {key}=...; see trainlab predict --help")
     top_k = _positive(options, "top_k", 5)
-    path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
-    ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
+    source = _exported(options["ckpt"])
+    if source is None:
+        path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
+        ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
     images_found, others = list_inputs(options["input"])  # before anything is written
+    if source is None:
+        model, runtime, about = _from_checkpoint(path, ckpt, cfg)
+    else:
+        path = source
+        model, runtime, about = _from_export(source)
     out = claim_out_dir(Path(options["out"]), options["input"], images_found) if options.get("out") \
         else default_out_dir(path)
-    settings = load_settings(cfg, require_data=False)
-    classes, names = list(ckpt["classes"]), list(ckpt["class_names"])
+    classes, names, norm, size = about["classes"], about["class_names"], about["normalization"], about["size"]
     top_k = min(top_k, len(classes))
-    batch = _positive(options, "batch_size", int(cfg.dataset.batch_size))
-    # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
-    speed = ckpt.get("speed") or {}
-    runtime = resolve_runtime(settings.device.type, str(speed.get("precision", settings.trainer.precision)),
-                              str(speed.get("channels_last", settings.trainer.channels_last)).lower(),
-                              settings.trainer.threads, False)
-    if speed:
-        log.info("predict: precision=%s channels_last=%s, as the checkpoint was trained", runtime.precision,
-                 str(runtime.channels_last).lower())
-    size = int(cfg.dataset.image_size)
+    batch = _positive(options, "batch_size", about["batch_size"])
     pixels, bad = decode_files(images_found, size, f"{len(images_found)} input images", skip_bad=True)
     bad_paths = [images_found[i] for i in bad]
     paths = [p for i, p in enumerate(images_found) if i not in set(bad)]
     if not paths:
         raise DataError(f"none of the {len(images_found)} image files under input={options['input']} could be read")
-    model = build_model(cfg, len(classes), classes, runtime)
-    model.load_state_dict(ckpt["model"])
-    norm = ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3}
     normalize = BatchAugment(mean=norm["mean"], std=norm["std"])
     chunks = [(pixels[i:i + batch], torch.full((len(pixels[i:i + batch]),), -1)) for i in range(0, len(pixels), batch)]
     start = time.perf_counter()
@@ -145,13 +139,66 @@ def predict_images(options: dict[str, str]) -> dict:
     table = predictions_table(paths, logits, classes, names, top_k)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
-    record = {"checkpoint": str(path), "epoch": ckpt["epoch"], "input": str(options["input"]), "images": len(paths),
+    record = {"checkpoint": str(path), "epoch": about["epoch"], "input": str(options["input"]), "images": len(paths),
               "skipped_not_images": len(others), "skipped_unreadable": bad_paths, "top_k": top_k,
               "image_size": size, "normalization": norm, "seconds": seconds,
               "images_per_s": len(paths) / max(seconds, 1e-9), "runtime": runtime.to_dict(), "out": str(out)}
     atomic_write_text(out / "predict.json", json.dumps(record, indent=2, default=str) + "\n")
     _print(table, record, others)
     return record
+
+
+def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
+    settings = load_settings(cfg, require_data=False)
+    classes = list(ckpt["classes"])
+    # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
+    speed = ckpt.get("speed") or {}
+    runtime = resolve_runtime(settings.device.type, str(speed.get("precision", settings.trainer.precision)),
+                              str(speed.get("channels_last", settings.trainer.channels_last)).lower(),
+                              settings.trainer.threads, False)
+    if speed:
+        log.info("predict: precision=%s channels_last=%s, as the checkpoint was trained", runtime.precision,
+                 str(runtime.channels_last).lower())
+    model = build_model(cfg, len(classes), classes, runtime)
+    model.load_state_dict(ckpt["model"])
+    about = {"classes": classes, "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
+             "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},
+             "size": int(cfg.dataset.image_size), "batch_size": int(cfg.dataset.batch_size)}
+    return model, runtime, about
+
+
+def _exported(spec: str) -> Path | None:
+    """The safetensors file of a `trainlab export` (its folder, or the file with model.json beside it)."""
+    path = Path(spec).expanduser()
+    folder = path if path.is_dir() else path.parent
+    sidecar = folder / "model.json"
+    if not sidecar.is_file() or (path.is_file() and path.suffix != ".safetensors"):
+        return None
+    try:
+        described = json.loads(sidecar.read_text())
+    except ValueError:
+        return None
+    if described.get("format") != "safetensors":
+        raise ConfigError(f"{folder} holds a {described.get('format')} export; predict reads checkpoints and "
+                          "safetensors exports (trainlab export format=safetensors)")
+    return folder / described["file"]
+
+
+def _from_export(weights: Path) -> tuple[torch.nn.Module, object, dict]:
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from trainlab.build import build_partial
+
+    described = json.loads((weights.parent / "model.json").read_text())
+    runtime = resolve_runtime("cpu", "32", "false", "auto", False)  # exports are fp32, contiguous
+    model = build_partial(OmegaConf.create(described["model"]), "model", num_classes=described["num_classes"],
+                          weights=None)
+    model.load_state_dict(load_file(str(weights)))
+    about = {"classes": described["classes"], "class_names": described["class_names"], "epoch": described["epoch"],
+             "normalization": described["normalization"], "size": int(described["input_size"][-1]),
+             "batch_size": 64}
+    return model, runtime, about
 
 
 def predictions_table(paths: list[str], logits: torch.Tensor, classes: list[str], names: list[str],
