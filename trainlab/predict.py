@@ -115,14 +115,12 @@ def predict_images(options: dict[str, str]) -> dict:
     if source is None:
         path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
         ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
-    images_found, others = list_inputs(options["input"])  # before anything is written
-    if source is None:
-        model, runtime, about = _from_checkpoint(path, ckpt, cfg)
     else:
         path = source
-        model, runtime, about = _from_export(source)
+    images_found, others = list_inputs(options["input"])  # before anything is written
     out = claim_out_dir(Path(options["out"]), options["input"], images_found) if options.get("out") \
         else default_out_dir(path)
+    model, runtime, about = _from_checkpoint(path, ckpt, cfg) if source is None else _from_export(source)
     classes, names, norm, size = about["classes"], about["class_names"], about["normalization"], about["size"]
     top_k = min(top_k, len(classes))
     batch = _positive(options, "batch_size", about["batch_size"])
