@@ -229,3 +229,19 @@ def test_kill_9_never_damages_a_checkpoint(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     frame = pd.read_csv(run_dir / "metrics.csv")
     assert list(frame["epoch"]) == list(range(1, 11))  # no gap, no duplicate
+
+
+def test_checkpoints_without_optimizer_are_smaller_and_last_still_resumes(tmp_path):
+    cfg = compose(FAST + ["trainer.epochs=2", "checkpoint.every_n_epochs=1", "checkpoint.save_optimizer=false",
+                          "optimizer=adam"])  # adam: optimizer state as large as the weights
+    train(cfg, tmp_path)
+    folder = tmp_path / "checkpoints"
+    last, best, periodic = (torch.load(folder / n, weights_only=True)
+                            for n in ("last.ckpt", "best.ckpt", "epoch_002.ckpt"))
+    for slim in (best, periodic):
+        assert "optimizer" not in slim and "rng" not in slim and set(slim["model"]) == set(last["model"])
+    assert "optimizer" in last and (folder / "best.ckpt").stat().st_size < 0.6 * (folder / "last.ckpt").stat().st_size
+    with pytest.raises(CheckpointError, match="holds no training state to resume"):
+        train_command(compose(FAST + [f"resume={folder / 'best.ckpt'}"]), tmp_path, overrides=[])
+    train_command(compose(FAST + ["trainer.epochs=3", f"resume={tmp_path}"]), tmp_path, overrides=["trainer.epochs=3"])
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 3

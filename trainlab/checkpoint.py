@@ -118,13 +118,22 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     return payload
 
 
+# What only continuing the training needs (a checkpoint without them still evaluates, predicts and exports).
+TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "early_stopping", "position")
+
+
 class Checkpointer:
     """last.ckpt every epoch, best.ckpt on improvement, epoch_NNN.ckpt every `every_n_epochs` keeping the
     newest `keep` (0 = all), and interrupted.ckpt for a mid-epoch stop. `active=False` (training ranks
     other than 0, which hold the same weights) writes nothing."""
 
-    def __init__(self, folder: Path, every_n_epochs: int, keep: int, active: bool = True):
+    def __init__(self, folder: Path, every_n_epochs: int, keep: int, active: bool = True,
+                 save_optimizer: bool = True):
+        """`save_optimizer=False`: best.ckpt and epoch_NNN.ckpt hold the weights and the record but not the
+        optimizer, scheduler and random states (half the size or less); last.ckpt and interrupted.ckpt always
+        hold everything, so a resume stays exact."""
         self.folder, self.every_n_epochs, self.keep, self.active = Path(folder), every_n_epochs, keep, active
+        self.save_optimizer = save_optimizer
 
     def save_epoch(self, payload: dict, epoch: int, improved: bool) -> None:
         if not self.active:
@@ -132,12 +141,18 @@ class Checkpointer:
         last = self.folder / "last.ckpt"
         save_checkpoint(last, payload)
         (self.folder / "interrupted.ckpt").unlink(missing_ok=True)  # superseded by a later complete epoch
-        if improved:
-            _atomic_copy(last, self.folder / "best.ckpt")  # the same bytes: copy them, don't serialise again
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
-            _atomic_copy(last, self.folder / f"epoch_{epoch:03d}.ckpt")
-            periodic = sorted(self.folder.glob("epoch_*.ckpt"))
-            for old in periodic[:-self.keep] if self.keep else []:
+        periodic = bool(self.every_n_epochs and epoch % self.every_n_epochs == 0)
+        slim = None if self.save_optimizer or not (improved or periodic) else \
+            {k: v for k, v in payload.items() if k not in TRAINING_ONLY}
+        targets = ((improved, self.folder / "best.ckpt"), (periodic, self.folder / f"epoch_{epoch:03d}.ckpt"))
+        for wanted, path in targets:
+            if wanted and slim is None:
+                _atomic_copy(last, path)  # the same bytes: copy them, don't serialise again
+            elif wanted:
+                save_checkpoint(path, slim)
+        if periodic:
+            numbered = sorted(self.folder.glob("epoch_*.ckpt"))
+            for old in numbered[:-self.keep] if self.keep else []:
                 old.unlink()
 
     def save_interrupted(self, payload: dict) -> Path:

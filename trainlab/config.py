@@ -53,6 +53,7 @@ class CheckpointSettings:
     mode: str = MISSING
     every_n_epochs: int = MISSING
     keep: int = MISSING
+    save_optimizer: bool = MISSING
 
 
 @dataclass

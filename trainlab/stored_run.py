@@ -60,6 +60,7 @@ def upgrade_config(saved: dict) -> dict:
                                 "monitor": scheduler.pop("monitor", None) or "val/loss"}
         trainer["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
     trainer.setdefault("autotune", False)
+    saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
     return saved
 
 

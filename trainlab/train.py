@@ -170,7 +170,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
                            history=resume.history if resume else None, active=group.is_main)
     checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep,
-                                active=group.is_main)
+                                active=group.is_main, save_optimizer=settings.checkpoint.save_optimizer)
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
     elapsed = lambda: before + time.perf_counter() - started  # noqa: E731
 
