@@ -27,7 +27,7 @@ def own_decisions(tmp_path, monkeypatch):
 
 
 def make_model():
-    return small_cnn(num_classes=3, width=8, init="default", dropout=0.0, weights=None)
+    return small_cnn(num_classes=3, width=8, init="default", dropout=0.0, weights=None, freeze=None)
 
 
 def timings(speeds: dict[Candidate, float], calls: list | None = None):

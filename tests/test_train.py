@@ -51,7 +51,7 @@ def test_checkpoint_reproduces_the_recorded_val_metrics(tmp_path):
     train(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"][0] == "class000" and ckpt["config"]["seed"] == 0
-    model = small_cnn(num_classes=10, width=cfg.model.width, init="default", dropout=0.0, weights=None)
+    model = small_cnn(num_classes=10, width=cfg.model.width, init="default", dropout=0.0, weights=None, freeze=None)
     model.load_state_dict(ckpt["model"])
     model.eval()
     data = FakeData(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})

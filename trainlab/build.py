@@ -4,6 +4,7 @@ model, optimizer, schedule, metrics) that `train`, `evaluate` and `summary` shar
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,6 @@ from trainlab.errors import CheckpointError, ConfigError, TrainlabError
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import LRSchedule, build_optimizer
 from trainlab.runtime import Runtime
-from trainlab.stored_run import check_classes
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,15 @@ def build_schedule(cfg: DictConfig, settings: Settings, optimizer: torch.optim.O
                       steps_per_epoch=steps_per_epoch, unset=unset, **vars(settings.lr_schedule))
 
 
-def check_components(cfg: DictConfig, settings: Settings) -> None:
+def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = True) -> None:
     """Build each component once, without data (the model on the meta device: no memory, no time), so that
     a bad value is one line before the run directory exists. Each constructor checks its own arguments."""
     data = build(cfg.dataset, "dataset")
     build(cfg.augment, "augment", mean=data.mean, std=data.std)
     with torch.device("meta"):
         model = build_partial(cfg.model, "model", num_classes=2,
-                              **({"weights": None} if _weights_file(cfg.model.get("weights")) else {}))
+                              **({"weights": None} if _weights_file(cfg.model.get("weights")) or not start_weights
+                                 else {}))
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
     build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
@@ -150,27 +151,89 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
              measured, choice.label, how)
 
 
-def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime) -> torch.nn.Module:
-    """The configured model; `model.weights=<file.ckpt>` starts it from a trainlab checkpoint's weights."""
+def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime,
+                start_weights: bool = True) -> torch.nn.Module:
+    """The configured model. `model.weights` (a trainlab checkpoint, a state dict or safetensors file, or a
+    torchvision weight name) is where a new run starts; `start_weights=False` for a model whose own weights
+    are loaded next (evaluate, predict, export, resume), so the starting point is neither read nor downloaded."""
     weights = cfg.model.get("weights")
     from_file = _weights_file(weights)
-    # A trainlab checkpoint is loaded below; a torchvision weight name is the factory's own business.
-    model = build_partial(cfg.model, "model", num_classes=num_classes, **({"weights": None} if from_file else {}))
-    if from_file:
-        ckpt = load_checkpoint(Path(str(weights)).expanduser())
-        check_classes(ckpt["classes"], classes, f"model.weights={weights}")
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"model.weights={weights} does not fit model={_target(cfg.model)}: "
-                                  f"{str(e).splitlines()[0]}") from None
-        log.info("model weights initialised from %s (epoch %s)", weights, ckpt["epoch"])
+    # A file is loaded below; a torchvision weight name is the factory's own business.
+    model = build_partial(cfg.model, "model", num_classes=num_classes,
+                          **({"weights": None} if from_file or not start_weights else {}))
+    if from_file and start_weights:
+        start_from(model, str(weights), classes)
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     return model.to(runtime.torch_device, memory_format=memory_format)
 
 
+def start_from(model: torch.nn.Module, weights: str, classes: list[str]) -> None:
+    """Load `weights` into a freshly built model. A classifier for other classes (another count, or a trainlab
+    checkpoint of other class ids) is re-initialised and said so; any other layer that does not fit is an error
+    naming the first few."""
+    state, source_classes = read_weights(weights)
+    own = model.state_dict()
+    head = head_keys(model)
+    differ = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    bad = [k for k in differ if k not in head]
+    if bad:
+        first = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise CheckpointError(f"model.weights={weights} does not fit this model: {len(bad)} of its {len(own)} "
+                              f"tensors are missing or of another shape ({first}); pick the matching model= (and "
+                              "model.arch/small_stem), or a file saved from it")
+    other_classes = source_classes is not None and list(source_classes) != list(classes)
+    fresh = set(head) if (other_classes or any(k in head for k in differ)) else set()
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in fresh}, strict=False)
+    ignored = [k for k in state if k not in own]
+    log.info("model weights initialised from %s%s%s", weights,
+             f"; the classifier ({', '.join(sorted(fresh))}) is re-initialised for this data's {len(classes)} classes"
+             if fresh else "", f"; {len(ignored)} tensors of the file are not in this model" if ignored else "")
+
+
+def read_weights(weights: str) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """(state dict, the class ids of its output when the file says) of a trainlab checkpoint (.ckpt), a
+    safetensors file (with a trainlab model.json beside it, classes too), or a plain state dict (.pth/.pt)."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"model.weights={weights} is not a file: pass a .ckpt, .safetensors, .pth/.pt "
+                              "file or a torchvision weight name")
+    if path.suffix == ".ckpt":
+        ckpt = load_checkpoint(path)
+        return ckpt["model"], list(ckpt["classes"])
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"model.weights={weights} is not a readable safetensors file ({e})") from None
+        sidecar = path.parent / "model.json"
+        classes = json.loads(sidecar.read_text()).get("classes") if sidecar.is_file() else None
+        return state, classes
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code in it, a truncated file, not a torch file at all
+        raise CheckpointError(f"model.weights={weights} cannot be loaded as a plain state dict "
+                              f"({' '.join(str(e).split())[:120]})") from None
+    state = loaded.get("state_dict", loaded.get("model", loaded)) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"model.weights={weights} holds no state dict (name -> tensor)")
+    # Saved from a DDP or torch.compile wrapper: the same tensors under a prefix.
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, None
+
+
+def head_keys(model: torch.nn.Module) -> list[str]:
+    """The state-dict keys of the classifier: the last Linear layer."""
+    last = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)][-1]
+    return [f"{last}.{k}" for k in dict(model.named_modules())[last].state_dict()]
+
+
 def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Group = SINGLE,
-              kept_speed: dict | None = None) -> Run:
+              kept_speed: dict | None = None, resumed: bool = False) -> Run:
     """Everything one training process needs; in a process group its loaders read this rank's share.
     `kept_speed`: a resumed run's own precision/channels_last, kept instead of measuring again."""
     trainer = settings.trainer
@@ -182,7 +245,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
         raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
                           "training images: lower dataset.batch_size")
     tune_runtime(runtime, cfg, settings, data, group, kept_speed)
-    model = build_model(cfg, data.num_classes, data.classes, runtime)
+    model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=not resumed)
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
     train_loader = data.loader("train", seed=settings.seed, **shard)

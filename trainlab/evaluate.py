@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     data.setup((split,))
     check_classes(ckpt["classes"], data.classes, str(path))
     tune_runtime(runtime, run_cfg, settings, data)  # the training run's decision, from the cache, on its machine
-    model = build_model(run_cfg, data.num_classes, data.classes, runtime)
+    model = build_model(run_cfg, data.num_classes, data.classes, runtime, start_weights=False)
     model.load_state_dict(ckpt["model"])
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})
     normalize = BatchAugment(mean=norm["mean"], std=norm["std"])

@@ -55,7 +55,7 @@ def export_model(options: dict[str, str]) -> dict:
     # fp32, contiguous, on the CPU: what another program expects to load (the checkpoint may hold
     # channels-last tensors, which safetensors refuses).
     runtime = resolve_runtime("cpu", "32", "false", "auto", False)
-    model = build_model(cfg, len(classes), classes, runtime)
+    model = build_model(cfg, len(classes), classes, runtime, start_weights=False)
     model.load_state_dict(ckpt["model"])
     model.eval()
     size = int(cfg.dataset.image_size)
@@ -109,7 +109,8 @@ def describe(cfg, ckpt: dict, path: Path, fmt: str, target: Path, size: int, dif
 
 def _rebuilt(cfg, classes: list[str], state: dict):
     """A fresh model loaded from the exported weights (what another program would do)."""
-    model = build_model(cfg, len(classes), classes, resolve_runtime("cpu", "32", "false", "auto", False))
+    model = build_model(cfg, len(classes), classes, resolve_runtime("cpu", "32", "false", "auto", False),
+                        start_weights=False)
     model.load_state_dict(state)
     model.eval()
     return torch.inference_mode()(model)

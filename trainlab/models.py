@@ -24,7 +24,8 @@ def _check(init: str, dropout: float) -> None:
     require(0.0 <= float(dropout) < 1.0, f"model.dropout must be in [0, 1) (got {dropout})")
 
 
-def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: float, weights: str | None) -> nn.Module:
+def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: float, weights: str | None,
+           freeze: str | Sequence[str] | None) -> nn.Module:
     """The values come from conf/model/resnet*.yaml."""
     require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
     _check(init, dropout)
@@ -42,7 +43,7 @@ def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: fl
     in_features = model.fc.in_features
     head = nn.Linear(in_features, num_classes) if (weights or dropout) else model.fc
     model.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout else head
-    return initialize(model, init, skip_pretrained=bool(weights))
+    return frozen(initialize(model, init, skip_pretrained=bool(weights)), freeze)
 
 
 def _pretrained(arch: str, name: str):
@@ -71,7 +72,8 @@ def _no_pretrained(name: str, weights: str | None) -> None:
                          "trainlab checkpoint (.ckpt) or null")
 
 
-def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: str | None) -> nn.Module:
+def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: str | None,
+              freeze: str | Sequence[str] | None) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("small_cnn", weights)
@@ -84,11 +86,11 @@ def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: 
         block(3, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w), nn.MaxPool2d(2),
         block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes),
     )
-    return initialize(model, init)
+    return frozen(initialize(model, init), freeze)
 
 
 def mlp(num_classes: int, image_size: int, hidden: Sequence[int], init: str, dropout: float,
-        weights: str | None) -> nn.Module:
+        weights: str | None, freeze: str | Sequence[str] | None) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("mlp", weights)
@@ -98,7 +100,30 @@ def mlp(num_classes: int, image_size: int, hidden: Sequence[int], init: str, dro
         layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         width = int(h)
     layers.append(nn.Linear(width, num_classes))
-    return initialize(nn.Sequential(*layers), init)
+    return frozen(initialize(nn.Sequential(*layers), init), freeze)
+
+
+def frozen(model: nn.Module, freeze: str | Sequence[str] | None) -> nn.Module:
+    """`model.freeze`: `backbone` (every parameter but the classifier, the last Linear layer) or a list of
+    parameter-name prefixes (`[conv1, bn1, layer1]`) stop learning: no gradient, no update, no weight decay.
+    (BatchNorm running statistics still follow the data in training mode.)"""
+    if not freeze:
+        return model
+    names = [n for n, _ in model.named_parameters()]
+    if freeze == "backbone":
+        head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        chosen = [n for n in names if not n.startswith(f"{head}.")]
+    else:
+        prefixes = [freeze] if isinstance(freeze, str) else [str(p) for p in freeze]
+        unknown = [p for p in prefixes if not any(n == p or n.startswith(f"{p}.") for n in names)]
+        top = list(dict.fromkeys(n.split(".")[0] for n in names))
+        require(not unknown, f"model.freeze: no parameters under {', '.join(unknown)}; use backbone or prefixes of "
+                             f"this model's parameter names ({', '.join(top[:12])})")
+        chosen = [n for n in names if any(n == p or n.startswith(f"{p}.") for p in prefixes)]
+    for name, param in model.named_parameters():
+        if name in chosen:
+            param.requires_grad_(False)
+    return model
 
 
 def initialize(model: nn.Module, init: str, skip_pretrained: bool = False) -> nn.Module:

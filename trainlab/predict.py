@@ -157,7 +157,7 @@ def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, obje
     if speed:
         log.info("predict: precision=%s channels_last=%s, as the checkpoint was trained", runtime.precision,
                  str(runtime.channels_last).lower())
-    model = build_model(cfg, len(classes), classes, runtime)
+    model = build_model(cfg, len(classes), classes, runtime, start_weights=False)
     model.load_state_dict(ckpt["model"])
     about = {"classes": classes, "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
              "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},

@@ -61,6 +61,7 @@ def upgrade_config(saved: dict) -> dict:
         trainer["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
     trainer.setdefault("autotune", False)
     saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
+    saved.setdefault("model", {}).setdefault("freeze", None)
     return saved
 
 
@@ -86,7 +87,7 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
-    check_components(cfg, settings)
+    check_components(cfg, settings, start_weights=False)  # the checkpoint's own weights replace the starting point
     root = OmegaConf.select(cfg, "dataset.root") if needs_data else None
     if root and not Path(str(root)).expanduser().exists():
         if any(c.startswith("dataset.root=") for c in changed):

@@ -46,7 +46,7 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
         load_settings(run_cfg, require_data=not cfg.get("num_classes"))
         classes = _classes(run_cfg, cfg.get("num_classes"))
     runtime = Runtime("cpu", "32", False, torch.get_num_threads(), False, {})
-    model = build_model(run_cfg, len(classes), classes, runtime)
+    model = build_model(run_cfg, len(classes), classes, runtime, start_weights=False)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.eval()
