@@ -85,3 +85,29 @@ def test_freezing_by_prefix_and_a_wrong_prefix(tmp_path):
     assert frozen == ["0", "2"]
     with pytest.raises(ConfigError, match=r"model.freeze: no parameters under layer9; .* \(0, 2, 4, 6, 10\)"):
         small_cnn(num_classes=4, width=8, init="default", dropout=0.0, weights=None, freeze=["layer9"])
+
+
+def test_normalize_weights_uses_what_the_starting_weights_expect(tmp_path, capsys, monkeypatch):
+    import json
+
+    from trainlab.build import IMAGENET_NORMALIZATION
+
+    monkeypatch.chdir(tmp_path)
+    start = small_cnn(num_classes=10, width=8, init="default", dropout=0.0, weights=None, freeze=None)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    args = [*SMALL, "model.width=8", "dataset.normalize=weights"]
+    code, _, err = run(capsys, "train", *args, f"model.weights={tmp_path / 'start.pt'}", "hydra.run.dir=plain")
+    assert code == 0, err
+    data = json.loads((tmp_path / "plain" / "run.json").read_text())["data"]
+    assert (tuple(data["mean"]), tuple(data["std"])) == IMAGENET_NORMALIZATION  # a plain state dict: ImageNet's
+    ckpt = tmp_path / "plain" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["normalization"]["mean"] == list(IMAGENET_NORMALIZATION[0])
+    own = tmp_path / "own"
+    train(compose(SMALL + ["model.width=8", "dataset.seed=5"]), own)
+    code, _, err = run(capsys, "train", *args, f"model.weights={own / 'checkpoints' / 'last.ckpt'}",
+                       "hydra.run.dir=from_ckpt")
+    assert code == 0, err
+    stored = torch.load(own / "checkpoints" / "last.ckpt", weights_only=True)["normalization"]
+    assert json.loads((tmp_path / "from_ckpt" / "run.json").read_text())["data"]["mean"] == stored["mean"]
+    assert_one_line(*run(capsys, "train", *args, "hydra.run.dir=none"), "dataset.normalize=weights needs model.weights")
+    assert not (tmp_path / "none").exists()

@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.checkpoint import load_checkpoint
+from trainlab.checkpoint import TrainingState, load_checkpoint
 from trainlab.config import Settings
 from trainlab.data import ImageData
 from trainlab.distributed import SINGLE, Group, check_batch
@@ -60,6 +60,8 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     """Build each component once, without data (the model on the meta device: no memory, no time), so that
     a bad value is one line before the run directory exists. Each constructor checks its own arguments."""
     data = build(cfg.dataset, "dataset")
+    if data.normalize == "weights" and not cfg.model.get("weights"):
+        weights_normalization(None)  # the one-line refusal
     build(cfg.augment, "augment", mean=data.mean, std=data.std)
     with torch.device("meta"):
         model = build_partial(cfg.model, "model", num_classes=2,
@@ -226,6 +228,29 @@ def read_weights(weights: str) -> tuple[dict[str, torch.Tensor], list[str] | Non
     return state, None
 
 
+# What torchvision's ImageNet weights were trained with (and what a plain state dict is assumed to expect).
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def weights_normalization(weights: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`dataset.normalize=weights`: the mean/std the starting weights were trained with."""
+    if not weights:
+        raise ConfigError("dataset.normalize=weights needs model.weights (the weights whose normalisation to use); "
+                          "use dataset.normalize=data without them")
+    path = Path(str(weights)).expanduser()
+    recorded = None
+    if path.suffix == ".ckpt" and path.is_file():
+        recorded = load_checkpoint(path).get("normalization")
+    elif path.suffix == ".safetensors" and (path.parent / "model.json").is_file():
+        recorded = json.loads((path.parent / "model.json").read_text()).get("normalization")
+    if recorded:
+        log.info("normalisation: the mean/std %s was trained with (dataset.normalize=weights)", weights)
+        return tuple(recorded["mean"]), tuple(recorded["std"])
+    log.info("normalisation: ImageNet's mean/std, which torchvision's pretrained weights expect and %s is assumed to "
+             "(dataset.normalize=weights)", weights)
+    return IMAGENET_NORMALIZATION
+
+
 def head_keys(model: torch.nn.Module) -> list[str]:
     """The state-dict keys of the classifier: the last Linear layer."""
     last = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)][-1]
@@ -233,9 +258,9 @@ def head_keys(model: torch.nn.Module) -> list[str]:
 
 
 def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Group = SINGLE,
-              kept_speed: dict | None = None, resumed: bool = False) -> Run:
+              resume: TrainingState | None = None) -> Run:
     """Everything one training process needs; in a process group its loaders read this rank's share.
-    `kept_speed`: a resumed run's own precision/channels_last, kept instead of measuring again."""
+    `resume`: a resumed run keeps its own precision, memory format and normalisation."""
     trainer = settings.trainer
     data = build(cfg.dataset, "dataset")
     check_batch(data.batch_size, group.world_size)
@@ -244,8 +269,12 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     if data.batch_size > len(data.splits["train"]):
         raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
                           "training images: lower dataset.batch_size")
-    tune_runtime(runtime, cfg, settings, data, group, kept_speed)
-    model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=not resumed)
+    if resume is not None:
+        data.mean, data.std = tuple(resume.normalization["mean"]), tuple(resume.normalization["std"])
+    elif data.normalize == "weights":
+        data.mean, data.std = weights_normalization(cfg.model.get("weights"))
+    tune_runtime(runtime, cfg, settings, data, group, resume.speed if resume else None)
+    model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=resume is None)
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
     train_loader = data.loader("train", seed=settings.seed, **shard)

@@ -161,7 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     seed_everything(settings.seed)
     resume = TrainingState.from_payload(load_checkpoint(Path(resumed_from)), Path(resumed_from)) \
         if resumed_from else None
-    run = build_run(cfg, settings, runtime, group, kept_speed=resume.speed if resume else None, resumed=bool(resume))
+    run = build_run(cfg, settings, runtime, group, resume=resume)
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
     stopper = EarlyStopping(**vars(settings.early_stopping))

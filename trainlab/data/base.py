@@ -96,7 +96,11 @@ def _seed_worker(worker_id: int) -> None:
 class ImageData:
     """Base of every data set: subclasses fill `classes`, `class_names` and `splits` in `setup()`."""
 
-    def __init__(self, image_size: int, batch_size: int, num_workers: int = 0):
+    def __init__(self, image_size: int, batch_size: int, num_workers: int = 0, normalize: str = "data"):
+        """`normalize`: `data` (this data set's per-channel mean/std) or `weights` (what the starting weights,
+        model.weights, were trained with; set by the runner)."""
+        require(normalize in ("data", "weights"), f"dataset.normalize must be data or weights (got {normalize!r})")
+        self.normalize = normalize
         require(int(batch_size) >= 1, f"dataset.batch_size must be >= 1 (got {batch_size})")
         require(int(image_size) >= 8, f"dataset.image_size must be >= 8 (got {image_size})")
         require(int(num_workers) >= 0, f"dataset.num_workers must be >= 0 (got {num_workers})")

@@ -9,8 +9,8 @@ from trainlab.data.base import ImageData, Split, channel_stats
 
 class FakeData(ImageData):
     def __init__(self, num_classes: int, train_size: int, val_size: int, image_size: int, batch_size: int,
-                 num_workers: int = 0, seed: int = 0):
-        super().__init__(image_size, batch_size, num_workers)
+                 num_workers: int = 0, seed: int = 0, normalize: str = "data"):
+        super().__init__(image_size, batch_size, num_workers, normalize)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(val_size)}
         self.seed = int(seed)
         self.classes = [f"class{k:03d}" for k in range(int(num_classes))]

@@ -28,8 +28,9 @@ class FileImageData(ImageData):
     """Decodes the files listed by `index()` (with the cache) and computes the train mean/std once."""
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0,
-                 cache: bool = True, cache_dir: str | None = None, skip_bad_images: bool = False):
-        super().__init__(image_size, batch_size, num_workers)
+                 cache: bool = True, cache_dir: str | None = None, skip_bad_images: bool = False,
+                 normalize: str = "data"):
+        super().__init__(image_size, batch_size, num_workers, normalize)
         self.root = Path(str(root)).expanduser()
         self.cache, self.cache_dir, self.skip_bad_images = bool(cache), cache_dir, bool(skip_bad_images)
         self.skipped: dict[str, list[str]] = {}
@@ -158,8 +159,8 @@ class ImageFolderData(FileImageData):
 
     def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0, cache: bool = True,
                  cache_dir: str | None = None, val_fraction: float = 0.2, split_seed: int = 0,
-                 skip_bad_images: bool = False):
-        super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir, skip_bad_images)
+                 skip_bad_images: bool = False, normalize: str = "data"):
+        super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir, skip_bad_images, normalize)
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
 
     def index(self):
