@@ -121,3 +121,15 @@ def test_predict_reads_a_safetensors_export_like_its_checkpoint(trained, tmp_pat
     a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("from_ckpt", "from_export"))
     assert list(a["path"]) == list(b["path"]) and (a["pred"] == b["pred"]).all()
     assert np.allclose(a["confidence"], b["confidence"], atol=1e-5)
+
+
+def test_evaluate_reads_a_safetensors_export_like_its_checkpoint(trained, tmp_path, capsys, monkeypatch):
+    _, run_dir = trained
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "export", f"ckpt={run_dir}", "format=safetensors", f"out={tmp_path / 'exported'}")
+    assert code == 0, err
+    for name, ckpt in (("ckpt", run_dir), ("export", tmp_path / "exported" / "model.safetensors")):
+        code, _, err = run(capsys, "evaluate", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / name}")
+        assert code == 0, err
+    a, b = (json.loads((tmp_path / name / "metrics.json").read_text())["metrics"] for name in ("ckpt", "export"))
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)

@@ -34,8 +34,11 @@ OWN_KEYS = ("ckpt", "split")  # evaluate's own keys; every other key=value appli
 
 
 def checkpoint_path(spec: str) -> Path:
-    """`ckpt=`: a .ckpt file, or a run directory (its best.ckpt, else last.ckpt), `latest` or a date."""
-    return find_checkpoint(str(spec), OUTPUTS_ROOT, key="ckpt")
+    """`ckpt=`: a .ckpt file, or a run directory (its best.ckpt, else last.ckpt), `latest` or a date, or a
+    safetensors export (its folder or file)."""
+    from trainlab.export import exported_weights
+
+    return exported_weights(str(spec)) or find_checkpoint(str(spec), OUTPUTS_ROOT, key="ckpt")
 
 
 def default_eval_dir(ckpt: Path, split: str) -> Path:

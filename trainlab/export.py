@@ -98,6 +98,7 @@ def describe(cfg, ckpt: dict, path: Path, fmt: str, target: Path, size: int, dif
         "input": "RGB, resized on the shorter side and centre-cropped, scaled to [0, 1], then (x - mean) / std",
         "normalization": ckpt.get("normalization"),
         "check": {"batch": CHECK_BATCH, "max_abs_diff": diff},
+        "config": OmegaConf.to_container(cfg, resolve=True),  # the run's config: evaluate rebuilds its data from it
         "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
     }
     if str(model_cfg.get("_target_", "")).endswith("models.resnet"):
@@ -105,6 +106,39 @@ def describe(cfg, ckpt: dict, path: Path, fmt: str, target: Path, size: int, dif
                                   "num_classes": len(ckpt["classes"]), "small_stem": bool(model_cfg["small_stem"]),
                                   "dropout_head": bool(model_cfg.get("dropout"))}
     return sidecar
+
+
+def exported_weights(spec: str) -> Path | None:
+    """The safetensors file of a `trainlab export` named by `ckpt=` (its folder, or the file with model.json
+    beside it); None when `spec` is something else (a checkpoint, a run directory)."""
+    path = Path(spec).expanduser()
+    folder = path if path.is_dir() else path.parent
+    sidecar = folder / "model.json"
+    if not sidecar.is_file() or (path.is_file() and path.suffix != ".safetensors"):
+        return None
+    try:
+        described = json.loads(sidecar.read_text())
+    except ValueError:
+        return None
+    if described.get("format") != "safetensors":
+        raise ConfigError(f"{folder} holds a {described.get('format')} export; ckpt= reads checkpoints and "
+                          "safetensors exports (trainlab export format=safetensors)")
+    return folder / described["file"]
+
+
+def load_export(weights: Path) -> dict:
+    """A safetensors export in the shape of a checkpoint (weights, classes, normalisation, the run's config),
+    so evaluate and predict take it like one."""
+    from safetensors.torch import load_file
+
+    described = json.loads((weights.parent / "model.json").read_text())
+    if "config" not in described:
+        raise TrainlabError(f"{weights.parent} was exported before exports carried the run's config: export the "
+                            "checkpoint again")
+    return {"model": load_file(str(weights)), "classes": described["classes"],
+            "class_names": described["class_names"], "normalization": described["normalization"],
+            "config": described["config"], "choices": {}, "epoch": described["epoch"],
+            "speed": {"precision": "32", "channels_last": False}}  # exports are fp32 and contiguous
 
 
 def _rebuilt(cfg, classes: list[str], state: dict):

@@ -25,6 +25,7 @@ from trainlab.config import load_settings
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.evaluate import predict as logits_of
+from trainlab.export import exported_weights
 from trainlab.fs import atomic_write_text, free_run_dir
 from trainlab.progress import progress_iter
 from trainlab.runtime import resolve_runtime
@@ -111,7 +112,7 @@ def predict_images(options: dict[str, str]) -> dict:
         if not options.get(key):
             raise ConfigError(f"predict needs {key}=...; see trainlab predict --help")
     top_k = _positive(options, "top_k", 5)
-    source = _exported(options["ckpt"])
+    source = exported_weights(options["ckpt"])
     if source is None:
         path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
         ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
@@ -163,23 +164,6 @@ def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, obje
              "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},
              "size": int(cfg.dataset.image_size), "batch_size": int(cfg.dataset.batch_size)}
     return model, runtime, about
-
-
-def _exported(spec: str) -> Path | None:
-    """The safetensors file of a `trainlab export` (its folder, or the file with model.json beside it)."""
-    path = Path(spec).expanduser()
-    folder = path if path.is_dir() else path.parent
-    sidecar = folder / "model.json"
-    if not sidecar.is_file() or (path.is_file() and path.suffix != ".safetensors"):
-        return None
-    try:
-        described = json.loads(sidecar.read_text())
-    except ValueError:
-        return None
-    if described.get("format") != "safetensors":
-        raise ConfigError(f"{folder} holds a {described.get('format')} export; predict reads checkpoints and "
-                          "safetensors exports (trainlab export format=safetensors)")
-    return folder / described["file"]
 
 
 def _from_export(weights: Path) -> tuple[torch.nn.Module, object, dict]:

@@ -83,7 +83,12 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
     from trainlab.data import check_root
     from trainlab.runtime import check_hardware
 
-    ckpt = load_checkpoint(path)
+    if path.suffix == ".safetensors":
+        from trainlab.export import load_export
+
+        ckpt = load_export(path)
+    else:
+        ckpt = load_checkpoint(path)
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
