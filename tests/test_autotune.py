@@ -94,6 +94,7 @@ def test_a_tuned_run_equals_a_run_given_the_same_choice(tmp_path, monkeypatch):
     assert all(torch.equal(tuned[k], explicit[k]) for k in explicit)
 
 
+@pytest.mark.slow
 def test_autotune_false_never_measures(tmp_path, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("measured although trainer.autotune=false")
@@ -105,6 +106,7 @@ def test_autotune_false_never_measures(tmp_path, monkeypatch):
     assert run["autotune"] is None and run["channels_last"] is True  # the flag-based choice: channels-last on
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_choice_and_measures_nothing(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(autotune, "measure_step", timings({FP32: 50, FP32_CL: 100}))
     args = FAST + ["dataset.train_size=64", "dataset.val_size=16", "trainer.channels_last=auto"]

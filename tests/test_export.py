@@ -62,7 +62,8 @@ def test_safetensors_load_into_plain_torchvision(resnet_run, tmp_path, capsys, m
     assert torch.allclose(got, reference_logits(resnet_run, images), atol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # the format users asked for
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_other_formats_reload_with_the_same_logits(resnet_run, tmp_path, capsys, monkeypatch, fmt):
     monkeypatch.chdir(tmp_path)
     export(capsys, resnet_run, fmt, tmp_path / fmt)

@@ -87,6 +87,7 @@ def test_freezing_by_prefix_and_a_wrong_prefix(tmp_path):
         small_cnn(num_classes=4, width=8, init="default", dropout=0.0, weights=None, freeze=["layer9"])
 
 
+@pytest.mark.slow
 def test_normalize_weights_uses_what_the_starting_weights_expect(tmp_path, capsys, monkeypatch):
     import json
 

@@ -93,6 +93,7 @@ def test_digits_write_only_into_missing_empty_or_marked_folders(tmp_path):
     assert (empty / "train" / "d3").is_dir() and not (empty / "train" / "d3_partial").exists()
 
 
+@pytest.mark.slow
 def test_digits_default_to_the_cache_folder(tmp_path, capsys):
     code, out, err = run(capsys, "train", *FAST, "dataset=digits", "trainer.limit_train_batches=1",
                          "trainer.limit_val_batches=1", "hydra.run.dir=run")
@@ -434,6 +435,7 @@ def test_bad_resumes_are_one_line(finished_run, capsys, tmp_path, spec, extra, m
     assert_untouched(before, finished_run, new_allowed="-none-")
 
 
+@pytest.mark.slow
 def test_evaluate_after_the_data_moved(tmp_path, capsys):
     root = write_tiny_imagenet(tmp_path / "data" / "tiny")
     code, _, err = run(capsys, "train", "dataset=tiny_imagenet", f"dataset.root={root}", "dataset.batch_size=4", *FAST,

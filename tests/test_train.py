@@ -69,6 +69,7 @@ def test_checkpoint_reproduces_the_recorded_val_metrics(tmp_path):
     assert row["val/loss"] == pytest.approx(loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(tmp_path):
     a = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "a")
     b = train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "b")
