@@ -133,3 +133,27 @@ def test_evaluate_reads_a_safetensors_export_like_its_checkpoint(trained, tmp_pa
         assert code == 0, err
     a, b = (json.loads((tmp_path / name / "metrics.json").read_text())["metrics"] for name in ("ckpt", "export"))
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_trained_checkpoint_predicts_and_exports_on_a_cpu(trained, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from trainlab.checkpoint import load_checkpoint, save_checkpoint
+
+    data, run_dir = trained
+    monkeypatch.chdir(tmp_path)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    ckpt["config"]["device"]["type"], ckpt["config"]["trainer"]["precision"] = "cuda", "16-mixed"
+    ckpt["speed"] = {"precision": "16-mixed", "channels_last": True}
+    save_checkpoint(tmp_path / "gpu.ckpt", {k: v for k, v in ckpt.items() if k not in ("format",)})
+    code, _, err = run(capsys, "predict", f"ckpt={tmp_path / 'gpu.ckpt'}", f"input={data / 'val' / 'images'}",
+                       f"out={tmp_path / 'pred'}")
+    assert code == 0, err
+    runtime = json.loads((tmp_path / "pred" / "predict.json").read_text())["runtime"]
+    assert runtime["device"] == "cpu" and runtime["precision"] == "32"
+    assert "no GPU here: the checkpoint's model runs on the CPU in fp32" in err
+    code, _, err = run(capsys, "export", f"ckpt={tmp_path / 'gpu.ckpt'}", "format=state_dict", f"out={tmp_path / 'x'}")
+    assert code == 0, err
+    assert set(torch.load(tmp_path / "x" / "model.pt", weights_only=True)) == set(ckpt["model"])

@@ -83,7 +83,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     data = build(run_cfg.dataset, "dataset")
     data.setup((split,))
     check_classes(ckpt["classes"], data.classes, str(path))
-    tune_runtime(runtime, run_cfg, settings, data)  # the training run's decision, from the cache, on its machine
+    tune_runtime(runtime, run_cfg, settings, data, kept=ckpt.get("speed"))  # as the run trained, where it can
     model = build_model(run_cfg, data.num_classes, data.classes, runtime, start_weights=False)
     model.load_state_dict(ckpt["model"])
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})

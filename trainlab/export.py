@@ -49,7 +49,7 @@ def export_model(options: dict[str, str]) -> dict:
     if fmt == "onnx":
         _require_onnx()
     path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
-    ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
+    ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
     out = _out_dir(Path(options["out"]) if options.get("out") else None, path, fmt)
     classes = list(ckpt["classes"])
     # fp32, contiguous, on the CPU: what another program expects to load (the checkpoint may hold

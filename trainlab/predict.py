@@ -115,7 +115,7 @@ def predict_images(options: dict[str, str]) -> dict:
     source = exported_weights(options["ckpt"])
     if source is None:
         path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
-        ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False)
+        ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
     else:
         path = source
     images_found, others = list_inputs(options["input"])  # before anything is written
@@ -151,7 +151,9 @@ def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, obje
     settings = load_settings(cfg, require_data=False)
     classes = list(ckpt["classes"])
     # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
-    speed = ckpt.get("speed") or {}
+    speed = dict(ckpt.get("speed") or {})
+    if settings.device.type == "cpu" and speed.get("precision") == "16-mixed":
+        speed["precision"] = "32"  # fp16 autocast needs a GPU (on_this_machine said so)
     runtime = resolve_runtime(settings.device.type, str(speed.get("precision", settings.trainer.precision)),
                               str(speed.get("channels_last", settings.trainer.channels_last)).lower(),
                               settings.trainer.threads, False)

@@ -72,8 +72,23 @@ def check_classes(saved_classes: list[str], classes: list[str], where: str) -> N
                               f"({', '.join(classes[:3])}, ...); point dataset.root at the same data set")
 
 
+def on_this_machine(saved_config: dict) -> list[str]:
+    """Overrides that let a checkpoint trained on GPUs be used where there is none (predict, export): the CPU,
+    and fp32 instead of fp16 autocast (which needs a GPU). Logged, never silent."""
+    import logging
+
+    import torch
+
+    device, precision = saved_config.get("device", {}), saved_config.get("trainer", {}).get("precision")
+    if device.get("type") != "cuda" or torch.cuda.is_available():
+        return []
+    logging.getLogger(__name__).info("no GPU here: the checkpoint's model runs on the CPU%s",
+                                     " in fp32 (it trained with fp16 autocast)" if precision == "16-mixed" else "")
+    return ["device.type=cpu", "device.count=1"] + (["trainer.precision=32"] if precision == "16-mixed" else [])
+
+
 def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
-               needs_data: bool = True) -> tuple[dict, DictConfig, list[str]]:
+               needs_data: bool = True, anywhere: bool = False) -> tuple[dict, DictConfig, list[str]]:
     """The one way from a checkpoint to a run (train's resume, evaluate, compare, summary): (checkpoint, config
     to run with, changed overrides), checked before anything is written: the stored config with the command
     line applied, its settings validated, the hardware present and (`needs_data`) its data folder there."""
@@ -89,6 +104,8 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
         ckpt = load_export(path)
     else:
         ckpt = load_checkpoint(path)
+    if anywhere:  # a command that only runs the model (predict, export): a GPU-trained checkpoint works on a CPU
+        overrides = on_this_machine(ckpt["config"]) + list(overrides)
     cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
