@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainlab.errors import TrainlabError
-from trainlab.fs import atomic_write_text, claim_run_dir, free_run_dir
+from trainlab.fs import atomic_write_text, claim_out_folder, claim_run_dir, free_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +103,7 @@ def _claim_out_dir(out_dir: Path | None) -> Path:
     fresh folder under outputs/compare."""
     if out_dir is None:
         out_dir = free_run_dir(Path("outputs") / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.is_dir() and any(p.name != ".trainlab.lock" for p in out_dir.iterdir()) \
-            and not (out_dir / "compare.json").is_file():
-        raise TrainlabError(f"out={out_dir} is not empty and holds no earlier comparison: trainlab writes only into "
-                            "new or empty folders; pick another out=<folder>")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainlabError(f"cannot create {out_dir}: {e.strerror or e}; pick a writable out=<folder>") from None
-    return out_dir
+    return claim_out_folder(out_dir, "compare.json", "comparison")
 
 
 def _short(name: str, width: int = 18) -> str:

@@ -21,7 +21,7 @@ import trainlab
 from trainlab.build import build_model
 from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.errors import ConfigError, TrainlabError
-from trainlab.fs import atomic_write_text, free_run_dir
+from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
 from trainlab.runtime import resolve_runtime
 from trainlab.stored_run import stored_run
 
@@ -180,11 +180,4 @@ def _out_dir(out: Path | None, ckpt: Path, fmt: str) -> Path:
         inside_run = ckpt.parent.name == "checkpoints" and (run / "run.json").is_file()
         base = run / "export" if inside_run else OUTPUTS_ROOT / "export" / f"{stamp:%Y-%m-%d}"
         out = free_run_dir(base / f"{ckpt.stem}-{fmt}-{stamp:%H-%M-%S}")
-    out = out.expanduser()
-    if out.is_dir() and any(out.iterdir()) and not (out / "model.json").is_file():
-        raise ConfigError(f"out={out} is not empty and holds no earlier export: pick a new or empty out=<folder>")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainlabError(f"cannot create {out}: {e.strerror or e}; pick a writable out=<folder>") from None
-    return out
+    return claim_out_folder(out, "model.json", "export")

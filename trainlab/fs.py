@@ -201,3 +201,17 @@ def _unlocked(folder: Path) -> bool:
         return False
     lock.release()
     return free
+
+
+def claim_out_folder(out: Path, marker: str, what: str) -> Path:
+    """`out=` of compare, predict and export: made if missing; an existing folder must be empty or hold an
+    earlier result of the same command (its `marker` file), whose files are then replaced."""
+    out = Path(out).expanduser()
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / marker).is_file():
+        raise TrainlabError(f"out={out} is not empty and holds no earlier {what}: trainlab writes only into new or "
+                            "empty folders; pick another out=<folder>")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainlabError(f"cannot create {out}: {e.strerror or e}; pick a writable out=<folder>") from None
+    return out

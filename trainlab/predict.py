@@ -23,10 +23,10 @@ from trainlab.build import build_model
 from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.config import load_settings
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
-from trainlab.errors import ConfigError, DataError, TrainlabError
+from trainlab.errors import ConfigError, DataError
 from trainlab.evaluate import predict as logits_of
 from trainlab.export import exported_weights
-from trainlab.fs import atomic_write_text, free_run_dir
+from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
 from trainlab.progress import progress_iter
 from trainlab.runtime import resolve_runtime
 from trainlab.stored_run import stored_run
@@ -87,13 +87,7 @@ def claim_out_dir(out: Path, input_spec: str, images: list[str]) -> Path:
     if inside is not None:
         raise ConfigError(f"out={out} is inside the input {inside}: trainlab never writes into your data; "
                           "pick out= elsewhere")
-    if out.is_dir() and any(out.iterdir()) and not (out / "predict.json").is_file():
-        raise ConfigError(f"out={out} is not empty and holds no earlier prediction: pick a new or empty out=<folder>")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainlabError(f"cannot create {out}: {e.strerror or e}; pick a writable out=<folder>") from None
-    return out
+    return claim_out_folder(out, "predict.json", "prediction")
 
 
 def _positive(options: dict, key: str, default: int) -> int:
