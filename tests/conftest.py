@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainlab.testing import write_tiny_imagenet
 
@@ -16,6 +17,15 @@ def own_cache_folder(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path_factory.mktemp("trainlab-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def same_threads():
+    """A run in this process may set torch's thread count (trainer.threads=1, the cores shared by DDP ranks);
+    the next test starts with the count it would have had alone."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
