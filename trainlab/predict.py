@@ -20,12 +20,12 @@ import torch
 
 from trainlab.augment import BatchAugment
 from trainlab.build import build_model
-from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
+from trainlab.checkpoint import OUTPUTS_ROOT
 from trainlab.config import load_settings
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
 from trainlab.errors import ConfigError, DataError
+from trainlab.evaluate import checkpoint_path
 from trainlab.evaluate import predict as logits_of
-from trainlab.export import exported_weights
 from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
 from trainlab.progress import progress_iter
 from trainlab.runtime import resolve_runtime
@@ -106,16 +106,12 @@ def predict_images(options: dict[str, str]) -> dict:
         if not options.get(key):
             raise ConfigError(f"predict needs {key}=...; see trainlab predict --help")
     top_k = _positive(options, "top_k", 5)
-    source = exported_weights(options["ckpt"])
-    if source is None:
-        path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
-        ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
-    else:
-        path = source
+    path = checkpoint_path(options["ckpt"])  # a checkpoint, a run directory, or a safetensors export
+    ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
     images_found, others = list_inputs(options["input"])  # before anything is written
     out = claim_out_dir(Path(options["out"]), options["input"], images_found) if options.get("out") \
         else default_out_dir(path)
-    model, runtime, about = _from_checkpoint(path, ckpt, cfg) if source is None else _from_export(source)
+    model, runtime, about = _from_checkpoint(ckpt, cfg)
     classes, names, norm, size = about["classes"], about["class_names"], about["normalization"], about["size"]
     top_k = min(top_k, len(classes))
     batch = _positive(options, "batch_size", about["batch_size"])
@@ -141,7 +137,7 @@ def predict_images(options: dict[str, str]) -> dict:
     return record
 
 
-def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
+def _from_checkpoint(ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
     settings = load_settings(cfg, require_data=False)
     classes = list(ckpt["classes"])
     # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
@@ -159,23 +155,6 @@ def _from_checkpoint(path: Path, ckpt: dict, cfg) -> tuple[torch.nn.Module, obje
     about = {"classes": classes, "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
              "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},
              "size": int(cfg.dataset.image_size), "batch_size": int(cfg.dataset.batch_size)}
-    return model, runtime, about
-
-
-def _from_export(weights: Path) -> tuple[torch.nn.Module, object, dict]:
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_file
-
-    from trainlab.build import build_partial
-
-    described = json.loads((weights.parent / "model.json").read_text())
-    runtime = resolve_runtime("cpu", "32", "false", "auto", False)  # exports are fp32, contiguous
-    model = build_partial(OmegaConf.create(described["model"]), "model", num_classes=described["num_classes"],
-                          weights=None)
-    model.load_state_dict(load_file(str(weights)))
-    about = {"classes": described["classes"], "class_names": described["class_names"], "epoch": described["epoch"],
-             "normalization": described["normalization"], "size": int(described["input_size"][-1]),
-             "batch_size": 64}
     return model, runtime, about
 
 
