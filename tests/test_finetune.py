@@ -60,10 +60,11 @@ def test_files_that_are_not_weights_are_one_line(tmp_path, capsys, monkeypatch):
 
     torch.save({"w": Evil()}, tmp_path / "evil.pth")
     (tmp_path / "notes.pt").write_text("not torch")
-    for name, message in (("evil.pth", "cannot be loaded as a plain state dict"),
-                          ("notes.pt", "cannot be loaded as a plain state dict")):
+    for name, message in (("evil.pth", "pickled objects other than tensors"),
+                          ("notes.pt", "it is not a file torch.save wrote")):
         assert_one_line(*run(capsys, "train", *SMALL, f"model.weights={tmp_path / name}",
-                             f"hydra.run.dir={tmp_path / name}-run"), message)
+                             f"hydra.run.dir={tmp_path / name}-run"), "cannot be loaded as a plain state dict", message)
+        assert not (tmp_path / f"{name}-run").exists()  # refused before the run directory is made
     assert not (tmp_path / "pwned").exists()
 
 

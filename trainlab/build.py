@@ -63,10 +63,12 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     if data.normalize == "weights" and not cfg.model.get("weights"):
         weights_normalization(None)  # the one-line refusal
     build(cfg.augment, "augment", mean=data.mean, std=data.std)
+    weights = cfg.model.get("weights")
     with torch.device("meta"):
         model = build_partial(cfg.model, "model", num_classes=2,
-                              **({"weights": None} if _weights_file(cfg.model.get("weights")) or not start_weights
-                                 else {}))
+                              **({"weights": None} if _weights_file(weights) or not start_weights else {}))
+    if start_weights and _weights_file(weights):  # readable, and fits but for the classifier
+        _misfits(model, read_weights(str(weights))[0], str(weights))
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
     build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
@@ -176,13 +178,7 @@ def start_from(model: torch.nn.Module, weights: str, classes: list[str]) -> None
     state, source_classes = read_weights(weights)
     own = model.state_dict()
     head = head_keys(model)
-    differ = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    bad = [k for k in differ if k not in head]
-    if bad:
-        first = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
-        raise CheckpointError(f"model.weights={weights} does not fit this model: {len(bad)} of its {len(own)} "
-                              f"tensors are missing or of another shape ({first}); pick the matching model= (and "
-                              "model.arch/small_stem), or a file saved from it")
+    differ = _misfits(model, state, weights)
     other_classes = source_classes is not None and list(source_classes) != list(classes)
     fresh = set(head) if (other_classes or any(k in head for k in differ)) else set()
     model.load_state_dict({k: v for k, v in state.items() if k in own and k not in fresh}, strict=False)
@@ -190,6 +186,19 @@ def start_from(model: torch.nn.Module, weights: str, classes: list[str]) -> None
     log.info("model weights initialised from %s%s%s", weights,
              f"; the classifier ({', '.join(sorted(fresh))}) is re-initialised for this data's {len(classes)} classes"
              if fresh else "", f"; {len(ignored)} tensors of the file are not in this model" if ignored else "")
+
+
+def _misfits(model: torch.nn.Module, state: dict, weights: str) -> list[str]:
+    """The model's tensors the file lacks or holds in another shape; an error unless they are all the classifier's."""
+    own, head = model.state_dict(), head_keys(model)
+    differ = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    bad = [k for k in differ if k not in head]
+    if bad:
+        first = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise CheckpointError(f"model.weights={weights} does not fit this model: {len(bad)} of its {len(own)} "
+                              f"tensors are missing or of another shape ({first}); pick the matching model= (and "
+                              "model.arch/small_stem), or a file saved from it")
+    return differ
 
 
 def read_weights(weights: str) -> tuple[dict[str, torch.Tensor], list[str] | None]:
@@ -216,8 +225,15 @@ def read_weights(weights: str) -> tuple[dict[str, torch.Tensor], list[str] | Non
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code in it, a truncated file, not a torch file at all
-        raise CheckpointError(f"model.weights={weights} cannot be loaded as a plain state dict "
-                              f"({' '.join(str(e).split())[:120]})") from None
+        import zipfile
+
+        with open(path, "rb") as f:
+            torch_file = zipfile.is_zipfile(path) or f.read(1) == b"\x80"  # torch.save's zip, or a bare pickle
+        why = ("it is not a file torch.save wrote" if not torch_file else
+               "it holds pickled objects other than tensors, which could run code" if "Weights only load failed"
+               in str(e) else " ".join(str(e).split())[:120])
+        raise CheckpointError(f"model.weights={weights} cannot be loaded as a plain state dict ({why}); pass a "
+                              ".ckpt, .safetensors or tensors-only .pth/.pt file") from None
     state = loaded.get("state_dict", loaded.get("model", loaded)) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"model.weights={weights} holds no state dict (name -> tensor)")
