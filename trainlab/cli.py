@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 import trainlab
+from trainlab import sweep
 from trainlab.errors import RunStopped, TrainlabError
+from trainlab.sweep import is_sweep_dir
 
 CONFIG_MODULE = "trainlab.conf"
 COMMANDS = {
@@ -46,6 +51,10 @@ _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "
                 "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                 "-cd", "--experimental-rerun", "--version"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
+
+# Resolved inside each job (also in a launcher's own process): where Hydra puts that job's files.
+OmegaConf.register_new_resolver("trainlab.output_subdir", sweep.output_subdir, replace=True)
+OmegaConf.register_new_resolver("trainlab.job_number", sweep.job_number, replace=True)
 
 _failed_jobs: list[str] = []
 _held: list = []  # the locks on this command's output directories, released when it ends
@@ -81,6 +90,8 @@ def _check_group_choices(overrides: list[str]) -> bool:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from trainlab.suggest import did_you_mean
+
     conf = files(CONFIG_MODULE)
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
@@ -92,8 +103,12 @@ def _check_group_choices(overrides: list[str]) -> bool:
             else [override.get_value_element_as_str()]
         for value in values:
             if value not in options:
-                raise TrainlabError(f"unknown {group} '{value}': choose one of {', '.join(options)}")
+                raise TrainlabError(f"unknown {group} '{value}'" + _choose(did_you_mean(value, options), options))
     return any(o.is_sweep_override() for o in parsed)
+
+
+def _choose(hint: str, options) -> str:
+    return f"{hint} (the options: {', '.join(options)})" if hint else f": choose one of {', '.join(options)}"
 
 
 def preflight(args: list[str], config_name: str, check: Callable | None):
@@ -109,8 +124,13 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
-        if _check_group_choices(overrides) or any(a in _MULTIRUN_FLAGS or "hparams_search" in a for a in args):
-            return None  # a sweep (-m, sweep syntax, or a sweeper preset): every job is checked as it starts
+        swept = _check_group_choices(overrides)
+        if is_sweep(args) or swept:
+            # A sweep: its first job is checked here (a misspelt key fails once, not in every job); every job is
+            # checked again as it starts.
+            overrides = _first_job(overrides)
+            if overrides is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
+                return None
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         if check is not None:
@@ -124,9 +144,62 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
              f"'dataset.root=\"/my data/photos\"' (the single quotes keep the shell from eating the double ones)"
              if bad else _one_line(str(e)))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
+        plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", str(e))
+        if plugin:
+            extra = "optuna" if plugin.group(2) == "optuna" else "slurm" if "submitit" in plugin.group(2) else None
+            fail(f"the Hydra {plugin.group(1)} '{plugin.group(2)}' is not installed" +
+                 (f": pip install 'trainlab[{extra}]'" if extra else ": install its hydra plugin"))
+        misspelt = re.match(r"Could not override '([^']+)'", str(e))
+        if misspelt and "not in" in str(e.__cause__ or e):
+            fail(_unknown_key(overrides, misspelt.group(1), config_name))
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
         fail(_one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
+
+
+def is_sweep(args: list[str]) -> bool:
+    """-m, a sweeper preset (+hparams_search=...) or hydra.mode=MULTIRUN: Hydra runs a sweep of jobs."""
+    return any(a in _MULTIRUN_FLAGS or a.lstrip("+").startswith("hparams_search=") or a == "hydra.mode=MULTIRUN"
+               for a in args)
+
+
+def _first_job(overrides: list[str]) -> list[str] | None:
+    """The overrides of a sweep's first job (each swept key at its first value), or None when a swept value is a
+    search space only the sweeper can sample."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    first = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            first.append(override.input_line)
+            continue
+        try:
+            value = next(iter(override.sweep_string_iterator()))
+        except (HydraException, StopIteration, TypeError, ValueError):
+            return None
+        first.append(_override(override.get_key_element(), value))
+    return first
+
+
+def _groups() -> list[str]:
+    from importlib.resources import files
+
+    return sorted(p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def _unknown_key(overrides: list[str], key: str, config_name: str) -> str:
+    """'unknown key ...; did you mean ...?' against the config these overrides' groups compose (their own keys:
+    optimizer=adam has betas), without the overrides of single keys."""
+    from hydra import compose, initialize_config_module
+
+    from trainlab.suggest import unknown_key
+
+    groups = _groups()
+    picks = [o for o in overrides if o.split("=")[0].lstrip("+~") in groups]
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        base = compose(config_name, overrides=picks)
+    return unknown_key(base, key, groups)
 
 
 def _unparsable(override: str) -> bool:
@@ -161,6 +234,12 @@ def resume_args(args: list[str]) -> list[str]:
     from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint, load_checkpoint
 
     spec = _option(args, "resume") or ""
+    if spec and is_sweep_dir(spec):
+        try:
+            return sweep.resume_args(args, Path(spec).expanduser(), _MULTIRUN_FLAGS) + [
+                "hydra.output_subdir='${trainlab.output_subdir:${hydra.runtime.output_dir}}'"]
+        except TrainlabError as e:
+            fail(str(e))
     if not spec or spec == "null" or any(a in _MULTIRUN_FLAGS for a in args):
         return args
     try:
@@ -219,15 +298,25 @@ def claim_output(command: str, args: list[str], cfg) -> list[str]:
     holds a run (unless resume= or overwrite=true) or that is not trainlab's. A directory trainlab names
     itself gets a free neighbour (`_1`, ...) when two runs start in the same second. Returns the arguments
     with that directory made explicit, so Hydra uses exactly it."""
-    from omegaconf import OmegaConf
-
     from trainlab.fs import claim_run_dir, free_run_dir
 
-    if cfg is None:  # a sweep, or a Hydra flag: each job is checked when it starts
+    if is_sweep(args):  # each job claims its own directory when it starts
         sweep_dir = _option(args, "hydra.sweep.dir")
-        if sweep_dir and (Path(sweep_dir) / "multirun.yaml").is_file() and _option(args, "overwrite") != "true":
-            fail(f"{sweep_dir} already holds a sweep: pick another hydra.sweep.dir=<folder>, or pass overwrite=true "
-                 "to run every job again in it")
+        resuming = _option(args, "resume") not in (None, "", "null")
+        if sweep_dir and is_sweep_dir(sweep_dir) and _option(args, "overwrite") != "true" and not resuming:
+            fail(f"{sweep_dir} already holds a sweep: continue it with trainlab train -m resume={sweep_dir}, pick "
+                 "another hydra.sweep.dir=<folder>, or pass overwrite=true to run every job again in it")
+        if not sweep_dir and cfg is not None:  # named once here, so it is known (and printed) before the jobs run
+            sweep_dir = free_run_dir(Path(OmegaConf.select(cfg, "hydra.sweep.dir")))
+            args = args + [_override("hydra.sweep.dir", sweep_dir)]
+        if sweep_dir and not resuming:  # the record `resume=` replays; the folder also holds Optuna's study file
+            sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False) if cfg is not None else None
+            try:
+                sweep.record_start(Path(sweep_dir), args, _MULTIRUN_FLAGS, sweeper)
+            except TrainlabError as e:
+                fail(str(e))
+        return args
+    if cfg is None:  # a Hydra flag (--cfg, --help, ...)
         return args
     if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write into rank 0's directory
         return args
@@ -251,12 +340,15 @@ def _job(run: Callable, cfg) -> object:
     from hydra.types import RunMode
 
     from trainlab.fs import WRITE_ERRNOS, write_error
+    from trainlab.interrupt import requeue, requeue_signal
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            _claim_job_dir(run_dir, cfg)
+            if _claim_job_dir(run_dir, cfg) == "finished":
+                print(f"trainlab: job {run_dir.name} ({run_dir}) finished before: kept as it is", file=sys.stderr)
+                return best_value(run_dir)
         try:
             return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
         except OSError as e:  # a full disk or a read-only folder met while writing the record
@@ -268,6 +360,15 @@ def _job(run: Callable, cfg) -> object:
         if _debug():
             raise
         _log_to_files(f"error: {e}")
+        if isinstance(e, RunStopped) and requeue_signal() and e.exit_code == 128 + requeue_signal():
+            requeue(requeue_signal())  # submitit's own requeue: it exits this process
+        if hydra_cfg.mode == RunMode.MULTIRUN and isinstance(e, RunStopped) and e.exit_code > 128:
+            # A signal (Ctrl-C, a scheduler's SIGTERM) stops the whole sweep, not just this job; the job saved its
+            # checkpoint, and the sweep continues where it stopped.
+            sweep_dir = Path(hydra_cfg.sweep.dir)
+            fail(f"job {run_dir.name} {str(e).split('; continue with:')[0]}; the sweep stopped: continue it with "
+                 "trainlab train -m "
+                 f"resume={sweep_dir}", code=e.exit_code, prefix="")
         if hydra_cfg.mode == RunMode.MULTIRUN:
             print(f"trainlab: error: job {hydra_cfg.job.num} ({run_dir}): {e}", file=sys.stderr)
             (run_dir / "error.txt").write_text(str(e) + "\n")
@@ -276,25 +377,48 @@ def _job(run: Callable, cfg) -> object:
         fail(str(e), code=e.exit_code, prefix="" if isinstance(e, RunStopped) else "error: ")
 
 
-def _claim_job_dir(run_dir: Path, cfg) -> None:
+def _claim_job_dir(run_dir: Path, cfg) -> str:
     """A sweep's job directory (Hydra made it and wrote .hydra/ already): lock it, and refuse to train over
-    an earlier job's record unless overwrite=true."""
+    an earlier job's record unless overwrite=true. In a resumed sweep, returns what the job's directory holds
+    (sweep.job_state) and points `cfg.resume` at its checkpoint when it was interrupted."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
 
+    from trainlab.checkpoint import run_checkpoint
     from trainlab.fs import FolderLock, holds_run, remove_run_entries
+    from trainlab.interrupt import submitit_job
 
     ours = holds_run(run_dir)  # decided before the lock file is made in it
     lock = FolderLock(run_dir)
     if not lock.acquire():
         raise TrainlabError(f"{run_dir} is in use: {lock.holder()} of trainlab is writing into it")
     _held.append(lock)
+    log_name = f"{HydraConfig.get().job.name}.log"
+    if cfg.get("resume") and is_sweep_dir(cfg.resume):
+        state = sweep.job_state(run_dir)
+        with read_write(cfg):
+            cfg.resume = str(run_checkpoint(run_dir)) if state == "interrupted" else None
+        if state == "failed" and ours:  # an error, or killed before its first checkpoint: start again
+            remove_run_entries(run_dir, keep=(".hydra", log_name))
+        if state != "finished":
+            print(f"trainlab: job {run_dir.name} ({run_dir}): " + {
+                "interrupted": f"continues from {cfg.resume}", "failed": "runs again",
+                "new": "runs"}[state], file=sys.stderr)
+        return state
+    if submitit_job() and not cfg.get("resume") and sweep.job_state(run_dir) == "interrupted":
+        # submitit requeued this job (its time limit, a preemption, a node failure): continue from its checkpoint
+        with read_write(cfg):
+            cfg.resume = str(run_checkpoint(run_dir))
+        print(f"trainlab: job {run_dir.name} ({run_dir}) was requeued: continues from {cfg.resume}", file=sys.stderr)
+        return "interrupted"
     earlier = [n for n in ("run.json", "checkpoints", "metrics.csv", "metrics.json") if (run_dir / n).exists()]
     if not earlier or cfg.get("resume"):
-        return
+        return "new"
     if not cfg.get("overwrite") or not ours:
         raise TrainlabError(f"{run_dir} already holds an earlier job's {', '.join(earlier)}: pick another "
                             "hydra.sweep.dir=<folder>" + (", or pass overwrite=true to replace it" if ours else ""))
-    remove_run_entries(run_dir, keep=(".hydra", f"{HydraConfig.get().job.name}.log"))
+    remove_run_entries(run_dir, keep=(".hydra", log_name))
+    return "new"
 
 
 def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
@@ -326,14 +450,18 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
 
 def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> float | None:
     """Returns the best value of checkpoint.monitor: what a sweeper (Optuna) optimises."""
-    import json
-
     from trainlab.train import train_command
 
     train_command(cfg, run_dir, overrides, choices)
+    return best_value(run_dir)
+
+
+def best_value(run_dir: Path) -> float | None:
+    import json
+
     summary = run_dir / "summary.json"
-    best = json.loads(summary.read_text()).get("best") if summary.is_file() else None
-    return best.get(json.loads(summary.read_text())["monitor"]) if best else None
+    record = json.loads(summary.read_text()) if summary.is_file() else {}
+    return (record.get("best") or {}).get(record.get("monitor"))
 
 
 def _check_train(cfg, overrides: list[str]) -> None:
@@ -342,7 +470,8 @@ def _check_train(cfg, overrides: list[str]) -> None:
     from trainlab.data import check_root
     from trainlab.runtime import check_hardware
 
-    if cfg.get("resume"):  # the stored config with these overrides: refused here, before the run's files are opened
+    if cfg.get("resume") and not is_sweep_dir(cfg.resume):  # the stored config with these overrides: refused here,
+        # before the run's files are opened
         from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
         from trainlab.stored_run import stored_run
 
@@ -458,7 +587,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        fail(f"unknown command '{command}': choose one of {', '.join(COMMANDS)} (see trainlab --help)")
+        from trainlab.suggest import did_you_mean
+
+        fail(f"unknown command '{command}'" + _choose(did_you_mean(command, COMMANDS), COMMANDS)
+             + " (see trainlab --help)")
     try:
         if command == "train":
             run_hydra("train", rest, _train, check=_check_train)

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.errors import CheckpointError, DataError
+from trainlab.suggest import has_key, unknown_key
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
           "hparams_search")
@@ -37,6 +38,8 @@ def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
             raise CheckpointError(f"a checkpoint's run keeps its own config: '{override.input_line}' picks a config "
                                   "group option; change single keys instead (e.g. trainer.epochs=20), or start "
                                   "a new run with model.weights=<file.ckpt>")
+        if not (override.is_add() or override.is_force_add()) and not has_key(cfg, key):
+            raise CheckpointError(unknown_key(cfg, key, GROUPS))
         value: Any = override.value()
         if OmegaConf.select(cfg, key) != value:
             OmegaConf.update(cfg, key, value, force_add=True)
