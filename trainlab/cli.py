@@ -126,11 +126,15 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     try:
         swept = _check_group_choices(overrides)
         if is_sweep(args) or swept:
-            # A sweep: its first job is checked here (a misspelt key fails once, not in every job); every job is
-            # checked again as it starts.
-            overrides = _first_job(overrides)
-            if overrides is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
+            # A sweep: its keys are checked here with its first job's values (a misspelt key fails once, not in every
+            # job), and its fixed settings (data, components) without the swept ones; each job checks its own values
+            # as it starts, so one bad value of a search space fails only its job.
+            first = _first_job(overrides)
+            if first is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
                 return None
+            with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+                compose(config_name, overrides=first)
+            overrides = [o for o, f in zip(overrides, first) if o == f]
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         if check is not None:
@@ -550,7 +554,10 @@ def _plain(action: Callable) -> None:
 
 def _one_dir(command: str, args: list[str]) -> Path:
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print(f"usage: trainlab {command} <{'run_dir' if command == 'diagnose' else 'run_dir | multirun_dir'}>")
+        print(f"usage: trainlab {command} " + ("<run_dir | multirun_dir>" if command == "diagnose" else
+              "<run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']\n\nA sweep's report "
+              "groups the jobs that differ only in seed (mean ± std, n) and pivots two overridden keys;\nthe tables "
+              "are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex."))
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     path = Path(args[0])
     if not path.is_dir():
@@ -558,13 +565,30 @@ def _one_dir(command: str, args: list[str]) -> Path:
     return path
 
 
-def _report(args: list[str]) -> None:
-    from trainlab.report import report
+REPORT_OPTIONS = ("--rows", "--cols", "--metric")
 
-    path = _one_dir("report", args)
+
+def _report(args: list[str]) -> None:
+    """`trainlab report <dir> [--rows KEY --cols KEY] [--metric NAME]`."""
+    from trainlab.report import report
+    from trainlab.suggest import did_you_mean
+
+    options, rest, items = {}, [], iter(a2 for a in args for a2 in (a.split("=", 1) if a.startswith("--") else [a]))
+    for item in items:
+        if item.startswith("--") and item not in ("--help",):
+            if item not in REPORT_OPTIONS:
+                fail(f"unknown option {item}{did_you_mean(item, REPORT_OPTIONS)} (report takes "
+                     f"{', '.join(REPORT_OPTIONS)})")
+            value = next(items, None)
+            if value is None:
+                fail(f"{item} needs a value, e.g. {item} optimizer")
+            options[item[2:]] = value
+        else:
+            rest.append(item)
+    path = _one_dir("report", rest)
 
     def run() -> None:
-        md, page = report(path)
+        md, page = report(path, options.get("rows"), options.get("cols"), options.get("metric", "final val/acc1"))
         print(f"wrote {page} (self-contained) and {md}")
 
     _plain(run)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from trainlab import groups
 from trainlab.diagnostics import diagnose_run
 from trainlab.errors import TrainlabError
 from trainlab.plots import CURVES, confusion_figure, overlay_figure, plot_history
@@ -91,12 +92,15 @@ def _config_yaml(run_dir: Path) -> str:
     return yaml.safe_dump(_read_json(run_dir / "run.json").get("config", {}), sort_keys=False)
 
 
-def report(path: Path) -> tuple[Path, Path]:
+def report(path: Path, rows: str | None = None, cols: str | None = None,
+           metric: str = "final val/acc1") -> tuple[Path, Path]:
     path = Path(path)
     if (path / "metrics.csv").is_file():
+        if rows or cols:
+            raise TrainlabError(f"--rows/--cols pivot the jobs of a sweep; {path} is a single run")
         return run_report(path)
     if _jobs(path):
-        return sweep_report(path)
+        return sweep_report(path, rows, cols, metric)
     raise TrainlabError(f"{path} holds no metrics.csv and no sweep jobs: point at a run or multirun directory")
 
 
@@ -185,10 +189,15 @@ def _overrides(job: Path) -> list[str]:
     return [i for i in items or [] if not i.startswith("hydra.")]
 
 
-def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
+def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str | None = None,
+                 metric: str = "final val/acc1") -> tuple[Path, Path]:
+    jobs = _jobs(sweep_dir)
+    table = groups.job_table(jobs)
+    if (pivot_rows is None) != (pivot_cols is None):
+        raise TrainlabError("a pivot needs both --rows <key> and --cols <key>")
+    grid = groups.pivot(table, pivot_rows, pivot_cols, metric) if pivot_rows else None  # checked before writing
     doc = Document(f"trainlab sweep report: {sweep_dir}", sweep_dir)
     rows, curves = [], {}
-    jobs = _jobs(sweep_dir)
     overrides = {job: _overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     if common:
@@ -209,12 +218,37 @@ def sweep_report(sweep_dir: Path) -> tuple[Path, Path]:
                      "images/s": float(history["throughput/train_ips"].mean())})
     doc.heading("Jobs")
     doc.table(pd.DataFrame(rows).fillna(""))
+    seeds = groups.seed_table(table)
+    by_seed = groups.SEED in table and (seeds["n"] > 1).any()
+    if by_seed:
+        doc.heading("Seeds: mean ± std")
+        doc.text("Jobs that differ only in seed, as one row: mean ± sample standard deviation over the n jobs that "
+                 "produced metrics; failed jobs are counted in their own column. Also in seeds.csv (numbers), "
+                 "seeds.md and seeds.tex.")
+        groups.export(seeds, sweep_dir, "seeds")
+        doc.table(groups.shown(seeds))
+    if grid is not None:
+        doc.heading(f"{metric}: {pivot_rows} down, {pivot_cols} across")
+        doc.text("mean ± std over seeds (n jobs); also in pivot.csv, pivot.md and pivot.tex.")
+        groups.export(grid, sweep_dir, "pivot")
+        doc.table(grid)
     if curves:
         doc.heading("Validation curves")
-        doc.figure(overlay_figure(curves, "val/acc1", "val top-1 accuracy (fraction)"), "val_acc1.png",
-                   "val/acc1 per epoch, one line per job")
-        doc.figure(overlay_figure(curves, "val/loss", "val loss (mean cross-entropy per sample)"), "val_loss.png",
-                   "val/loss per epoch, one line per job")
+        if by_seed:
+            label_of = {job.name: " ".join(f"{k}={v}" for k, v in r.items() if k in groups.setting_columns(table))
+                        or "all jobs" for job, (_, r) in zip(jobs, table.iterrows())}
+            bands: dict[str, list[pd.DataFrame]] = {}
+            for name, history in curves.items():
+                bands.setdefault(label_of[name.split(":")[0]], []).append(history)
+            for column, ylabel, file in (("val/acc1", "val top-1 accuracy (fraction)", "val_acc1.png"),
+                                         ("val/loss", "val loss (mean cross-entropy per sample)", "val_loss.png")):
+                doc.figure(groups.seed_band(bands, column, ylabel), file,
+                           f"{column} per epoch: the mean over seeds, the band ± one standard deviation")
+        else:
+            doc.figure(overlay_figure(curves, "val/acc1", "val top-1 accuracy (fraction)"), "val_acc1.png",
+                       "val/acc1 per epoch, one line per job")
+            doc.figure(overlay_figure(curves, "val/loss", "val loss (mean cross-entropy per sample)"), "val_loss.png",
+                       "val/loss per epoch, one line per job")
     if any(o.startswith("device") for job in jobs for o in overrides[job] if o not in common):
         _scaling_section(doc, sweep_dir, jobs)
     optuna = sweep_dir / "optimization_results.yaml"

@@ -1,0 +1,161 @@
+"""A sweep's jobs as one table, and the jobs that differ only in `seed` summarised as mean ± std (n): what
+`trainlab report <multirun_dir>` shows and exports (seeds.csv, seeds.md, seeds.tex), with an optional pivot of
+two overridden keys (`--rows optimizer --cols scheduler`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from trainlab.errors import TrainlabError
+
+SEED = "seed"
+# What each job contributes: (column, metrics.csv column, how the epochs are reduced).
+METRICS = (("final val/acc1", "val/acc1", "last"), ("best val/acc1", "val/acc1", "max"),
+           ("final val/loss", "val/loss", "last"), ("best val/loss", "val/loss", "min"))
+_NOT_SETTINGS = ("resume", "overwrite")  # the command's keys, not the job's
+
+
+def settings(job: Path) -> dict[str, str]:
+    """The job's overrides as key -> value (its .hydra/overrides.yaml, as the job first started)."""
+    path = job / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    pairs = (i.split("=", 1) for i in items or [] if "=" in i and not i.startswith("hydra."))
+    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in _NOT_SETTINGS}
+
+
+def job_table(jobs: list[Path]) -> pd.DataFrame:
+    """One row per job: its number, its overrides (one column per key that differs between jobs), status and the
+    METRICS. A job without metrics.csv is `failed` (error.txt) or `not started`."""
+    overrides = {job: settings(job) for job in jobs}
+    keys = sorted({k for o in overrides.values() for k in o})
+    varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+    rows = []
+    for job in jobs:
+        row = {"job": job.name, **{k: overrides[job].get(k, "") for k in varying}}
+        if (job / "metrics.csv").is_file():
+            history = pd.read_csv(job / "metrics.csv")
+            summary = json.loads((job / "summary.json").read_text()) if (job / "summary.json").is_file() else {}
+            row["status"] = summary.get("stopped", "running")
+            row["epochs"] = int(history["epoch"].iloc[-1])
+            for name, column, how in METRICS:
+                if column in history:
+                    values = history[column].dropna()
+                    row[name] = float(values.iloc[-1] if how == "last" else getattr(values, how)())
+        else:
+            row["status"] = "failed" if (job / "error.txt").is_file() else "not started"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def setting_columns(table: pd.DataFrame) -> list[str]:
+    metric_names = {m[0] for m in METRICS}
+    return [c for c in table.columns if c not in ("job", "status", "epochs", SEED) and c not in metric_names]
+
+
+def seed_table(table: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Jobs grouped by `by` (default: every overridden key but seed): n, the METRICS' mean and std over the jobs
+    that produced metrics (pandas' sample std, ddof=1), and how many jobs of the group failed."""
+    by = setting_columns(table) if by is None else by
+    metric_names = [m[0] for m in METRICS if m[0] in table]
+    done = table[table["status"] != "failed"] if "status" in table else table
+    keyed = table.assign(_all="all") if not by else table
+    keys = by or ["_all"]
+    rows = []
+    for values, group in keyed.groupby(keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        ok = group.loc[group.index.intersection(done.index)]
+        row = {k: v for k, v in zip(keys, values) if k != "_all"}
+        row["n"] = int(ok[metric_names[0]].notna().sum()) if metric_names else 0
+        for name in metric_names:
+            row[f"{name} mean"] = float(ok[name].mean())
+            row[f"{name} std"] = float(ok[name].std())
+        row["failed"] = int((group["status"] == "failed").sum()) if "status" in group else 0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_std(frame: pd.DataFrame, name: str, digits: int = 4) -> pd.Series:
+    """'0.9500 ± 0.0100' per row (just the mean for a single job)."""
+    mean, std = frame[f"{name} mean"], frame[f"{name} std"]
+    return pd.Series([f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if pd.notna(s) else "") if pd.notna(m) else "—"
+                      for m, s in zip(mean, std)], index=frame.index)
+
+
+def shown(seeds: pd.DataFrame) -> pd.DataFrame:
+    """seed_table for people: one 'mean ± std' column per metric."""
+    out = seeds[[c for c in seeds.columns if not c.endswith((" mean", " std")) and c != "failed"]].copy()
+    for name, _, _ in METRICS:
+        if f"{name} mean" in seeds:
+            out[name] = mean_std(seeds, name)
+    out["failed"] = seeds["failed"]
+    return out
+
+
+def pivot(table: pd.DataFrame, rows: str, cols: str, metric: str = "final val/acc1") -> pd.DataFrame:
+    """`metric` as mean ± std (n) over seeds, with one overridden key down and another across."""
+    for key in (rows, cols):
+        if key not in table:
+            choices = ", ".join(setting_columns(table) + ([SEED] if SEED in table else [])) \
+                or "none (the jobs share every override)"
+            raise TrainlabError(f"--rows/--cols: '{key}' is not an override that differs between the jobs; "
+                                f"choose from {choices}")
+    if metric not in table:
+        raise TrainlabError(f"--metric: '{metric}' is not one of {', '.join(m[0] for m in METRICS)}")
+    seeds = seed_table(table, [rows, cols])
+    seeds["cell"] = mean_std(seeds, metric) + seeds["n"].map(lambda n: f" (n={n})")
+    grid = seeds.pivot(index=rows, columns=cols, values="cell").fillna("—")
+    grid.columns.name = None
+    return grid.reset_index().rename(columns={rows: f"{rows} \\ {cols}"})
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    cells = frame.astype(str)
+    lines = ["| " + " | ".join(map(str, cells.columns)) + " |", "|" + "---|" * len(cells.columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in cells.values.tolist()]
+    return "\n".join(lines) + "\n"
+
+
+def latex(frame: pd.DataFrame) -> str:
+    escape = lambda text: (str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_")  # noqa: E731
+                           .replace("%", r"\%").replace("&", r"\&").replace("#", r"\#").replace("±", r"$\pm$"))
+    lines = [r"\begin{tabular}{" + "l" * len(frame.columns) + "}", r"\hline",
+             " & ".join(escape(c) for c in frame.columns) + r" \\", r"\hline"]
+    lines += [" & ".join(escape(v) for v in row) + r" \\" for row in frame.astype(str).values.tolist()]
+    return "\n".join(lines + [r"\hline", r"\end{tabular}"]) + "\n"
+
+
+def export(frame: pd.DataFrame, out: Path, stem: str) -> list[Path]:
+    """`stem`.csv (numbers), .md and .tex (mean ± std text) beside the report."""
+    paths = [out / f"{stem}.csv", out / f"{stem}.md", out / f"{stem}.tex"]
+    frame.to_csv(paths[0], index=False)
+    readable = shown(frame) if any(c.endswith(" mean") for c in frame.columns) else frame
+    paths[1].write_text(markdown(readable))
+    paths[2].write_text(latex(readable))
+    return paths
+
+
+def seed_band(curves: dict[str, list[pd.DataFrame]], column: str, ylabel: str):
+    """One line per group of seeds (their mean per epoch) with a band of ± one std; a lone job is a plain line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for label, histories in curves.items():
+        frames = [h[["epoch", column]] for h in histories if column in h and h[column].notna().any()]
+        if not frames:
+            continue
+        stacked = pd.concat(frames).groupby("epoch")[column]
+        mean, std = stacked.mean(), stacked.std()
+        line, = ax.plot(mean.index, mean.values, marker="o", markersize=3,
+                        label=f"{label} (n={len(frames)})" if len(frames) > 1 else label)
+        if len(frames) > 1:
+            ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
