@@ -502,7 +502,10 @@ def _check_evaluate(cfg, overrides: list[str]) -> None:
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
     if cfg.split not in SPLITS:  # before a run directory is made for it
-        raise TrainlabError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
+        from trainlab.suggest import did_you_mean
+
+        raise TrainlabError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}"
+                            f"{did_you_mean(str(cfg.split), SPLITS).replace(';', ':')})")
     stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS)
 
 

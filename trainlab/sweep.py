@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def _optuna_resume(sweep_dir: Path) -> list[str]:
     killed = [t for t in study.get_trials(deepcopy=False) if t.state == state.RUNNING]
     for trial in killed:  # no process runs it any more (this sweep's jobs are locked by the one resuming it)
         study._storage.set_trial_state(trial._trial_id, state.FAIL)
-        study.enqueue_trial(trial.params)
+        with warnings.catch_warnings():  # "experimental" in optuna 2.x, the only line the sweeper allows
+            warnings.simplefilter("ignore")
+            study.enqueue_trial(trial.params)
     done = [t for t in study.get_trials(deepcopy=False) if t.state in (state.COMPLETE, state.PRUNED, state.FAIL)]
     left = max(total - (len(done) - len(killed)), 0)
     jobs = [int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
