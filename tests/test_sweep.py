@@ -18,7 +18,7 @@ from trainlab.sweep import job_state
 
 from helpers import FAST, TIMING, assert_one_line, hashes, run, start_cli, wait_for
 
-SWEEP = [*FAST, "dataset.train_size=800", "trainer.log_every_n_steps=2"]
+SWEEP = [*FAST, "dataset.train_size=400", "trainer.log_every_n_steps=2"]  # 13 batches of 32 per epoch
 
 
 def rows(run_dir: Path) -> pd.DataFrame:
@@ -159,7 +159,8 @@ def test_an_interrupted_optuna_study_continues_from_its_storage(tmp_path, capsys
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.chdir(tmp_path)
     sweep, log = tmp_path / "optuna", tmp_path / "optuna.log"
-    args = ["+hparams_search=optuna", *SWEEP, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
+    args = ["+hparams_search=optuna", *FAST, "dataset.train_size=800", "trainer.log_every_n_steps=2",
+            "trainer.epochs=2", "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
     wait_for(sweep / "1" / "train.log", "epoch 1 train 4/", proc)

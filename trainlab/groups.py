@@ -153,6 +153,7 @@ def seed_band(curves: dict[str, list[pd.DataFrame]], column: str, ylabel: str):
                         label=f"{label} (n={len(frames)})" if len(frames) > 1 else label)
         if len(frames) > 1:
             ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 1.25
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

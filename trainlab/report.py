@@ -227,11 +227,13 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
                  "seeds.md and seeds.tex.")
         groups.export(seeds, sweep_dir, "seeds")
         doc.table(groups.shown(seeds))
+        print(groups.markdown(groups.shown(seeds)))
     if grid is not None:
         doc.heading(f"{metric}: {pivot_rows} down, {pivot_cols} across")
         doc.text("mean ± std over seeds (n jobs); also in pivot.csv, pivot.md and pivot.tex.")
         groups.export(grid, sweep_dir, "pivot")
         doc.table(grid)
+        print(groups.markdown(grid))
     if curves:
         doc.heading("Validation curves")
         if by_seed:
