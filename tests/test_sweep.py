@@ -18,7 +18,7 @@ from trainlab.sweep import job_state
 
 from helpers import FAST, TIMING, assert_one_line, hashes, run, start_cli, wait_for
 
-SWEEP = [*FAST, "dataset.train_size=400", "trainer.log_every_n_steps=2"]  # 13 batches of 32 per epoch
+SWEEP = [*FAST, "dataset.train_size=400", "trainer.log_every_n_steps=2"]  # 12 batches of 32 per epoch
 
 
 def rows(run_dir: Path) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
     args = ["-m", *SWEEP, "seed=0,1,2,3", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
-    wait_for(sweep / "2" / "train.log", "epoch 2 train 7/", proc)
+    wait_for(sweep / "2" / "train.log", "epoch 2 train 4/", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     text = log.read_text()
@@ -190,7 +190,7 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     args = ["-m", *SWEEP, "hydra/launcher=submitit_local", "seed=3", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
     job = sweep / "0"
-    wait_for(job / "train.log", "epoch 2 train 5/", proc, timeout=180)
+    wait_for(job / "train.log", "epoch 2 train 4/", proc, timeout=180)
     # What SLURM (or submitit_local at timeout_min - signal_delay_s) sends the job's process before its time is up.
     os.kill(int((job / ".trainlab.lock").read_text()), signal.SIGUSR2)
     assert proc.wait(timeout=240) == 0, log.read_text()
