@@ -140,6 +140,10 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
     for name in COLUMNS[1:] + ["train/loss_step"]:
         assert name in tags, name
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx(list(frame["val/acc1"]))
+    # Epoch metrics sit at the global step, like train/loss_step, and `epoch` maps the steps back to epochs.
+    assert [e.step for e in events.Scalars("val/acc1")] == list(frame["step"])
+    assert [(e.step, e.value) for e in events.Scalars("epoch")] == list(zip(frame["step"], [1.0, 2.0]))
+    assert max(e.step for e in events.Scalars("train/loss_step")) == frame["step"].iloc[-1]
     assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
     assert events.Tags()["graph"] and "confusion/val" in events.Tags()["images"]
     assert events.PluginTagToContent("hparams")  # hparams with the final metrics

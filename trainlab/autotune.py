@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainlab.environment import cpu_name
 from trainlab.fs import atomic_write_text, cache_home
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,7 @@ def machine() -> str:
         gpu = torch.cuda.get_device_name(0)
     else:
         gpu = "none"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"cpu={cpu}; isa={torch.backends.cpu.get_cpu_capability()}; threads={torch.get_num_threads()}; "
+    return (f"cpu={cpu_name()}; isa={torch.backends.cpu.get_cpu_capability()}; threads={torch.get_num_threads()}; "
             f"gpu={gpu}; torch={torch.__version__}")
 
 

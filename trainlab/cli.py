@@ -30,6 +30,7 @@ COMMANDS = {
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
     "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
     "report": "report.html + report.md of a run or a sweep: `trainlab report <run_dir | multirun_dir>`",
+    "runs": "every run and sweep job in one table (status, metrics, speed): `trainlab runs [dir ...] [--sort ...]`",
 }
 COMPARE_USAGE = """usage: trainlab compare <A> <B> [n=10] [out=DIR]
 
@@ -558,9 +559,10 @@ def _plain(action: Callable) -> None:
 def _one_dir(command: str, args: list[str]) -> Path:
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print(f"usage: trainlab {command} " + ("<run_dir | multirun_dir>" if command == "diagnose" else
-              "<run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']\n\nA sweep's report "
-              "groups the jobs that differ only in seed (mean ± std, n) and pivots two overridden keys;\nthe tables "
-              "are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex."))
+              "<run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']\n"
+              "       trainlab report <run_dir> <run_dir> ... [--out DIR]   (any runs side by side)\n\n"
+              "A sweep's report groups the jobs that differ only in seed (mean ± std, n) and pivots two "
+              "overridden keys;\nthe tables are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex."))
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     path = Path(args[0])
     if not path.is_dir():
@@ -568,7 +570,7 @@ def _one_dir(command: str, args: list[str]) -> Path:
     return path
 
 
-REPORT_OPTIONS = ("--rows", "--cols", "--metric")
+REPORT_OPTIONS = ("--rows", "--cols", "--metric", "--out")
 
 
 def _report(args: list[str]) -> None:
@@ -588,13 +590,34 @@ def _report(args: list[str]) -> None:
             options[item[2:]] = value
         else:
             rest.append(item)
+    pivot = (options.get("rows"), options.get("cols"), options.get("metric", "final val/acc1"))
+    if len(rest) > 1:  # any runs side by side, not only one sweep's jobs
+        _plain(lambda: _compare_runs(rest, Path(options["out"]) if "out" in options else None, pivot))
+        return
     path = _one_dir("report", rest)
 
     def run() -> None:
-        md, page = report(path, options.get("rows"), options.get("cols"), options.get("metric", "final val/acc1"))
+        md, page = report(path, *pivot)
         print(f"wrote {page} (self-contained) and {md}")
 
     _plain(run)
+
+
+def _compare_runs(paths: list[str], out: Path | None, pivot: tuple) -> None:
+    from datetime import datetime
+
+    from trainlab.fs import claim_out_folder, free_run_dir
+    from trainlab.report import sweep_report
+
+    runs = [Path(p) for p in paths]
+    for run_dir in runs:
+        if not (run_dir / "metrics.csv").is_file() and not (run_dir / "error.txt").is_file():
+            raise TrainlabError(f"{run_dir} holds no run (no metrics.csv): `trainlab report A B ...` compares run "
+                                "directories; for a whole sweep pass its multirun directory alone")
+    out = claim_out_folder(out or free_run_dir(Path("outputs") / "report" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}"),
+                           "report.md", "report")
+    md, page = sweep_report(out, *pivot, jobs=runs)
+    print(f"wrote {page} (self-contained) and {md}")
 
 
 def _diagnose(args: list[str]) -> None:
@@ -641,6 +664,14 @@ def main(argv: list[str] | None = None) -> None:
             _report(rest)
         elif command == "diagnose":
             _diagnose(rest)
+        elif command == "runs":
+            from trainlab.runs import USAGE as RUNS_USAGE
+            from trainlab.runs import list_runs
+
+            if rest and rest[0] in ("-h", "--help"):
+                print(RUNS_USAGE, end="")
+                return
+            _plain(lambda: list_runs(rest))
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         sys.exit(130)

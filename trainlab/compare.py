@@ -146,10 +146,11 @@ def disagreement_grid(rows: pd.DataFrame, a_name: str, b_name: str, path: Path) 
 
 
 def _print(result: dict, out_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from trainlab.progress import console as make_console
+
+    console = make_console()
     console.print(f"A: {result['a_checkpoint']}\nB: {result['b_checkpoint']}\n"
                   f"{result['images']} {result['split']} images")
     if not result["disagreements"]:

@@ -138,10 +138,11 @@ def _predictions(cfg: DictConfig, logits, labels: torch.Tensor | None, paths, na
 
 
 def _print_table(record: dict, out_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from trainlab.progress import console as make_console
+
+    console = make_console()
     console.print(f"{record['checkpoint']} (epoch {record['epoch']}) on {record['split']}: {record['images']} images, "
                   f"{record['images_per_s']:.0f} images/s"
                   + ("" if record["metrics"] else " (unlabelled: predictions only)"))

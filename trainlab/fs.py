@@ -25,7 +25,8 @@ LOCK_NAME = ".trainlab.lock"
 # What a run, an evaluation or a summary leaves in its directory: the names `overwrite=true` may remove.
 RUN_ENTRIES = ("run.json", "summary.json", "metrics.csv", "classes.csv", "train.log", "evaluate.log", "summary.log",
                "error.txt", "checkpoints", "tensorboard", "confusion", "plots", ".hydra", "report.md",
-               "report.html", "report_files", "metrics.json", "predictions.csv", "confusion.csv", "summary.txt")
+               "report.html", "report_files", "metrics.json", "predictions.csv", "confusion.csv", "summary.txt",
+               "requirements.txt")
 # Any of these means "a trainlab run (or evaluation, or summary) lives here".
 RUN_MARKERS = ("run.json", "checkpoints", "metrics.csv", "metrics.json", "summary.txt", ".hydra")
 # errno values that mean "the user's disk or permissions", not a bug: one line, not a traceback.

@@ -27,7 +27,7 @@ def settings(job: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in _NOT_SETTINGS}
 
 
-def job_table(jobs: list[Path]) -> pd.DataFrame:
+def job_table(jobs: list[Path], label=lambda job: job.name) -> pd.DataFrame:
     """One row per job: its number, its overrides (one column per key that differs between jobs), status and the
     METRICS. A job without metrics.csv is `failed` (error.txt) or `not started`."""
     overrides = {job: settings(job) for job in jobs}
@@ -35,7 +35,7 @@ def job_table(jobs: list[Path]) -> pd.DataFrame:
     varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
     rows = []
     for job in jobs:
-        row = {"job": job.name, **{k: overrides[job].get(k, "") for k in varying}}
+        row = {"job": label(job), **{k: overrides[job].get(k, "") for k in varying}}
         if (job / "metrics.csv").is_file():
             history = pd.read_csv(job / "metrics.csv")
             summary = json.loads((job / "summary.json").read_text()) if (job / "summary.json").is_file() else {}

@@ -28,6 +28,18 @@ def _interactive() -> bool:
     return sys.stdout.isatty() and not _silent
 
 
+# Without a terminal (a pipe, a file, a cluster's log) rich would assume 80 columns and wrap paths and table rows
+# mid-word; a log is read with a pager or grep, so lines stay whole.
+PIPE_WIDTH = 400
+
+
+def console() -> Console:
+    """The console for trainlab's tables and messages: the terminal's width, or unwrapped lines in a pipe."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=PIPE_WIDTH, soft_wrap=True)
+
+
 def _bar(transient: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -111,19 +111,22 @@ class RunRecorder:
             return
         frame = pd.DataFrame(self.history).reindex(columns=COLUMNS)
         atomic_write_text(self.run_dir / "metrics.csv", frame.to_csv(index=False))
+        # Every TensorBoard point is at the global step (as train/loss_step is), so per-step and per-epoch curves
+        # overlay on one axis; the `epoch` scalar maps steps to epochs (Lightning's habit).
+        step = int(row.get("step") or epoch)
         for key, value in row.items():
-            if key != "epoch" and value is not None:
-                self.writer.add_scalar(key, value, epoch)
+            if key != "step" and value is not None:
+                self.writer.add_scalar(key, value, step)
         for split, confusion in confusions.items():
             write_confusion(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
-        self._pending = (frame, epoch, confusions)
+        self._pending = (frame, epoch, step, confusions)
         if self._figures_due():
             self._draw_figures()
         if model is not None and self.histogram_every and epoch % self.histogram_every == 0:
             for name, param in model.named_parameters():
-                self._histogram(f"weights/{name}", param, epoch)
+                self._histogram(f"weights/{name}", param, step)
                 if param.grad is not None:
-                    self._histogram(f"gradients/{name}", param.grad, epoch)
+                    self._histogram(f"gradients/{name}", param.grad, step)
         self.writer.flush()
 
     def _figures_due(self) -> bool:
@@ -138,18 +141,18 @@ class RunRecorder:
 
     def _draw_figures(self) -> None:
         """plots/*.png from the whole history, and the TensorBoard confusion images of the pending epoch."""
-        frame, epoch, confusions = self._pending
+        frame, epoch, step, confusions = self._pending
         start = time.monotonic()
         for split, confusion in confusions.items():
             self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
-                                                                          f"{split} confusion, epoch {epoch}"), epoch)
+                                                                          f"{split} confusion, epoch {epoch}"), step)
         plot_history(frame, self.run_dir / "plots")
         self._drawn_at, self._draw_cost, self._pending = time.monotonic(), time.monotonic() - start, None
 
-    def _histogram(self, tag: str, values: torch.Tensor, epoch: int) -> None:
+    def _histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         values = values.detach().float().cpu()
         if torch.isfinite(values).all():  # a diverged run has NaN weights: TensorBoard cannot bin those
-            self.writer.add_histogram(tag, values, epoch)
+            self.writer.add_histogram(tag, values, step)
 
     def finish(self, summary: dict, hparams: dict) -> None:
         if not self.active:

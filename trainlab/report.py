@@ -190,29 +190,35 @@ def _overrides(job: Path) -> list[str]:
 
 
 def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str | None = None,
-                 metric: str = "final val/acc1") -> tuple[Path, Path]:
-    jobs = _jobs(sweep_dir)
-    table = groups.job_table(jobs)
+                 metric: str = "final val/acc1", jobs: list[Path] | None = None) -> tuple[Path, Path]:
+    """The report of a sweep's jobs, written into `sweep_dir`; with `jobs`, of any runs (`trainlab report A B`),
+    written into `sweep_dir` (the out folder), each run named by its path."""
+    names = {job: str(job) for job in jobs} if jobs else None
+    jobs = jobs or _jobs(sweep_dir)
+    name = (lambda job: names[job]) if names else (lambda job: job.name)  # noqa: E731
+    table = groups.job_table(jobs, name)
     if (pivot_rows is None) != (pivot_cols is None):
         raise TrainlabError("a pivot needs both --rows <key> and --cols <key>")
     grid = groups.pivot(table, pivot_rows, pivot_cols, metric) if pivot_rows else None  # checked before writing
-    doc = Document(f"trainlab sweep report: {sweep_dir}", sweep_dir)
-    rows, curves = [], {}
+    doc = Document(f"trainlab report: {len(jobs)} runs side by side" if names else
+                   f"trainlab sweep report: {sweep_dir}", sweep_dir)
+    rows, curves, curve_job = [], {}, {}
     overrides = {job: _overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     if common:
         doc.text("Every job: " + " ".join(o for o in overrides[jobs[0]] if o in common))
     for job in jobs:
-        label = " ".join(o for o in overrides[job] if o not in common) or job.name
+        label = " ".join(o for o in overrides[job] if o not in common) or name(job)
         if (job / "error.txt").is_file() and not (job / "metrics.csv").is_file():
-            rows.append({"job": job.name, "overrides": label,
+            rows.append({"job": name(job), "overrides": label,
                          "status": "failed: " + (job / "error.txt").read_text().strip()})
             continue
         history = pd.read_csv(job / "metrics.csv")
         summary = _read_json(job / "summary.json")
-        curves[f"{job.name}: {label}"] = history
+        curves[f"{name(job)}: {label}"] = history
+        curve_job[f"{name(job)}: {label}"] = name(job)
         last = history.iloc[-1]
-        rows.append({"job": job.name, "overrides": label, "status": summary.get("stopped", "running?"),
+        rows.append({"job": name(job), "overrides": label, "status": summary.get("stopped", "running?"),
                      "epochs": int(last["epoch"]), "best val/acc1": float(history["val/acc1"].max()),
                      **{k: float(last[k]) for k in ("val/acc1", "val/acc5", "val/loss", "train/acc1") if k in last},
                      "images/s": float(history["throughput/train_ips"].mean())})
@@ -237,11 +243,11 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
     if curves:
         doc.heading("Validation curves")
         if by_seed:
-            label_of = {job.name: " ".join(f"{k}={v}" for k, v in r.items() if k in groups.setting_columns(table))
+            label_of = {name(job): " ".join(f"{k}={v}" for k, v in r.items() if k in groups.setting_columns(table))
                         or "all jobs" for job, (_, r) in zip(jobs, table.iterrows())}
             bands: dict[str, list[pd.DataFrame]] = {}
-            for name, history in curves.items():
-                bands.setdefault(label_of[name.split(":")[0]], []).append(history)
+            for key, history in curves.items():
+                bands.setdefault(label_of[curve_job[key]], []).append(history)
             for column, ylabel, file in (("val/acc1", "val top-1 accuracy (fraction)", "val_acc1.png"),
                                          ("val/loss", "val loss (mean cross-entropy per sample)", "val_loss.png")):
                 doc.figure(groups.seed_band(bands, column, ylabel), file,

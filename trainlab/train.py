@@ -30,7 +30,9 @@ from trainlab.config import Settings, load_settings, settings_dict
 from trainlab.diagnostics import as_dicts, diagnose
 from trainlab.distributed import SINGLE, Group
 from trainlab.early_stopping import BestTracker, EarlyStopping
+from trainlab.environment import environment, requirements
 from trainlab.errors import CheckpointError, RunStopped
+from trainlab.fs import atomic_write_text
 from trainlab.interrupt import StopRequest
 from trainlab.loop import EpochTally, as_input, epoch_line, epoch_row, train_epoch
 from trainlab.models import count_parameters
@@ -105,9 +107,10 @@ def _start_epoch(run: Run, epoch: int, seed: int, step: int,
 def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, run: Run,
                   resumed_from: str | None, changed: list[str]) -> None:
     info = recorder.read_json("run.json") if resumed_from else {}
+    where = environment() if recorder.active else {}
     if resumed_from:
         info.setdefault("resumes", []).append({"time": datetime.now().isoformat(timespec="seconds"),
-                                               "from": resumed_from, "changed": changed})
+                                               "from": resumed_from, "changed": changed, "environment": where})
         log.info("resumed from %s%s", resumed_from, f"; changed: {', '.join(changed)}" if changed else "")
     model, group = run.stepper.model, run.stepper.group
     info.update({
@@ -117,6 +120,10 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
         "distributed": group.describe() | {"batch_size_global": run.data.batch_size,
                                            "batch_size_per_process": run.data.batch_size // group.world_size},
         "steps_per_epoch": run.n_train, "val_batches": run.n_val, "config": OmegaConf.to_container(cfg, resolve=True)})
+    if not resumed_from:  # where it first ran; a resume records its own environment in `resumes`
+        info["environment"] = where
+        if recorder.active:
+            atomic_write_text(recorder.run_dir / "requirements.txt", requirements())
     recorder.write_json("run.json", info)
     if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
         example = run.stepper.augment.normalize(run.data.splits["val"].images[:2]).to(run.stepper.runtime.torch_device)
