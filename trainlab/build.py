@@ -39,6 +39,12 @@ def build(node: DictConfig | dict, group: str, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot build {group} ({_target(node)}): {detail}; check the {group}.* keys") from None
 
 
+def build_loggers(cfg: DictConfig) -> list:
+    """The `logger` group's loggers (a list-valued group: each chosen option is a key under `logger`)."""
+    nodes = cfg.get("logger") or {}
+    return [build(node, f"logger.{name}") for name, node in nodes.items()]
+
+
 def build_partial(node: DictConfig, group: str, **call_kwargs: Any) -> Any:
     """Instantiate a `_partial_: true` group and call it with what only the runner knows (num_classes, ...)."""
     make = build(node, group)
@@ -73,6 +79,7 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
     build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
     build(cfg.loss, "loss")
+    build_loggers(cfg)  # an optional tracker that is not installed is one line here, not at the first epoch
     del model
 
 

@@ -100,8 +100,9 @@ def _check_group_choices(overrides: list[str]) -> bool:
         if override.package or not conf.joinpath(group).is_dir() or override.is_delete():
             continue
         options = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        value = None if override.is_sweep_override() else override.value()
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() \
-            else [override.get_value_element_as_str()]
+            else [str(v) for v in value] if isinstance(value, list) else [override.get_value_element_as_str()]
         for value in values:
             if value not in options:
                 raise TrainlabError(f"unknown {group} '{value}'" + _choose(did_you_mean(value, options), options))

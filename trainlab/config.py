@@ -94,6 +94,7 @@ class TrainSchema(Settings):
     loss: Any = MISSING
     augment: Any = MISSING
     metrics: Any = MISSING
+    logger: Any = MISSING
 
 
 @dataclass

@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from trainlab.columns import COLUMNS
 from trainlab.fs import atomic_write_text
+from trainlab.loggers import Logger, TensorBoardLogger
 from trainlab.plots import confusion_figure, plot_history
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,23 @@ FIGURE_TIME_SHARE = 0.05
 FIRST_DRAW_COST_S = 1.0  # what drawing them takes on a laptop CPU, until this run has measured it
 
 
+class _NoWriter:
+    """TensorBoard turned off (`tensorboard` not in logger=[...]): every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 class RunRecorder:
     def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
-                 history: list[dict] | None = None, active: bool = True):
+                 history: list[dict] | None = None, active: bool = True, loggers: list[Logger] | None = None):
         """`history`: the rows of the epochs already done (a resumed run appends to them). `active=False`
-        (training ranks other than 0) keeps the history in memory and writes nothing."""
+        (training ranks other than 0) keeps the history in memory and writes nothing. `loggers`: the `logger`
+        group's (TensorBoard is written here; the others get every epoch's row and the run's end)."""
+        loggers = [] if loggers is None else loggers
+        board = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+        self.trackers = [lg for lg in loggers if not isinstance(lg, TensorBoardLogger)] if active else []
+        self.tensorboard = board is not None
         self.run_dir, self.active = Path(run_dir), active
         self.labels = class_labels(class_ids, class_names)
         self.histogram_every = histogram_every
@@ -70,7 +83,7 @@ class RunRecorder:
         if not active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.writer = board.writer(self.run_dir) if board is not None else _NoWriter()
         (self.run_dir / "confusion").mkdir(exist_ok=True)
         write_classes(self.run_dir / "classes.csv", class_ids, class_names)
 
@@ -82,6 +95,27 @@ class RunRecorder:
         if not self.active:
             return
         atomic_write_text(self.run_dir / name, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+    def _each_tracker(self, what: str, call) -> None:
+        """A tracker that fails (a server gone, a full disk) is dropped with a warning; the run and its
+        metrics.csv go on."""
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as e:  # noqa: BLE001 - any failure of an optional sink must not end the training
+                self.trackers.remove(tracker)
+                log.warning("%s logger: %s failed (%s); it is off for the rest of this run, metrics.csv has every "
+                            "epoch", tracker.name, what, " ".join(str(e).split())[:300])
+
+    def start_loggers(self, config: dict, previous: dict) -> dict:
+        """Start the trackers (a resumed run continues their runs: `previous` is what they returned before)."""
+        started = {}
+
+        def start(tracker: Logger) -> None:
+            started[tracker.name] = tracker.start(self.run_dir, config, previous.get(tracker.name))
+
+        self._each_tracker("starting", start)
+        return started
 
     def log_step(self, step: int, loss: float) -> None:
         if not self.active:
@@ -117,6 +151,7 @@ class RunRecorder:
         for key, value in row.items():
             if key != "step" and value is not None:
                 self.writer.add_scalar(key, value, step)
+        self._each_tracker("logging", lambda tracker: tracker.log_epoch(row, step))
         for split, confusion in confusions.items():
             write_confusion(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
         self._pending = (frame, epoch, step, confusions)
@@ -166,6 +201,7 @@ class RunRecorder:
             from torch.utils.tensorboard.summary import hparams as hparams_summary
 
             # Written into this run's own event file so TensorBoard's HParams tab links it to its scalars.
-            for event in hparams_summary(hparams, final):
+            for event in hparams_summary(hparams, final) if self.tensorboard else ():
                 self.writer.file_writer.add_summary(event)
         self.writer.close()
+        self._each_tracker("finishing", lambda tracker: tracker.finish(self.run_dir, summary))

@@ -15,7 +15,7 @@ from trainlab.errors import CheckpointError, DataError
 from trainlab.suggest import has_key, unknown_key
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
-          "hparams_search")
+          "hparams_search", "logger")
 
 
 def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
@@ -65,6 +65,8 @@ def upgrade_config(saved: dict) -> dict:
     trainer.setdefault("autotune", False)
     saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
     saved.setdefault("model", {}).setdefault("freeze", None)
+    saved.setdefault("logger", {"tensorboard": {"_target_": "trainlab.loggers.TensorBoardLogger",
+                                                "subdir": "tensorboard"}})
     return saved
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import trainlab
 from trainlab import distributed
-from trainlab.build import Run, build_run
+from trainlab.build import Run, build_loggers, build_run
 from trainlab.checkpoint import (
     OUTPUTS_ROOT,
     Checkpointer,
@@ -124,6 +124,9 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
         info["environment"] = where
         if recorder.active:
             atomic_write_text(recorder.run_dir / "requirements.txt", requirements())
+    if recorder.trackers:  # MLflow / W&B: their run's id is kept, so a resume continues the same run there
+        info["loggers"] = info.get("loggers", {}) | recorder.start_loggers(
+            OmegaConf.to_container(cfg, resolve=True), info.get("loggers", {}))
     recorder.write_json("run.json", info)
     if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
         example = run.stepper.augment.normalize(run.data.splits["val"].images[:2]).to(run.stepper.runtime.torch_device)
@@ -175,7 +178,8 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     start_epoch, first_step = _restore(resume, run, best, stopper) if resume else (1, 0)
     position, before = (resume.position, resume.elapsed_s) if resume else (None, 0.0)
     recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
-                           history=resume.history if resume else None, active=group.is_main)
+                           history=resume.history if resume else None, active=group.is_main,
+                           loggers=build_loggers(cfg) if group.is_main else [])
     checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep,
                                 active=group.is_main, save_optimizer=settings.checkpoint.save_optimizer)
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
