@@ -190,12 +190,14 @@ def test_cli_help_lists_commands_and_groups(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("train", "evaluate", "compare", "summary", "diagnose", "report"):
+    for command in ("train", "evaluate", "compare", "summary", "diagnose", "report", "runs", "predict", "export"):
         assert f"  {command} " in out, command
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0
-    for group in ("dataset:", "optimizer:", "scheduler:", "experiment:"):
+    for group in ("dataset:", "optimizer:", "scheduler:", "experiment:", "logger: mlflow, tensorboard, wandb"):
         assert group in out
+    for flag in ("--multirun,-m", "--cfg,-c", "--config-dir,-cd", "--shell-completion,-sc"):  # as --help promises
+        assert flag in out, flag
     code, _, err = run(capsys, "fly")
     assert code == 2 and "unknown command 'fly'" in err
 

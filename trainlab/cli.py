@@ -49,8 +49,8 @@ commands:
 """
 # Hydra flags after which composing the config ourselves first would be wrong or pointless.
 _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p",
-                "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
-                "-cd", "--experimental-rerun", "--version"}
+                "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+                "--experimental-rerun", "--version"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 # Resolved inside each job (also in a launcher's own process): where Hydra puts that job's files.
@@ -84,22 +84,63 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def _check_group_choices(overrides: list[str]) -> bool:
-    """`optimizer=foo` (or a sweep over several options) names an option that does not exist.
-    Returns whether any override is a sweep."""
+def config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
+    """(the arguments without `-cd DIR`, the config folders besides trainlab's own): `-cd/--config-dir` and the
+    entries of `hydra.searchpath=[file://..., pkg://...]`, as Hydra's searchpath entries."""
+    rest, roots, items = [], [], iter(args)
+    for arg in items:
+        if arg in ("-cd", "--config-dir") or arg.startswith("--config-dir="):
+            folder = arg.split("=", 1)[1] if "=" in arg else next(items, "")
+            roots.append(f"file://{Path(folder).expanduser().resolve()}")
+            continue
+        if arg.startswith("hydra.searchpath="):
+            value = _unquote(arg.split("=", 1)[1]).strip().strip("[]")
+            roots += [_unquote(v.strip()) for v in value.split(",") if v.strip()]
+        rest.append(arg)
+    return rest, roots
+
+
+def _folders(roots: list[str]) -> list:
+    """trainlab's config folder, then the searchpath's (file:// folders and pkg:// packages that exist)."""
     from importlib.resources import files
 
+    folders = [files(CONFIG_MODULE)]
+    for root in roots:
+        try:
+            folder = Path(root[len("file://"):]) if root.startswith("file://") else \
+                files(root[len("pkg://"):]) if root.startswith("pkg://") else Path(root)
+        except (ModuleNotFoundError, TypeError):
+            continue
+        if folder.is_dir():
+            folders.append(folder)
+    return folders
+
+
+def group_options(group: str, roots: list[str] = ()) -> list[str] | None:
+    """The options of a config group in trainlab's configs and the searchpath's; None where no folder has it."""
+    folders = [f.joinpath(group) for f in _folders(list(roots)) if f.joinpath(group).is_dir()]
+    if not folders:
+        return None
+    return sorted({p.name[:-5] for folder in folders for p in folder.iterdir() if p.name.endswith(".yaml")})
+
+
+def _searchpath(roots: list[str]) -> list[str]:
+    return [f"hydra.searchpath=[{','.join(roots)}]"] if roots else []
+
+
+def _check_group_choices(overrides: list[str], roots: list[str] = ()) -> bool:
+    """`optimizer=foo` (or a sweep over several options) names an option that does not exist in trainlab's
+    configs or the searchpath's. Returns whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from trainlab.suggest import did_you_mean
 
-    conf = files(CONFIG_MODULE)
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         group = override.key_or_group
-        if override.package or not conf.joinpath(group).is_dir() or override.is_delete():
+        options = None if override.package or override.is_delete() else group_options(group, roots)
+        if options is None:
             continue
-        options = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
         value = None if override.is_sweep_override() else override.value()
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() \
             else [str(v) for v in value] if isinstance(value, list) else [override.get_value_element_as_str()]
@@ -123,10 +164,11 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         return None
+    args, roots = config_dirs(args)  # a user's own config folders: their options and experiments count too
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
-        swept = _check_group_choices(overrides)
+        swept = _check_group_choices(overrides, roots)
         if is_sweep(args) or swept:
             # A sweep: its keys are checked here with its first job's values (a misspelt key fails once, not in every
             # job), and its fixed settings (data, components) without the swept ones; each job checks its own values
@@ -135,10 +177,10 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
             if first is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
                 return None
             with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-                compose(config_name, overrides=first)
+                compose(config_name, overrides=first + _searchpath(roots))
             overrides = [o for o, f in zip(overrides, first) if o == f]
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name, overrides=overrides + _searchpath(roots), return_hydra_config=True)
         if check is not None:
             check(cfg, overrides)
         return cfg
@@ -151,13 +193,14 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
              if bad else _one_line(str(e)))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", str(e))
-        if plugin:
-            extra = "optuna" if plugin.group(2) == "optuna" else "slurm" if "submitit" in plugin.group(2) else None
-            fail(f"the Hydra {plugin.group(1)} '{plugin.group(2)}' is not installed" +
-                 (f": pip install 'trainlab[{extra}]'" if extra else ": install its hydra plugin"))
+        if plugin:  # a Hydra plugin that is not installed: the package that brings it
+            kind, name = plugin.groups()
+            package = "'trainlab[optuna]'" if name == "optuna" else "'trainlab[slurm]'" if "submitit" in name \
+                else f"hydra-{name.split('_')[0]}-{kind}"
+            fail(f"the Hydra {kind} '{name}' is not installed: pip install {package}")
         misspelt = re.match(r"Could not override '([^']+)'", str(e))
         if misspelt and "not in" in str(e.__cause__ or e):
-            fail(_unknown_key(overrides, misspelt.group(1), config_name))
+            fail(_unknown_key(overrides, misspelt.group(1), config_name, roots))
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
         fail(_one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
@@ -188,23 +231,22 @@ def _first_job(overrides: list[str]) -> list[str] | None:
     return first
 
 
-def _groups() -> list[str]:
-    from importlib.resources import files
+def _groups(roots: list[str] = ()) -> list[str]:
+    return sorted({p.name for folder in _folders(list(roots)) for p in folder.iterdir()
+                   if p.is_dir() and not p.name.startswith(("_", "."))})
 
-    return sorted(p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir() and not p.name.startswith("_"))
 
-
-def _unknown_key(overrides: list[str], key: str, config_name: str) -> str:
+def _unknown_key(overrides: list[str], key: str, config_name: str, roots: list[str] = ()) -> str:
     """'unknown key ...; did you mean ...?' against the config these overrides' groups compose (their own keys:
     optimizer=adam has betas), without the overrides of single keys."""
     from hydra import compose, initialize_config_module
 
     from trainlab.suggest import unknown_key
 
-    groups = _groups()
+    groups = _groups(roots)
     picks = [o for o in overrides if o.split("=")[0].lstrip("+~") in groups]
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        base = compose(config_name, overrides=picks)
+        base = compose(config_name, overrides=picks + _searchpath(list(roots)))
     return unknown_key(base, key, groups)
 
 
@@ -427,9 +469,61 @@ def _claim_job_dir(run_dir: Path, cfg) -> str:
     return "new"
 
 
+BASH_COMPLETION = """# trainlab's bash completion: eval "$(trainlab train -sc install=bash)" (in ~/.bashrc to keep it)
+_trainlab_completion()
+{
+    local cur="${COMP_WORDS[COMP_CWORD]}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "COMMANDS" -- "$cur"))
+        return
+    fi
+    case "${COMP_WORDS[1]}" in
+        HYDRA_COMMANDS)
+            local choices
+            choices=$(COMP_POINT=$COMP_POINT COMP_LINE="$COMP_LINE" trainlab "${COMP_WORDS[1]}" -sc query=bash \
+                      2>/dev/null)
+            COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "$cur"))
+            ;;
+        *)
+            COMPREPLY=($(compgen -o default -- "$cur"))
+            ;;
+    esac
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+complete -o nospace -o default -F _trainlab_completion trainlab
+"""
+HYDRA_COMMANDS = ("train", "evaluate", "summary")
+
+
+def shell_completion(command: str, args: list[str]) -> None:
+    """`-sc install=bash` prints trainlab's completer (Hydra's would call `trainlab -sc query=bash`, which is no
+    command); `-sc query=bash` is that completer's question about one command: Hydra answers it once the command
+    word is taken out of the line, so it sees the overrides only."""
+    flag = next((i for i, a in enumerate(args) if a in ("-sc", "--shell-completion")), None)
+    if flag is None or flag + 1 >= len(args):
+        return
+    action = args[flag + 1]
+    if action.startswith("install="):
+        if action != "install=bash":
+            fail(f"{action}: trainlab installs bash completion (zsh: autoload bashcompinit && bashcompinit, then the "
+                 "same line)")
+        print(BASH_COMPLETION.replace('"COMMANDS"', f'"{" ".join(COMMANDS)}"')
+              .replace("HYDRA_COMMANDS)", "|".join(HYDRA_COMMANDS) + ")"), end="")
+        sys.exit(0)
+    if action.startswith("uninstall="):
+        print("complete -r trainlab 2> /dev/null")
+        sys.exit(0)
+    if action.startswith("query=") and "COMP_LINE" in os.environ:
+        words = os.environ["COMP_LINE"].split(" ", 2)
+        if len(words) >= 2 and words[1] == command:
+            os.environ["COMP_LINE"] = " ".join([words[0]] + words[2:]) if len(words) > 2 else words[0] + " "
+
+
 def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "config",
               check: Callable | None = None) -> None:
     import hydra
+
+    shell_completion(command, args)
 
     if command == "train":
         args = resume_args(args)

@@ -1,0 +1,101 @@
+"""What users of Hydra-based tools expect of the command line: shell completion, their own config folders
+(hydra.searchpath, -cd), one line for a plugin that is not installed, and output that is not wrapped in a pipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import FAST, assert_one_line, run
+
+EXPERIMENT = """# @package _global_
+defaults:
+  - override /dataset: fake
+  - override /model: small_cnn
+trainer:
+  epochs: 1
+"""
+
+
+def query(capsys, monkeypatch, line: str) -> list[str]:
+    """What the installed completer asks trainlab for the words that may follow `line`."""
+    monkeypatch.setenv("COMP_LINE", line)
+    monkeypatch.setenv("COMP_POINT", str(len(line)))
+    code, out, err = run(capsys, line.split()[1], "-sc", "query=bash")
+    assert code == 0, err
+    return out.split()
+
+
+def test_completion_answers_groups_options_and_keys(capsys, monkeypatch):
+    assert query(capsys, monkeypatch, "trainlab train optimizer=ad") == \
+        ["optimizer=adadelta", "optimizer=adagrad", "optimizer=adam", "optimizer=adamw"]
+    assert query(capsys, monkeypatch, "trainlab train +experiment=") == \
+        ["+experiment=quickstart", "+experiment=resnet18_tiny"]
+    assert query(capsys, monkeypatch, "trainlab train trainer.ep") == ["trainer.epochs="]
+    assert "ckpt=" in query(capsys, monkeypatch, "trainlab evaluate ck")
+
+
+@pytest.mark.slow
+def test_the_installed_bash_completer_completes_commands_and_overrides(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = subprocess.run([sys.executable, "-m", "trainlab", "train", "-sc", "install=bash"], capture_output=True,
+                            text=True, env=env, check=True).stdout
+    (tmp_path / "completion.bash").write_text(script)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        shell = (f'source {tmp_path / "completion.bash"}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; '
+                 f'COMP_LINE="{line}"; COMP_POINT={len(line)}; _trainlab_completion; echo "${{COMPREPLY[@]}}"')
+        done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("trainlab", "re") == ["report"]
+    assert complete("trainlab", "train", "scheduler=one") == ["scheduler=onecycle"]
+
+
+def test_a_users_config_folder_counts_for_options_and_experiments(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "small.yaml").write_text(EXPERIMENT)
+    for where in (["-cd", str(tmp_path / "mine")], [f"hydra.searchpath=[file://{tmp_path / 'mine'}]"]):
+        code, out, err = run(capsys, "train", *where, "+experiment=small", "--cfg", "job")
+        assert code == 0, err
+        code, out, err = run(capsys, "train", *where, "+experiment=smal", "trainer.limit_train_batches=1")
+        assert_one_line(code, out, err, "unknown experiment 'smal'; did you mean small?", "quickstart")
+    code, out, err = run(capsys, "train", "+experiment=small")  # without the folder: not an option
+    assert_one_line(code, out, err, "unknown experiment 'small': choose one of quickstart, resnet18_tiny")
+
+
+@pytest.mark.slow
+def test_an_experiment_from_the_searchpath_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "small.yaml").write_text(EXPERIMENT)
+    code, _, err = run(capsys, "train", *FAST, f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "+experiment=small",
+                       "hydra.run.dir=run")
+    assert code == 0, err
+    assert (tmp_path / "run" / "summary.json").is_file() and "epoch 1/1" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_plugin_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "mine" / "hparams_search" / "ng.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: nevergrad\n")
+    code, out, err = run(capsys, "train", "-cd", str(tmp_path / "mine"), "+hparams_search=ng")
+    assert_one_line(code, out, err, "the Hydra sweeper 'nevergrad' is not installed: pip install "
+                                    "hydra-nevergrad-sweeper")
+
+
+def test_tables_are_not_wrapped_in_a_pipe():
+    from trainlab.progress import console
+
+    stream = console()  # the tests' stdout is not a terminal, like a pipe or a cluster's log
+    with stream.capture() as captured:
+        stream.print("x" * 150 + " /a/long/path/" + "y" * 100)
+    assert len(captured.get().splitlines()) == 1
