@@ -400,12 +400,12 @@ def test_read_only_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_failed_write_during_the_run_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
-    import trainlab.record
+    import trainlab.loggers
 
     def unwritable(folder, *args, **kwargs):
         raise OSError(errno.EACCES, "Permission denied", folder)
 
-    monkeypatch.setattr(trainlab.record, "SummaryWriter", unwritable)
+    monkeypatch.setattr(trainlab.loggers, "SummaryWriter", unwritable)
     args = ["train", "dataset=fake", *FAST]
     assert_one_line(*run(capsys, *args, "hydra.run.dir=a"), f"cannot write {tmp_path / 'a' / 'tensorboard'}",
                     "Permission denied", "intact")

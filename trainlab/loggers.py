@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch.utils.tensorboard import SummaryWriter
 
 from trainlab.errors import ConfigError
 
@@ -59,9 +60,7 @@ class TensorBoardLogger(Logger):
             raise ConfigError(f"logger.tensorboard.subdir must be a folder name inside the run (got {subdir!r})")
         self.subdir = subdir
 
-    def writer(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def writer(self, run_dir: Path) -> SummaryWriter:
         return SummaryWriter(str(Path(run_dir) / self.subdir))
 
 

@@ -158,9 +158,15 @@ def list_runs(args: list[str]) -> None:
     if as_csv:
         print(table.to_csv(index=False), end="")
         return
-    shown = table.copy()
-    for column in shown.columns:
-        if shown[column].dtype.kind == "f":
-            digits = 1 if column in ("images/s", "minutes") else 4
-            shown[column] = shown[column].map(lambda v, d=digits: "" if pd.isna(v) else f"{v:.{d}f}")
-    print(shown.fillna("").to_string(index=False))
+    print(text_table(table))
+
+
+def text_table(table: pd.DataFrame) -> str:
+    """Words left-aligned, numbers right-aligned, two spaces between columns."""
+    numeric = {c for c in table.columns if table[c].dtype.kind in "if"}
+    cells = {c: [c] + [("" if pd.isna(v) else f"{v:.{1 if c in ('images/s', 'minutes') else 4}f}"
+                        if table[c].dtype.kind == "f" else str(v)) for v in table[c]] for c in table.columns}
+    widths = {c: max(map(len, values)) for c, values in cells.items()}
+    lines = ["  ".join(cells[c][i].rjust(widths[c]) if c in numeric else cells[c][i].ljust(widths[c])
+                       for c in table.columns).rstrip() for i in range(len(table) + 1)]
+    return "\n".join(lines)
