@@ -90,6 +90,9 @@ def test_a_plugin_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypatc
     code, out, err = run(capsys, "train", "-cd", str(tmp_path / "mine"), "+hparams_search=ng")
     assert_one_line(code, out, err, "the Hydra sweeper 'nevergrad' is not installed: pip install "
                                     "hydra-nevergrad-sweeper")
+    code, out, err = run(capsys, "train", "-m", *FAST, "seed=0,1", "hydra/launcher=ray")
+    assert_one_line(code, out, err, "the Hydra launcher 'ray' is not installed: pip install hydra-ray-launcher")
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_tables_are_not_wrapped_in_a_pipe():

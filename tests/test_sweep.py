@@ -3,6 +3,7 @@ requeue signal, seeds as mean ± std, and "did you mean" for misspelt names."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -150,6 +151,15 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
     assert list(pivot.columns) == ["optimizer.lr \\ seed", "0", "1", "2"] and len(pivot) == 3
     report = (sweep / "report.md").read_text()
     assert "## Seeds: mean ± std" in report and "the band ± one standard deviation" in report
+    # `trainlab runs --seeds` gives the same groups from any folder of runs.
+    code, out, err = run(capsys, "runs", str(sweep), "--seeds", "--csv")
+    assert code == 0, err
+    listed = pd.read_csv(io.StringIO(out), dtype={"optimizer.lr": str}).set_index("optimizer.lr")
+    for lr in ("0.05", "0.2"):
+        assert listed.loc[lr, "n"] == 3
+        assert listed.loc[lr, "final val/acc1 mean"] == pytest.approx(expected.loc[lr, ("final", "mean")], abs=1e-12)
+        assert listed.loc[lr, "final val/acc1 std"] == pytest.approx(expected.loc[lr, ("final", "std")], abs=1e-12)
+    assert listed.loc["-1.0", "failed"] == 3
     code, out, err = run(capsys, "report", str(sweep), "--rows", "optimizer.momentum", "--cols", "seed")
     assert_one_line(code, out, err, "'optimizer.momentum' is not an override that differs", "optimizer.lr, seed")
 

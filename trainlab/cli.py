@@ -167,6 +167,8 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     args, roots = config_dirs(args)  # a user's own config folders: their options and experiments count too
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    # Hydra's own groups (hydra/launcher=submitit_slurm) are composed too: a plugin that is missing is one line.
+    plugins = [a for a in args if a.startswith("hydra/") and "=" in a]
     try:
         swept = _check_group_choices(overrides, roots)
         if is_sweep(args) or swept:
@@ -180,7 +182,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
                 compose(config_name, overrides=first + _searchpath(roots))
             overrides = [o for o, f in zip(overrides, first) if o == f]
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides + _searchpath(roots), return_hydra_config=True)
+            cfg = compose(config_name, overrides=overrides + plugins + _searchpath(roots), return_hydra_config=True)
         if check is not None:
             check(cfg, overrides)
         return cfg

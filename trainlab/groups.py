@@ -136,27 +136,3 @@ def export(frame: pd.DataFrame, out: Path, stem: str) -> list[Path]:
     paths[1].write_text(markdown(readable))
     paths[2].write_text(latex(readable))
     return paths
-
-
-def seed_band(curves: dict[str, list[pd.DataFrame]], column: str, ylabel: str):
-    """One line per group of seeds (their mean per epoch) with a band of ± one std; a lone job is a plain line."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
-    for label, histories in curves.items():
-        frames = [h[["epoch", column]] for h in histories if column in h and h[column].notna().any()]
-        if not frames:
-            continue
-        stacked = pd.concat(frames).groupby("epoch")[column]
-        mean, std = stacked.mean(), stacked.std()
-        line, = ax.plot(mean.index, mean.values, marker="o", markersize=3,
-                        label=f"{label} (n={len(frames)})" if len(frames) > 1 else label)
-        if len(frames) > 1:
-            ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
-    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 1.25
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

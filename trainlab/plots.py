@@ -28,6 +28,27 @@ def overlay_figure(curves: dict[str, pd.DataFrame], column: str, ylabel: str):
     for label, history in curves.items():
         if column in history and history[column].notna().any():
             ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=label)
+    return _per_epoch(fig, ax, ylabel)
+
+
+def seed_band(curves: dict[str, list[pd.DataFrame]], column: str, ylabel: str):
+    """One line per group of seeds (their mean per epoch) with a band of ± one std; a lone job is a plain line."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for label, histories in curves.items():
+        frames = [h[["epoch", column]] for h in histories if column in h and h[column].notna().any()]
+        if not frames:
+            continue
+        stacked = pd.concat(frames).groupby("epoch")[column]
+        mean, std = stacked.mean(), stacked.std()
+        line, = ax.plot(mean.index, mean.values, marker="o", markersize=3,
+                        label=f"{label} (n={len(frames)})" if len(frames) > 1 else label)
+        if len(frames) > 1:
+            ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+    return _per_epoch(fig, ax, ylabel)
+
+
+def _per_epoch(fig, ax, ylabel: str):
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 1.25
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

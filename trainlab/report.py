@@ -16,7 +16,7 @@ import yaml
 from trainlab import groups
 from trainlab.diagnostics import diagnose_run
 from trainlab.errors import TrainlabError
-from trainlab.plots import CURVES, confusion_figure, overlay_figure, plot_history
+from trainlab.plots import CURVES, confusion_figure, overlay_figure, plot_history, seed_band
 
 FILES = "report_files"
 HEADLINE = ["val/acc1", "val/acc5", "val/loss", "val/f1", "val/kappa", "val/auroc", "train/acc1", "train/loss"]
@@ -250,7 +250,7 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
                 bands.setdefault(label_of[curve_job[key]], []).append(history)
             for column, ylabel, file in (("val/acc1", "val top-1 accuracy (fraction)", "val_acc1.png"),
                                          ("val/loss", "val loss (mean cross-entropy per sample)", "val_loss.png")):
-                doc.figure(groups.seed_band(bands, column, ylabel), file,
+                doc.figure(seed_band(bands, column, ylabel), file,
                            f"{column} per epoch: the mean over seeds, the band ± one standard deviation")
         else:
             doc.figure(overlay_figure(curves, "val/acc1", "val top-1 accuracy (fraction)"), "val_acc1.png",

@@ -16,13 +16,14 @@ import yaml
 from trainlab.errors import TrainlabError
 from trainlab.fs import LOCK_NAME
 
-USAGE = """usage: trainlab runs [DIR ...] [--sort COLUMN] [--filter KEY=VALUE ...] [--csv]
+USAGE = """usage: trainlab runs [DIR ...] [--sort COLUMN] [--filter KEY=VALUE ...] [--seeds] [--csv]
 
 Every training run and sweep job under the DIRs (default: ./outputs and ./multirun), one row each, newest
 first: started, run, overrides, status, epochs, best/final val/acc1 and val/loss, images/s, minutes.
   --sort COLUMN       sort by this column (largest first for numbers; e.g. --sort 'best val/acc1')
   --filter KEY=VALUE  keep runs whose column or override KEY equals VALUE (repeatable: all must hold),
                       e.g. --filter status=completed --filter optimizer=adam
+  --seeds             one row per setting: the runs that differ only in `seed` as mean ± std (n), failed counted
   --csv               print CSV instead of the table
 """
 DEFAULT_DIRS = ("outputs", "multirun")
@@ -97,11 +98,13 @@ def describe(run_dir: Path) -> dict:
                 row["images/s"] = float(history["throughput/train_ips"].mean())
     if summary.get("total_time_s") is not None:
         row["minutes"] = float(summary["total_time_s"]) / 60
-    row["_overrides"] = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    row["_overrides"] = {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in ("resume", "overwrite")}
     return row
 
 
-def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] = ()) -> pd.DataFrame:
+def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] = (),
+               seeds: bool = False) -> pd.DataFrame:
     rows = [describe(d) for d in find_runs(folders)]
     for spec in filters:
         if "=" not in spec:
@@ -111,6 +114,10 @@ def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] 
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_overrides"} for r in rows])
     if table.empty:
         return table
+    if seeds:
+        table = seed_groups(rows)
+        if sort is None:
+            return table
     column = sort or "started"
     if column not in table:
         from trainlab.suggest import did_you_mean
@@ -121,8 +128,20 @@ def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] 
                              column.endswith("loss"), kind="stable", na_position="last")
 
 
+def seed_groups(rows: list[dict]) -> pd.DataFrame:
+    """The runs grouped by every override that differs between them except `seed`: n, mean and std of the
+    best/final val/acc1 and val/loss, failed runs counted (groups.seed_table, as the sweep report does)."""
+    from trainlab import groups
+
+    keys = sorted({k for r in rows for k in r["_overrides"]})
+    varying = [k for k in keys if k != groups.SEED and len({r["_overrides"].get(k) for r in rows}) > 1]
+    frame = pd.DataFrame([{**{k: r["_overrides"].get(k, "") for k in varying},
+                           **{k: v for k, v in r.items() if k != "_overrides"}} for r in rows])
+    return groups.seed_table(frame, varying)
+
+
 def list_runs(args: list[str]) -> None:
-    folders, sort, filters, as_csv = [], None, [], False
+    folders, sort, filters, as_csv, seeds = [], None, [], False, False
     items = iter(args)
     for item in items:
         if item in ("--sort", "--filter"):
@@ -138,11 +157,13 @@ def list_runs(args: list[str]) -> None:
             sort, filters = (value, filters) if key == "--sort" else (sort, filters + [value])
         elif item == "--csv":
             as_csv = True
+        elif item == "--seeds":
+            seeds = True
         elif item.startswith("-"):
             from trainlab.suggest import did_you_mean
 
-            raise TrainlabError(f"unknown option {item}{did_you_mean(item, ['--sort', '--filter', '--csv'])}; "
-                                "see trainlab runs --help")
+            options = ["--sort", "--filter", "--seeds", "--csv"]
+            raise TrainlabError(f"unknown option {item}{did_you_mean(item, options)}; see trainlab runs --help")
         else:
             folders.append(Path(item))
     for folder in folders:
@@ -150,14 +171,18 @@ def list_runs(args: list[str]) -> None:
             raise TrainlabError(f"{folder} is not a directory: pass folders that hold trainlab runs (outputs/, "
                                 "multirun/ or any run or sweep directory)")
     folders = folders or [Path(d) for d in DEFAULT_DIRS if Path(d).is_dir()]
-    table = runs_table(folders, sort, filters)
+    table = runs_table(folders, sort, filters, seeds)
     if table.empty:
         where = ", ".join(map(str, folders)) or "./outputs or ./multirun (neither exists here)"
         print(f"no trainlab runs under {where}" + (" match the filters" if filters else ""))
         return
-    if as_csv:
+    if as_csv:  # numbers (seeds: mean and std columns), for pandas or a spreadsheet
         print(table.to_csv(index=False), end="")
         return
+    if seeds:
+        from trainlab.groups import shown
+
+        table = shown(table)
     print(text_table(table))
 
 
