@@ -17,7 +17,7 @@ import yaml
 
 from trainlab.sweep import job_state
 
-from helpers import FAST, TIMING, assert_one_line, hashes, run, start_cli, wait_for
+from helpers import FAST, TIMING, assert_one_line, hashes, run, run_cli, start_cli, wait_for
 
 SWEEP = [*FAST, "dataset.train_size=400", "trainer.log_every_n_steps=2"]  # 12 batches of 32 per epoch
 
@@ -99,7 +99,8 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "train", "-m", f"resume={sweep}", "seed=0,1")  # not the sweep that was started
     assert_one_line(code, "", err, "the overrides differ from the sweep", "seed=0,1")
 
-    code, _, err = run(capsys, "train", "-m", f"resume={sweep}")
+    resumed = run_cli("train", "-m", f"resume={sweep}", cwd=tmp_path)  # a fresh process, as the sweep's own was
+    code, err = resumed.returncode, resumed.stderr
     assert code == 0, err
     assert "job 0" in err and "finished before: kept as it is" in err and "job 2" in err and "continues from" in err
     for job in ("0", "1"):
@@ -107,12 +108,13 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
     for job in ("2", "3"):
         assert json.loads((sweep / job / "summary.json").read_text())["stopped"] == "completed"
-    # The interrupted job equals the same settings run straight through.
-    code, _, err = run(capsys, "train", *SWEEP, "seed=2", f"hydra.run.dir={tmp_path / 'straight'}")
-    assert code == 0, err
+    # The interrupted job equals the same settings run straight through, in a fresh process as the job's was (this
+    # process's thread settings may differ after other tests, and with them the last bits of a float sum).
+    straight = run_cli("train", *SWEEP, "seed=2", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(sweep / "2"))
-    straight, resumed = weights(tmp_path / "straight"), weights(sweep / "2")
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    expected, got = weights(tmp_path / "straight"), weights(sweep / "2")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
     # The same command line works too (in any order), and a finished sweep has nothing left to run.
     code, _, err = run(capsys, "train", "-m", f"resume={sweep}", "seed=0,1,2,3", *SWEEP)
     assert code == 0 and err.count("finished before") == 4, err
@@ -209,8 +211,8 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     assert "resuming at epoch 2, batch" in text
     assert json.loads((job / "summary.json").read_text())["stopped"] == "completed"
     assert not (job / "checkpoints" / "interrupted.ckpt").exists()
-    code, _, err = run(capsys, "train", *SWEEP, "seed=3", f"hydra.run.dir={tmp_path / 'straight'}")
-    assert code == 0, err
+    straight = run_cli("train", *SWEEP, "seed=3", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(job))
 
 
