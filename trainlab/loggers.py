@@ -26,9 +26,10 @@ ARTIFACTS = ("metrics.csv", "summary.json", "run.json", "classes.csv", "report.m
 
 
 def flat_config(config: dict) -> dict[str, Any]:
-    """The config as dotted keys (optimizer.lr, ...), values as scalars or strings: what trackers take as params."""
+    """The config as dotted keys (optimizer.lr, ...), values as scalars or strings: what trackers and TensorBoard's
+    hparams take."""
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
-    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in flat.items()}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
 
 
 def _numbers(row: dict) -> dict[str, float]:

@@ -34,6 +34,7 @@ from trainlab.environment import environment, requirements
 from trainlab.errors import CheckpointError, RunStopped
 from trainlab.fs import atomic_write_text
 from trainlab.interrupt import StopRequest
+from trainlab.loggers import flat_config
 from trainlab.loop import EpochTally, as_input, epoch_line, epoch_row, train_epoch
 from trainlab.models import count_parameters
 from trainlab.record import RunRecorder
@@ -255,6 +256,5 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
 
 def _hparams(cfg: DictConfig, runtime: Runtime) -> dict:
     """The flattened config as TensorBoard hparams (scalars and strings only)."""
-    flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=True), sep=".").iloc[0].to_dict()
-    flat.update({"runtime.precision": runtime.precision, "runtime.channels_last": runtime.channels_last})
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+    return flat_config(OmegaConf.to_container(cfg, resolve=True)) | {
+        "runtime.precision": runtime.precision, "runtime.channels_last": runtime.channels_last}
