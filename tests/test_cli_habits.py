@@ -34,7 +34,7 @@ def test_completion_answers_groups_options_and_keys(capsys, monkeypatch):
     assert query(capsys, monkeypatch, "trainlab train optimizer=ad") == \
         ["optimizer=adadelta", "optimizer=adagrad", "optimizer=adam", "optimizer=adamw"]
     assert query(capsys, monkeypatch, "trainlab train +experiment=") == \
-        ["+experiment=quickstart", "+experiment=resnet18_tiny"]
+        ["+experiment=mnist_mlp", "+experiment=quickstart", "+experiment=resnet18_tiny"]
     assert query(capsys, monkeypatch, "trainlab train trainer.ep") == ["trainer.epochs="]
     assert "ckpt=" in query(capsys, monkeypatch, "trainlab evaluate ck")
 
@@ -68,7 +68,7 @@ def test_a_users_config_folder_counts_for_options_and_experiments(tmp_path, caps
         code, out, err = run(capsys, "train", *where, "+experiment=smal", "trainer.limit_train_batches=1")
         assert_one_line(code, out, err, "unknown experiment 'smal'; did you mean small?", "quickstart")
     code, out, err = run(capsys, "train", "+experiment=small")  # without the folder: not an option
-    assert_one_line(code, out, err, "unknown experiment 'small': choose one of quickstart, resnet18_tiny")
+    assert_one_line(code, out, err, "unknown experiment 'small': choose one of mnist_mlp, quickstart, resnet18_tiny")
 
 
 @pytest.mark.slow

@@ -34,7 +34,8 @@ def test_conf_ships_every_group():
     assert set(options("scheduler")) == {"none", "step", "multistep", "exponential", "cosine", "cyclic", "onecycle",
                                          "plateau"}
     assert set(options("optimizer")) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"}
-    assert set(options("dataset")) == {"tiny_imagenet", "image_folder", "digits", "fake"}
+    assert set(options("dataset")) == {"tiny_imagenet", "image_folder", "digits", "fake", "mnist", "fashion_mnist",
+                                       "cifar10", "cifar100", "torchvision"}
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -93,6 +94,8 @@ def test_every_dataset_config_builds(name, tmp_path):
     overrides = [f"dataset={name}"]
     if name != "fake":
         overrides.append(f"dataset.root={tmp_path}")
+    if name == "torchvision":
+        overrides.append("dataset.name=SVHN")
     cfg = compose(overrides)
     data = build(cfg.dataset, "dataset")
     assert data.batch_size == cfg.dataset.batch_size

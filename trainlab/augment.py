@@ -14,46 +14,152 @@ import torch.nn.functional as F
 
 from trainlab.errors import require
 
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+
 
 class BatchAugment:
+    """Everything that happens to a training batch between the loader and the model, in torchvision's order:
+    crop/flip, RandAugment or TrivialAugment (uint8), rotation and colour jitter, normalisation, random
+    erasing (normalised), then MixUp/CutMix (`mix`, which also makes the soft targets)."""
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, flip: bool = False,
-                 rotation: float = 0.0, color_jitter: float = 0.0):
+                 rotation: float = 0.0, color_jitter: float = 0.0, auto_augment: str = "none",
+                 random_erasing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 channels: int | None = None):
+        """`channels`: what the model takes; a grayscale batch (one channel) is repeated into 3 for an RGB model."""
         require(int(crop_padding) >= 0, f"augment.crop_padding must be >= 0 (got {crop_padding})")
         require(0.0 <= float(color_jitter) < 1.0, f"augment.color_jitter must be in [0, 1) (got {color_jitter})")
+        require(auto_augment in AUTO_AUGMENTS,
+                f"augment.auto_augment must be one of {', '.join(AUTO_AUGMENTS)} (got {auto_augment!r})")
+        require(0.0 <= float(random_erasing) <= 1.0,
+                f"augment.random_erasing is a probability in [0, 1] (got {random_erasing})")
+        require(float(mixup_alpha) >= 0 and float(cutmix_alpha) >= 0,
+                f"augment.mixup_alpha and augment.cutmix_alpha must be >= 0 (got {mixup_alpha}, {cutmix_alpha})")
         self.crop_padding, self.flip = int(crop_padding), bool(flip)
         self.rotation, self.color_jitter = float(rotation), float(color_jitter)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.auto_augment, self.random_erasing = auto_augment, float(random_erasing)
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self._policy = None
+        if auto_augment != "none":
+            from torchvision.transforms import v2
+
+            self._policy = v2.RandAugment() if auto_augment == "randaugment" else v2.TrivialAugmentWide()
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.channels = int(channels) if channels else len(self._mean.flatten())
+        require(self.channels == self._mean.numel() or (self._mean.numel() == 1 and self.channels == 3),
+                f"the model takes {self.channels} channels but the data has {self._mean.numel()}: "
+                "set model.in_channels=null (the data's channels)")
         # (x/255 - mean)/std == x * scale + shift; computed once per device, not per batch (measured:
         # recomputing them per batch made the multiply several times slower on a CPU).
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat a grayscale batch into the 3 channels an RGB model takes (a view: no copy)."""
+        return x.expand(-1, self.channels, -1, -1) if x.shape[1] != self.channels else x
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32 (x/255 - mean) / std, as one multiply and one in-place add."""
+        """uint8 (N, C, H, W) -> float32 (x/255 - mean) / std, as one multiply and one in-place add."""
         if images.device not in self._affine:
             self._affine[images.device] = ((1.0 / (255.0 * self._std)).to(images.device),
                                            (-self._mean / self._std).to(images.device))
         scale, shift = self._affine[images.device]
-        return (images.float() * scale).add_(shift)
+        return self._to_model((images.float() * scale).add_(shift))
 
     def train(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a uint8 batch and normalise it."""
         if self.crop_padding or self.flip:
             images = random_crop_flip(images, self.crop_padding, self.flip, generator)
+        if self._policy is not None:
+            # One policy draw per image (torchvision's v2 ops draw once per call); they use the global RNG,
+            # which trainlab seeds per epoch and checkpoints, so runs and resumes still repeat exactly.
+            images = torch.stack([self._policy(image) for image in images])
         if not (self.rotation or self.color_jitter):
-            return self.normalize(images)
-        x = images.float() / 255.0
-        if self.rotation:
-            x = random_rotate(x, self.rotation, generator)
-        if self.color_jitter:
-            x = random_color_jitter(x, self.color_jitter, generator)
-        mean, std = self._mean.to(x.device), self._std.to(x.device)
-        return (x - mean) / std
+            x = self.normalize(images)
+        else:
+            x = images.float() / 255.0
+            if self.rotation:
+                x = random_rotate(x, self.rotation, generator)
+            if self.color_jitter:
+                x = random_color_jitter(x, self.color_jitter, generator)
+            mean, std = self._mean.to(x.device), self._std.to(x.device)
+            x = self._to_model((x - mean) / std)
+        if self.random_erasing:
+            x = random_erase(x, self.random_erasing, generator)
+        return x
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup_alpha or self.cutmix_alpha)
+
+    def mix(self, x: torch.Tensor, target: torch.Tensor, num_classes: int,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp / CutMix of a normalised batch with itself rolled by one (torchvision's pairing). Returns the
+        mixed images and the soft targets (class probabilities) the loss takes; with both alphas set, each
+        batch takes one of the two at random. Without them: (x, target) as they are."""
+        if not self.mixes:
+            return x, target
+        use_cutmix = self.cutmix_alpha > 0 and (
+            self.mixup_alpha == 0 or bool(torch.rand((), generator=generator, device=_gen_device(generator)) < 0.5))
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        g = torch.distributions.Gamma(torch.tensor([alpha, alpha], device=x.device), 1.0).sample()
+        lam = g[0] / g.sum()  # Beta(alpha, alpha), kept on the device (no host sync)
+        onehot = F.one_hot(target, num_classes).to(x.dtype)
+        if use_cutmix:
+            x, lam = cutmix_(x, lam, generator)
+        else:
+            x = x * lam + x.roll(1, 0) * (1 - lam)
+        return x, onehot * lam + onehot.roll(1, 0) * (1 - lam)
 
     def describe(self) -> dict:
         return {"crop_padding": self.crop_padding, "flip": self.flip, "rotation": self.rotation,
-                "color_jitter": self.color_jitter, "mean": self._mean.flatten().tolist(),
-                "std": self._std.flatten().tolist()}
+                "color_jitter": self.color_jitter, "auto_augment": self.auto_augment,
+                "random_erasing": self.random_erasing, "mixup_alpha": self.mixup_alpha,
+                "cutmix_alpha": self.cutmix_alpha, "mean": self._mean.flatten().tolist(),
+                "std": self._std.flatten().tolist(), "channels": self.channels}
+
+
+def _gen_device(generator: torch.Generator | None):
+    return generator.device if generator is not None else "cpu"
+
+
+def cutmix_(x: torch.Tensor, lam: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a box of the rolled batch into every image (one box per batch, as torchvision's CutMix); the box
+    covers about 1 - lam of the image, and lam is corrected to the area it really covers (clipped at edges)."""
+    n, _, h, w = x.shape
+    device = x.device
+    centre = torch.rand(2, generator=generator, device=_gen_device(generator)).to(device)
+    cy, cx = centre[0] * h, centre[1] * w
+    half = (1 - lam).sqrt() / 2
+    y0, y1 = (cy - half * h).clamp(0, h), (cy + half * h).clamp(0, h)
+    x0, x1 = (cx - half * w).clamp(0, w), (cx + half * w).clamp(0, w)
+    rows = torch.arange(h, device=device, dtype=x.dtype) + 0.5
+    cols = torch.arange(w, device=device, dtype=x.dtype) + 0.5
+    box = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    mixed = torch.where(box, x.roll(1, 0), x)
+    return mixed, 1 - box.sum() / (h * w)
+
+
+def random_erase(x: torch.Tensor, p: float, generator=None, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+    """torchvision's RandomErasing (value 0, after normalisation) for a whole batch at once: each image, with
+    probability p, gets one rectangle of 2-33% of its area and aspect ratio 0.3-3.3 set to zero."""
+    n, _, h, w = x.shape
+    device = x.device
+    gd = _gen_device(generator)
+    u = torch.rand(4, n, generator=generator, device=gd).to(device)
+    area = (u[0] * (scale[1] - scale[0]) + scale[0]) * h * w
+    aspect = torch.exp(u[1] * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0]))
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (u[2] * (h - eh + 1)).floor()
+    left = (u[3] * (w - ew + 1)).floor()
+    erase = torch.rand(n, generator=generator, device=gd).to(device) < p
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]
+    return x.masked_fill(mask, 0.0)
 
 
 def _uniform(n: int, low: float, high: float, device, generator) -> torch.Tensor:
@@ -104,6 +210,8 @@ def random_color_jitter(x: torch.Tensor, strength: float, generator=None) -> tor
     n = x.shape[0]
     factors = _uniform(3 * n, 1 - strength, 1 + strength, x.device, generator).view(3, n, 1, 1, 1)
     x = (x * factors[0]).clamp(0, 1)
+    if x.shape[1] == 1:  # grayscale: no saturation to change
+        return ((x - x.mean(dim=(2, 3), keepdim=True)) * factors[1] + x.mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = ((x - gray.mean(dim=(2, 3), keepdim=True)) * factors[1] + gray.mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])

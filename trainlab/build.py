@@ -71,7 +71,7 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     build(cfg.augment, "augment", mean=data.mean, std=data.std)
     weights = cfg.model.get("weights")
     with torch.device("meta"):
-        model = build_partial(cfg.model, "model", num_classes=2,
+        model = build_partial(cfg.model, "model", num_classes=2, in_channels=cfg.model.get("in_channels") or 3,
                               **({"weights": None} if _weights_file(weights) or not start_weights else {}))
     if start_weights and _weights_file(weights):  # readable, and fits but for the classifier
         _misfits(model, read_weights(str(weights))[0], str(weights))
@@ -144,10 +144,12 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     model_config.pop("weights", None)  # timing needs the architecture, not the weights
 
-    def make_model() -> torch.nn.Module:
-        return build_partial(cfg.model, "model", num_classes=data.num_classes, weights=None)
+    channels = input_channels(cfg, data.channels)
 
-    shape = (3, data.image_size, data.image_size)
+    def make_model() -> torch.nn.Module:
+        return build_partial(cfg.model, "model", num_classes=data.num_classes, weights=None, in_channels=channels)
+
+    shape = (channels, data.image_size, data.image_size)
     decision = autotune.decide(make_model, model_config, runtime.torch_device, options, shape, data.num_classes,
                                data.batch_size) if group.is_main else None
     if group.world_size > 1:
@@ -162,15 +164,31 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
              measured, choice.label, how)
 
 
+def input_channels(cfg: DictConfig, data_channels: int) -> int:
+    """The channels the model takes: `model.in_channels`, or (null) the data set's. A grayscale set feeds an
+    RGB model (torchvision's ResNets) by repeating its channel; other mismatches are refused."""
+    wanted = int(cfg.model.get("in_channels") or data_channels)
+    if wanted != data_channels and not (data_channels == 1 and wanted == 3):
+        raise ConfigError(f"model.in_channels={wanted} does not fit the data set's {data_channels} channel(s): set "
+                          "model.in_channels=null (the data's channels)")
+    return wanted
+
+
+def data_channels(ckpt: dict) -> int:
+    """The channels of the data a checkpoint was trained on (one mean per channel)."""
+    return len((ckpt.get("normalization") or {}).get("mean") or (0, 0, 0))
+
+
 def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: Runtime,
-                start_weights: bool = True) -> torch.nn.Module:
+                start_weights: bool = True, channels: int = 3) -> torch.nn.Module:
     """The configured model. `model.weights` (a trainlab checkpoint, a state dict or safetensors file, or a
     torchvision weight name) is where a new run starts; `start_weights=False` for a model whose own weights
-    are loaded next (evaluate, predict, export, resume), so the starting point is neither read nor downloaded."""
+    are loaded next (evaluate, predict, export, resume), so the starting point is neither read nor downloaded.
+    `channels`: the data's (see `input_channels`)."""
     weights = cfg.model.get("weights")
     from_file = _weights_file(weights)
     # A file is loaded below; a torchvision weight name is the factory's own business.
-    model = build_partial(cfg.model, "model", num_classes=num_classes,
+    model = build_partial(cfg.model, "model", num_classes=num_classes, in_channels=input_channels(cfg, channels),
                           **({"weights": None} if from_file or not start_weights else {}))
     if from_file and start_weights:
         start_from(model, str(weights), classes)
@@ -297,7 +315,8 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     elif data.normalize == "weights":
         data.mean, data.std = weights_normalization(cfg.model.get("weights"))
     tune_runtime(runtime, cfg, settings, data, group, resume.speed if resume else None)
-    model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=resume is None)
+    model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=resume is None,
+                        channels=data.channels)
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
     train_loader = data.loader("train", seed=settings.seed, **shard)
@@ -318,6 +337,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     wrapped = group.wrap(model)
     train_forward = forward if wrapped is model else (torch.compile(wrapped) if runtime.compile else wrapped)
     stepper = Stepper(model, forward, train_forward, optimizer, schedule,
-                      build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std),
+                      build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std,
+                                                       channels=input_channels(cfg, data.channels)),
                       runtime.grad_scaler(), runtime, trainer.l1, trainer.grad_clip, group)
     return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})

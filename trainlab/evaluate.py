@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build, build_model, build_partial, tune_runtime
+from trainlab.build import build, build_model, build_partial, input_channels, tune_runtime
 from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.config import load_settings
 from trainlab.errors import ConfigError
@@ -84,10 +84,11 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     data.setup((split,))
     check_classes(ckpt["classes"], data.classes, str(path))
     tune_runtime(runtime, run_cfg, settings, data, kept=ckpt.get("speed"))  # as the run trained, where it can
-    model = build_model(run_cfg, data.num_classes, data.classes, runtime, start_weights=False)
+    model = build_model(run_cfg, data.num_classes, data.classes, runtime, start_weights=False,
+                        channels=data.channels)
     model.load_state_dict(ckpt["model"])
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})
-    normalize = BatchAugment(mean=norm["mean"], std=norm["std"])
+    normalize = BatchAugment(mean=norm["mean"], std=norm["std"], channels=input_channels(run_cfg, data.channels))
     start = time.perf_counter()
     loader = data.loader(split, pin_memory=runtime.device != "cpu", train=False)
     logits, labels = predict(model, loader, normalize, runtime)

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 import trainlab
-from trainlab.build import build_model
+from trainlab.build import build_model, data_channels, input_channels
 from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
@@ -55,11 +55,11 @@ def export_model(options: dict[str, str]) -> dict:
     # fp32, contiguous, on the CPU: what another program expects to load (the checkpoint may hold
     # channels-last tensors, which safetensors refuses).
     runtime = resolve_runtime("cpu", "32", "false", "auto", False)
-    model = build_model(cfg, len(classes), classes, runtime, start_weights=False)
+    model = build_model(cfg, len(classes), classes, runtime, start_weights=False, channels=data_channels(ckpt))
     model.load_state_dict(ckpt["model"])
     model.eval()
-    size = int(cfg.dataset.image_size)
-    example = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    size, channels = int(cfg.dataset.image_size), input_channels(cfg, data_channels(ckpt))
+    example = torch.randn(CHECK_BATCH, channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(example)
     target = out / FORMATS[fmt]
@@ -68,10 +68,10 @@ def export_model(options: dict[str, str]) -> dict:
         from safetensors.torch import load_file, save_file
 
         save_file(state, str(target), metadata={"format": "pt", "classes": str(len(classes))})
-        got = _rebuilt(cfg, classes, load_file(str(target)))(example)
+        got = _rebuilt(cfg, classes, load_file(str(target)), data_channels(ckpt))(example)
     elif fmt == "state_dict":
         torch.save(state, target)
-        got = _rebuilt(cfg, classes, torch.load(target, weights_only=True))(example)
+        got = _rebuilt(cfg, classes, torch.load(target, weights_only=True), data_channels(ckpt))(example)
     elif fmt == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracing warns that torch.jit is deprecated in favour of export
@@ -94,8 +94,10 @@ def describe(cfg, ckpt: dict, path: Path, fmt: str, target: Path, size: int, dif
     sidecar = {
         "format": fmt, "file": target.name, "checkpoint": str(path), "epoch": ckpt["epoch"],
         "model": model_cfg, "num_classes": len(ckpt["classes"]), "classes": list(ckpt["classes"]),
-        "class_names": list(ckpt["class_names"]), "input_size": [3, size, size],
-        "input": "RGB, resized on the shorter side and centre-cropped, scaled to [0, 1], then (x - mean) / std",
+        "class_names": list(ckpt["class_names"]), "input_size": [input_channels(cfg, data_channels(ckpt)), size, size],
+        "input": ("RGB" if data_channels(ckpt) == 3 else "grayscale" + (" repeated into 3 channels" if
+                  input_channels(cfg, 1) == 3 else "")) + ", resized on the shorter side and centre-cropped, scaled "
+                 "to [0, 1], then (x - mean) / std",
         "normalization": ckpt.get("normalization"),
         "check": {"batch": CHECK_BATCH, "max_abs_diff": diff},
         "config": OmegaConf.to_container(cfg, resolve=True),  # the run's config: evaluate rebuilds its data from it
@@ -141,10 +143,10 @@ def load_export(weights: Path) -> dict:
             "speed": {"precision": "32", "channels_last": False}}  # exports are fp32 and contiguous
 
 
-def _rebuilt(cfg, classes: list[str], state: dict):
+def _rebuilt(cfg, classes: list[str], state: dict, channels: int):
     """A fresh model loaded from the exported weights (what another program would do)."""
     model = build_model(cfg, len(classes), classes, resolve_runtime("cpu", "32", "false", "auto", False),
-                        start_weights=False)
+                        start_weights=False, channels=channels)
     model.load_state_dict(state)
     model.eval()
     return torch.inference_mode()(model)

@@ -25,8 +25,12 @@ def _check(init: str, dropout: float) -> None:
 
 
 def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: float, weights: str | None,
-           freeze: str | Sequence[str] | None) -> nn.Module:
-    """The values come from conf/model/resnet*.yaml."""
+           freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
+    """The values come from conf/model/resnet*.yaml. `in_channels=3` (torchvision's): a grayscale data set
+    is repeated into 3 channels by the runner; 1 builds a one-channel conv1 (from random weights only)."""
+    in_channels = int(in_channels or 3)
+    require(in_channels == 3 or not weights, f"model.in_channels={in_channels} cannot start from pretrained RGB "
+                                             "weights: use model.in_channels=3 (grayscale is repeated into 3)")
     require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
     _check(init, dropout)
     builder = getattr(torchvision.models, arch)
@@ -38,8 +42,10 @@ def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: fl
     if small_stem:
         # 3x3 stride-1 conv1 without max-pool keeps 64x64 inputs at full resolution into layer1
         # (what published from-scratch Tiny-ImageNet results use).
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     in_features = model.fc.in_features
     head = nn.Linear(in_features, num_classes) if (weights or dropout) else model.fc
     model.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout else head
@@ -73,7 +79,7 @@ def _no_pretrained(name: str, weights: str | None) -> None:
 
 
 def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: str | None,
-              freeze: str | Sequence[str] | None) -> nn.Module:
+              freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("small_cnn", weights)
@@ -83,19 +89,20 @@ def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: 
 
     w = int(width)
     model = nn.Sequential(
-        block(3, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w), nn.MaxPool2d(2),
+        block(int(in_channels or 3), w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
+        nn.MaxPool2d(2),
         block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes),
     )
     return frozen(initialize(model, init), freeze)
 
 
 def mlp(num_classes: int, image_size: int, hidden: Sequence[int], init: str, dropout: float,
-        weights: str | None, freeze: str | Sequence[str] | None) -> nn.Module:
+        weights: str | None, freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
     _check(init, dropout)
     _no_pretrained("mlp", weights)
     layers: list[nn.Module] = [nn.Flatten()]
-    width = 3 * int(image_size) ** 2
+    width = int(in_channels or 3) * int(image_size) ** 2
     for h in hidden:
         layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         width = int(h)

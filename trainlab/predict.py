@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build_model
+from trainlab.build import build_model, data_channels, input_channels
 from trainlab.checkpoint import OUTPUTS_ROOT
 from trainlab.config import load_settings
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
@@ -120,7 +120,9 @@ def predict_images(options: dict[str, str]) -> dict:
     paths = [p for i, p in enumerate(images_found) if i not in set(bad)]
     if not paths:
         raise DataError(f"none of the {len(images_found)} image files under input={options['input']} could be read")
-    normalize = BatchAugment(mean=norm["mean"], std=norm["std"])
+    if len(norm["mean"]) == 1:  # trained on grayscale: the files are read as RGB, then made gray as PIL does
+        pixels = to_gray(pixels)
+    normalize = BatchAugment(mean=norm["mean"], std=norm["std"], channels=about["channels"])
     chunks = [(pixels[i:i + batch], torch.full((len(pixels[i:i + batch]),), -1)) for i in range(0, len(pixels), batch)]
     start = time.perf_counter()
     logits, _ = logits_of(model, progress_iter(chunks, f"predicting {len(paths)} images"), normalize, runtime)
@@ -150,9 +152,10 @@ def _from_checkpoint(ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
     if speed:
         log.info("predict: precision=%s channels_last=%s, as the checkpoint was trained", runtime.precision,
                  str(runtime.channels_last).lower())
-    model = build_model(cfg, len(classes), classes, runtime, start_weights=False)
+    model = build_model(cfg, len(classes), classes, runtime, start_weights=False, channels=data_channels(ckpt))
     model.load_state_dict(ckpt["model"])
-    about = {"classes": classes, "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
+    about = {"channels": input_channels(cfg, data_channels(ckpt)), "classes": classes,
+             "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
              "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},
              "size": int(cfg.dataset.image_size), "batch_size": int(cfg.dataset.batch_size)}
     return model, runtime, about
@@ -190,3 +193,10 @@ def _print(table: pd.DataFrame, record: dict, others: list[str], shown: int = 10
         skipped.append(f"{len(record['skipped_unreadable'])} unreadable image(s), listed in predict.json")
     print(f"{len(table)} images -> {record['out']}/predictions.csv ({record['images_per_s']:.0f} images/s)"
           + (f"; skipped {' and '.join(skipped)}" if skipped else ""))
+
+
+def to_gray(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) -> (N, 1, H, W) with ITU-R 601 luma, rounded as PIL's convert("L")."""
+    weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
+    return ((pixels.to(torch.int32) * weights).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor") \
+        .to(torch.uint8)

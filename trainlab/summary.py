@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torchinfo import summary as torchinfo_summary
 
-from trainlab.build import build, build_model
+from trainlab.build import build, build_model, data_channels, input_channels
 from trainlab.config import load_settings
 from trainlab.errors import DataError
 from trainlab.fs import atomic_write_text
@@ -40,21 +40,23 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
         from trainlab.evaluate import checkpoint_path
 
         ckpt, run_cfg, _ = stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS, needs_data=False)
-        classes = ckpt["classes"]
+        classes, channels = ckpt["classes"], data_channels(ckpt)
     else:
         run_cfg, ckpt = cfg, None
         load_settings(run_cfg, require_data=not cfg.get("num_classes"))
         classes = _classes(run_cfg, cfg.get("num_classes"))
+        channels = int(run_cfg.model.get("in_channels") or 3)
     runtime = Runtime("cpu", "32", False, torch.get_num_threads(), False, {})
-    model = build_model(run_cfg, len(classes), classes, runtime, start_weights=False)
+    model = build_model(run_cfg, len(classes), classes, runtime, start_weights=False, channels=channels)
+    channels = input_channels(run_cfg, channels)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.eval()
     size, batch = int(run_cfg.dataset.image_size), int(run_cfg.dataset.batch_size)
-    stats = torchinfo_summary(model, input_size=(batch, 3, size, size), depth=int(cfg.get("depth", 10)),
+    stats = torchinfo_summary(model, input_size=(batch, channels, size, size), depth=int(cfg.get("depth", 10)),
                               col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",),
                               verbose=0, device="cpu")
-    text = f"{type(model).__name__} for {len(classes)} classes, input ({batch}, 3, {size}, {size})\n{stats}\n"
+    text = f"{type(model).__name__} for {len(classes)} classes, input ({batch}, {channels}, {size}, {size})\n{stats}\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.txt", text)
     from torch.utils.tensorboard import SummaryWriter
@@ -62,7 +64,7 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     from trainlab.record import RunRecorder
 
     writer = SummaryWriter(str(out_dir / "tensorboard"))
-    RunRecorder.add_graph(writer, model, torch.zeros(1, 3, size, size))
+    RunRecorder.add_graph(writer, model, torch.zeros(1, channels, size, size))
     writer.close()
     print(text, end="")
     print(f"wrote summary.txt and the model graph (tensorboard/) to {out_dir}")

@@ -47,3 +47,51 @@ def write_tiny_imagenet(root: Path, wnids=("n02", "n01", "n03"), train_per_class
     for k in range(test_images):
         image(wnids[k % len(wnids)]).save(root / "test" / "images" / f"test_{k}.JPEG", quality=95)
     return root
+
+
+def write_mnist(root: Path, train: int = 200, test: int = 50, size: int = 28, seed: int = 0,
+                folder: str = "MNIST") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's four IDX files (big-endian magic and sizes, then raw uint8) in `root/<folder>/raw`, as torchvision
+    expects them after gunzip; each class a bright bar in its own place plus noise. Returns (images, labels)."""
+    import struct
+
+    rng = np.random.default_rng(seed)
+    n = train + test
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label:4 + 2 * label, 4:size - 4] = 250
+    raw = Path(root) / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, part in (("train", slice(0, train)), ("t10k", slice(train, n))):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, len(images[part]), size, size) + images[part].tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels[part]))
+                                                          + labels[part].tobytes())
+    return images, labels
+
+
+def write_cifar10(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """CIFAR-10's python layout: five pickled training batches, a test batch and batches.meta in
+    `root/cifar-10-batches-py`, each batch a dict of `data` (N, 3072 uint8, channel planes) and `labels`.
+    Returns (all images as (N, 3, 32, 32), labels) in file order, training batches first."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    everything, all_labels = [], []
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        n = test if name == "test_batch" else per_batch
+        labels = [int(v) for v in (np.arange(n) + k) % 10]
+        data = (rng.integers(0, 50, (n, 3072)) + np.array(labels)[:, None] * 20).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [f"{name}_{i}.png" for i in range(n)]}, f)
+        everything.append(data.reshape(-1, 3, 32, 32))
+        all_labels += labels
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                     "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    return np.concatenate(everything), all_labels

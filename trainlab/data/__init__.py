@@ -1,6 +1,7 @@
 """Data sets: each decodes its images once into uint8 tensors and hands out batch loaders (see base.py)."""
 
 from trainlab.data.base import EpochBatches, ImageData, Split
+from trainlab.data.builtin import TorchvisionData
 from trainlab.data.digits import Digits
 from trainlab.data.fake import FakeData
 from trainlab.data.files import ImageFolderData, TinyImageNet
@@ -18,6 +19,13 @@ def check_root(node) -> None:
     target, root = str(node.get("_target_", "")), node.get("root") if "root" in node else None
     if target.endswith(".Digits"):
         check_digits_root(Path(str(root)) if root else default_root())
+    elif target.endswith(".TorchvisionData"):
+        from trainlab.data.builtin import missing_files_hint, torchvision_class
+
+        cls = torchvision_class(node.get("name"))
+        if root and not node.get("download") and not Path(str(root)).expanduser().is_dir():
+            raise DataError(f"dataset.root {root} does not exist: {missing_files_hint(cls.__name__, Path(str(root)))},"
+                            " or pass dataset.download=true on a machine with network")
     elif root and not Path(str(root)).expanduser().exists():
         from trainlab.data.files import TINY_HINT
 
@@ -25,4 +33,5 @@ def check_root(node) -> None:
         raise DataError(f"dataset.root {root} does not exist; {hint}")
 
 
-__all__ = ["check_root", "Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet"]
+__all__ = ["check_root", "Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet",
+           "TorchvisionData"]

@@ -1,7 +1,8 @@
 """What every data set gives the runner: decoded uint8 image tensors per split, and batch loaders over them.
 
-Images are decoded once (see `decode.py`) into an (N, 3, H, W) uint8 tensor, so a batch is one gather
-from memory; augmentation and normalisation happen per batch on the training device (`trainlab.augment`).
+Images are decoded once (see `decode.py`) into an (N, C, H, W) uint8 tensor (C = 3, or 1 for a grayscale set),
+so a batch is one gather from memory; augmentation and normalisation happen per batch on the training device
+(`trainlab.augment`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    images: torch.Tensor            # uint8 (N, 3, H, W); may be memory-mapped from the cache
+    images: torch.Tensor            # uint8 (N, C, H, W); may be memory-mapped from the cache
     labels: torch.Tensor | None  # int64 (N,); None for an unlabelled split (Tiny-ImageNet's test)
     paths: list[str]
 
@@ -108,8 +109,9 @@ class ImageData:
         self.classes: list[str] = []       # class ids in index order (wnids for Tiny-ImageNet)
         self.class_names: list[str] = []   # human-readable names, same order
         self.splits: dict[str, Split] = {}
-        self.mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-        self.std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+        self.channels = 3                  # 1 for a grayscale set (MNIST): models get it as model.in_channels=null
+        self.mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+        self.std: tuple[float, ...] = (0.25, 0.25, 0.25)
         self.cache_info: dict = {}
 
     def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
@@ -141,6 +143,7 @@ class ImageData:
             "name": type(self).__name__,
             "num_classes": self.num_classes,
             "image_size": self.image_size,
+            "channels": self.channels,
             "num_workers": self.num_workers,
             "sizes": {name: len(s) for name, s in self.splits.items()},
             "mean": list(self.mean),
@@ -152,8 +155,8 @@ class ImageData:
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images in [0, 1], accumulated in float64 chunk by chunk."""
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros(images.shape[1], dtype=torch.float64)
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].to(torch.float64) / 255.0
         total += x.sum(dim=(0, 2, 3))
