@@ -105,6 +105,9 @@ class Stepper:
     l1: float
     grad_clip: float | None
     group: Group                      # the training processes this one steps with (one, for a plain run)
+    num_classes: int = 0
+    accumulate: int = 1               # batches per optimizer step (trainer.accumulate_grad_batches)
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # trainer.ema_decay's moving average of the weights
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Run:
     train_metrics: ClassificationMetrics
     val_metrics: ClassificationMetrics
     choices: dict                     # the config group options picked (model: resnet18, ...), as Hydra recorded them
+    ema_metrics: ClassificationMetrics | None = None
 
 
 def _weights_file(weights: Any) -> bool:
@@ -327,17 +331,34 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
              else "")
     n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
     n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
-    schedule = build_schedule(cfg, settings, optimizer, n_train)
+    # Steps per epoch: with accumulation, one per accumulate_grad_batches batches (and one for a remainder).
+    schedule = build_schedule(cfg, settings, optimizer, -(-n_train // trainer.accumulate_grad_batches))
     metrics = {split: build_partial(cfg.metrics, "metrics", num_classes=data.num_classes, split=split,
-                                    with_auroc=split == "val", device=runtime.torch_device)
-               for split in ("train", "val")}
+                                    with_auroc=split != "train", device=runtime.torch_device)
+               for split in ("train", "val") + (("val_ema",) if trainer.ema_decay is not None else ())}
     if runtime.compile:
         log.info("compiling the model with torch.compile (the first steps are slow while it compiles)")
     forward = torch.compile(model) if runtime.compile else model
     wrapped = group.wrap(model)
     train_forward = forward if wrapped is model else (torch.compile(wrapped) if runtime.compile else wrapped)
-    stepper = Stepper(model, forward, train_forward, optimizer, schedule,
-                      build(cfg.loss, "loss"), build(cfg.augment, "augment", mean=data.mean, std=data.std,
-                                                       channels=input_channels(cfg, data.channels)),
-                      runtime.grad_scaler(), runtime, trainer.l1, trainer.grad_clip, group)
-    return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {})
+    augment = build(cfg.augment, "augment", mean=data.mean, std=data.std, channels=input_channels(cfg, data.channels))
+    criterion = build(cfg.loss, "loss")
+    if augment.mixes and not isinstance(criterion, torch.nn.CrossEntropyLoss):
+        raise ConfigError(f"augment.mixup_alpha/cutmix_alpha make soft targets, which {type(criterion).__name__} does "
+                          "not take: use loss=cross_entropy, or set both alphas to 0")
+    ema = None
+    if trainer.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # use_buffers: BatchNorm's running statistics are averaged too, so the EMA model validates as it is.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(trainer.ema_decay), use_buffers=True)
+        log.info("EMA: a moving average of the weights (decay %g per optimizer step), validated as val_ema/*",
+                 trainer.ema_decay)
+    if trainer.accumulate_grad_batches > 1:
+        log.info("gradient accumulation: one optimizer step per %d batches, an effective batch of %d",
+                 trainer.accumulate_grad_batches, trainer.accumulate_grad_batches * data.batch_size)
+    stepper = Stepper(model, forward, train_forward, optimizer, schedule, criterion, augment,
+                      runtime.grad_scaler(), runtime, trainer.l1, trainer.grad_clip, group, data.num_classes,
+                      trainer.accumulate_grad_batches, ema)
+    return Run(data, stepper, train_loader, val_loader, n_train, n_val, metrics["train"], metrics["val"], {},
+               metrics.get("val_ema"))

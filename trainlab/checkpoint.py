@@ -48,17 +48,19 @@ class TrainingState:
     elapsed_s: float
     position: dict | None = None  # a mid-epoch checkpoint only: the epoch and every rank's place in it
     speed: dict | None = None     # the precision and channels_last the run trains with (a resume keeps them)
+    ema: dict | None = None       # trainer.ema_decay: the averaged weights (AveragedModel's state dict)
 
     def payload(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.position is None:
-            del out["position"]
+        for key in ("position", "ema"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: Path) -> TrainingState:
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(payload) - {"position", "speed"})
+        missing = sorted(names - set(payload) - {"position", "speed", "ema"})
         if missing:
             raise CheckpointError(f"{path} holds no training state to resume ({', '.join(missing[:3])} missing); "
                                   "start a new run from its weights with model.weights=<file.ckpt>")

@@ -11,3 +11,5 @@ COLUMNS = (
     + ["lr", "grad_norm", "grad_norm_max", "time/train_s", "time/val_s", "throughput/train_ips",
        "throughput/train_ips_per_device", "memory/peak_mb"]
 )
+# With trainer.ema_decay: the averaged weights' validation, appended after COLUMNS.
+EMA_COLUMNS = [f"val_ema/{m}" for m in METRIC_NAMES]

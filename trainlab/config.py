@@ -13,10 +13,10 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.columns import COLUMNS
+from trainlab.columns import COLUMNS, EMA_COLUMNS
 from trainlab.errors import ConfigError
 
-METRIC_COLUMNS = COLUMNS[2:]  # everything but epoch and step can be monitored
+METRIC_COLUMNS = COLUMNS[2:] + EMA_COLUMNS  # everything but epoch and step can be monitored (val_ema/*: with EMA)
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
@@ -38,6 +38,9 @@ class TrainerSettings:
     compile: bool = MISSING
     histogram_every_n_epochs: int = MISSING
     threads: str = MISSING
+    accumulate_grad_batches: int = MISSING
+    ema_decay: float | None = MISSING
+    activations_every_n_epochs: int = MISSING
 
 
 @dataclass
@@ -101,6 +104,7 @@ class TrainSchema(Settings):
 class EvaluateSchema(TrainSchema):
     ckpt: Any = MISSING
     split: str = MISSING
+    weights: str = MISSING
 
 
 @dataclass
@@ -168,6 +172,16 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     _require(settings.device.type in ("cpu", "cuda"), f"device.type must be cpu or cuda (got {settings.device.type!r})")
     _require(settings.device.count >= 1, f"device.count must be >= 1 (got {settings.device.count})")
     _require(t.l1 >= 0, f"trainer.l1 must be >= 0 (got {t.l1})")
+    _require(t.accumulate_grad_batches >= 1,
+             f"trainer.accumulate_grad_batches must be >= 1 (got {t.accumulate_grad_batches})")
+    _require(t.ema_decay is None or 0 < t.ema_decay < 1,
+             f"trainer.ema_decay must be in (0, 1) or null (got {t.ema_decay})")
+    _require(t.activations_every_n_epochs >= 0, "trainer.activations_every_n_epochs must be >= 0")
+    for name in ("checkpoint", "early_stopping", "lr_schedule"):
+        monitor = getattr(settings, name).monitor
+        _require(not monitor.startswith("val_ema/") or t.ema_decay is not None,
+                 f"{name}.monitor={monitor} needs trainer.ema_decay (e.g. 0.999): without it there are no val_ema/* "
+                 "metrics")
     sched = settings.lr_schedule
     _require(0 <= sched.warmup_epochs < t.epochs,
              f"lr_schedule.warmup_epochs ({sched.warmup_epochs}) must be >= 0 and smaller than trainer.epochs "

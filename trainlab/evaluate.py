@@ -30,7 +30,19 @@ from trainlab.stored_run import check_classes, stored_run
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "train", "test")
-OWN_KEYS = ("ckpt", "split")  # evaluate's own keys; every other key=value applies to the stored config
+OWN_KEYS = ("ckpt", "split", "weights")  # evaluate's own keys; every other key=value applies to the stored config
+
+
+def model_weights(ckpt: dict, which: str, path) -> dict:
+    """The checkpoint's trained weights (`model`) or their moving average (`ema`, with trainer.ema_decay)."""
+    if which not in ("model", "ema"):
+        raise ConfigError(f"weights must be model or ema (got {which!r})")
+    if which == "model":
+        return ckpt["model"]
+    if not ckpt.get("ema"):
+        raise ConfigError(f"{path} holds no EMA weights: train with trainer.ema_decay=0.999 (or evaluate "
+                          "weights=model)")
+    return {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
 
 
 def checkpoint_path(spec: str) -> Path:
@@ -86,7 +98,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
     tune_runtime(runtime, run_cfg, settings, data, kept=ckpt.get("speed"))  # as the run trained, where it can
     model = build_model(run_cfg, data.num_classes, data.classes, runtime, start_weights=False,
                         channels=data.channels)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(model_weights(ckpt, str(cfg.get("weights", "model")), path))
     norm = ckpt.get("normalization", {"mean": data.mean, "std": data.std})
     normalize = BatchAugment(mean=norm["mean"], std=norm["std"], channels=input_channels(run_cfg, data.channels))
     start = time.perf_counter()
@@ -100,7 +112,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict:
                                data.class_names)
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     write_classes(out_dir / "classes.csv", data.classes, data.class_names)
-    record = {"checkpoint": str(path), "epoch": ckpt["epoch"], "split": split, "images": len(predictions),
+    record = {"checkpoint": str(path), "epoch": ckpt["epoch"], "split": split,
+              "weights": str(cfg.get("weights", "model")), "images": len(predictions),
               "seconds": seconds, "images_per_s": len(predictions) / max(seconds, 1e-9),
               "runtime": runtime.to_dict(), "changed": changed, "metrics": metrics}
     atomic_write_text(out_dir / "metrics.json", json.dumps(record, indent=2) + "\n")

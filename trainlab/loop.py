@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import torch
 
 from trainlab.build import Run, Stepper
-from trainlab.columns import COLUMNS
+from trainlab.columns import COLUMNS, EMA_COLUMNS
 from trainlab.interrupt import StopRequest
 from trainlab.metrics import ClassificationMetrics
 from trainlab.models import l1_norm
@@ -29,18 +30,20 @@ class EpochTally:
         self.correct = torch.zeros((), device=device)                          # for the progress bar
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
         self.batches, self.seen, self.elapsed, self.lr = 0, 0, 0.0, lr
+        self.optimizer_steps = 0  # this epoch's (batches / accumulate_grad_batches): the mean gradient norm's count
         # Where the run is: not part of the state below (a checkpoint stores them once, for every rank).
         self.epoch, self.step = epoch, step
 
     def state_dict(self) -> dict:
         return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "correct": self.correct,
                 "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
-                "elapsed": self.elapsed, "lr": self.lr}
+                "elapsed": self.elapsed, "lr": self.lr, "optimizer_steps": self.optimizer_steps}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("grad_sum", "grad_max", "correct", "first_bad"):
             getattr(self, key).copy_(state[key])
         self.batches, self.seen, self.elapsed, self.lr = state["batches"], state["seen"], state["elapsed"], state["lr"]
+        self.optimizer_steps = state.get("optimizer_steps", state["batches"])  # older checkpoints: one per batch
 
 
 def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
@@ -52,26 +55,43 @@ def as_input(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
+def _no_sync(module: torch.nn.Module):
+    """DDP's no_sync for a batch whose gradients are only accumulated (no all-reduce until the step's last)."""
+    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
 def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorder: RunRecorder,
                 stop: StopRequest, log_every: int) -> None:
     """Train until the epoch ends, a non-finite loss shows up (checked every log interval) or a stop is
-    requested; the tally says how far it got (batches, samples, the global step)."""
+    requested; the tally says how far it got (batches, samples, the global step). With gradient accumulation a
+    step takes `s.accumulate` batches (the epoch's remainder makes a shorter last one), and a stop waits for
+    the step to complete, so a checkpoint never holds half-accumulated gradients."""
     s, loader, metrics, n_batches = run.stepper, run.train_loader, run.train_metrics, run.n_train
     s.model.train()
     params = [p for p in s.model.parameters() if p.requires_grad]
     start = time.perf_counter()
     with EpochProgress(f"epoch {tally.epoch} train", n_batches) as progress:
         for images, target in loader:  # after a mid-epoch resume the sampler starts at tally.batches
-            if tally.batches >= n_batches or s.group.any(stop.requested):  # every rank leaves at the same step
+            first = tally.batches % s.accumulate == 0
+            if tally.batches >= n_batches or (first and s.group.any(stop.requested)):  # every rank at the same step
                 break
+            last = (tally.batches + 1) % s.accumulate == 0 or tally.batches + 1 == n_batches
             images, target = to_device(images, target, s.runtime)
-            x = as_input(s.augment.train(images, generator), s.runtime)
-            with s.runtime.autocast():
-                logits = s.train_forward(x)
-                loss = s.criterion(logits, target)
-            objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
-            s.optimizer.zero_grad(set_to_none=True)
-            s.scaler.scale(objective).backward()
+            x, soft = s.augment.mix(s.augment.train(images, generator), target, s.num_classes, generator)
+            if first:
+                s.optimizer.zero_grad(set_to_none=True)
+            with contextlib.nullcontext() if last else _no_sync(s.train_forward):
+                with s.runtime.autocast():
+                    logits = s.train_forward(as_input(x, s.runtime))
+                    loss = s.criterion(logits, soft)
+                objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
+                # The mean over the accumulated batches, as one batch that size would have it.
+                s.scaler.scale(objective / s.accumulate if s.accumulate > 1 else objective).backward()
+            tally.correct += (logits.argmax(1) == target).sum()
+            tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
+            metrics.update(logits, target, loss)
+            if not last:
+                continue
             s.scaler.unscale_(s.optimizer)
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             if s.grad_clip:
@@ -79,6 +99,8 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
             s.scaler.step(s.optimizer)
             s.scaler.update()
             s.schedule.after_step()
+            if s.ema is not None:
+                s.ema.update_parameters(s.model)
             tally.step += 1
             step = tally.step
             # fp16's scaler skips steps with inf gradients by design; otherwise a bad gradient is a failure too.
@@ -86,12 +108,10 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
             tally.first_bad = torch.where(bad & (tally.first_bad < 0), step, tally.first_bad)
             tally.grad_sum += norm
             torch.maximum(tally.grad_max, norm, out=tally.grad_max)
-            tally.correct += (logits.argmax(1) == target).sum()
-            tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
+            tally.optimizer_steps += 1
             if s.runtime.compile and step == 1:  # the first step of a compiled model is mostly compilation
                 loss.item()  # wait for it (GPUs run ahead)
                 log.info("torch.compile: the first step took %.1fs (compilation included)", time.perf_counter() - start)
-            metrics.update(logits, target, loss)
             if step % log_every == 0:
                 # The only host sync inside the epoch: once per log interval. The loss is the ranks' mean.
                 value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()),
@@ -106,10 +126,14 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
 
 
 @torch.no_grad()
-def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int) -> dict:
-    """Metrics of one pass over `loader` (every rank validates its share of rank 0's model)."""
-    s.model.eval()
-    s.group.sync_buffers(s.model)  # every rank validates rank 0's model: the one the checkpoint holds
+def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int,
+             model: torch.nn.Module | None = None) -> dict:
+    """Metrics of one pass over `loader` (every rank validates its share of rank 0's model). `model`: another
+    set of weights to validate (the EMA's) instead of the trained ones."""
+    forward = s.forward if model is None else model
+    model = s.model if model is None else model
+    model.eval()
+    s.group.sync_buffers(model)  # every rank validates rank 0's model: the one the checkpoint holds
     metrics.reset()
     start = time.perf_counter()
     for i, (images, target) in enumerate(loader):
@@ -117,7 +141,7 @@ def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int)
             break
         images, target = to_device(images, target, s.runtime)
         with s.runtime.autocast():
-            logits = s.forward(as_input(s.augment.normalize(images), s.runtime))
+            logits = forward(as_input(s.augment.normalize(images), s.runtime))
             loss = s.criterion(logits, target)
         metrics.update(logits, target, loss)
     values, confusion = metrics.compute()
@@ -129,18 +153,24 @@ def epoch_row(run: Run, tally: EpochTally) -> tuple[dict, dict[str, torch.Tensor
     group = run.stepper.group
     train_values, train_confusion = run.train_metrics.compute()  # both compute()s sum over the ranks
     val_values = validate(run.stepper, run.val_loader, run.val_metrics, run.n_val)
+    if run.stepper.ema is not None:  # its own pass, its own val_ema/* columns (its time is not val's)
+        ema_values = validate(run.stepper, run.val_loader, run.ema_metrics, run.n_val, run.stepper.ema.module)
+        val_values |= {k: v for k, v in ema_values.items() if k.startswith("val_ema/")}
     images_per_s = group.sum(tally.seen) / max(tally.elapsed, 1e-9)
     values = {"epoch": tally.epoch, "step": tally.step, **train_values, **val_values, "lr": tally.lr,
-              "grad_norm": (tally.grad_sum / max(tally.batches, 1)).item(), "grad_norm_max": tally.grad_max.item(),
+              "grad_norm": (tally.grad_sum / max(tally.optimizer_steps, 1)).item(),
+              "grad_norm_max": tally.grad_max.item(),
               "time/train_s": tally.elapsed, "throughput/train_ips": images_per_s,
               "throughput/train_ips_per_device": images_per_s / group.world_size, "memory/peak_mb": peak_memory_mb()}
     confusions = {"train": train_confusion, "val": values.pop("_confusion")}
     # Rank 0's row (its timings), so every rank takes the same best-epoch and stopping decisions.
-    return group.broadcast({k: values[k] for k in COLUMNS}), confusions
+    columns = COLUMNS + (EMA_COLUMNS if run.stepper.ema is not None else [])
+    return group.broadcast({k: values[k] for k in columns}), confusions
 
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
     keys = ["train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "val/f1"]
+    keys += [k for k in ("val_ema/acc1",) if k in row]
     parts = [f"epoch {row['epoch']}/{epochs}"] + [f"{k} {row[k]:.4f}" for k in keys]
     parts += [f"lr {row['lr']:.3g}", f"{row['throughput/train_ips']:.0f} img/s",
               f"{row['time/train_s'] + row['time/val_s']:.1f}s"]

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab.columns import COLUMNS
+from trainlab.columns import COLUMNS, EMA_COLUMNS
 from trainlab.fs import atomic_write_text
 from trainlab.loggers import Logger, TensorBoardLogger
 from trainlab.plots import confusion_figure, plot_history
@@ -143,7 +143,8 @@ class RunRecorder:
         self.history.append(row)
         if not self.active:
             return
-        frame = pd.DataFrame(self.history).reindex(columns=COLUMNS)
+        frame = pd.DataFrame(self.history)
+        frame = frame.reindex(columns=COLUMNS + [c for c in EMA_COLUMNS if c in frame])
         atomic_write_text(self.run_dir / "metrics.csv", frame.to_csv(index=False))
         # Every TensorBoard point is at the global step (as train/loss_step is), so per-step and per-epoch curves
         # overlay on one axis; the `epoch` scalar maps steps to epochs (Lightning's habit).

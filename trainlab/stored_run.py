@@ -63,6 +63,11 @@ def upgrade_config(saved: dict) -> dict:
                                 "monitor": scheduler.pop("monitor", None) or "val/loss"}
         trainer["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
     trainer.setdefault("autotune", False)
+    for key, value in (("accumulate_grad_batches", 1), ("ema_decay", None), ("activations_every_n_epochs", 0)):
+        trainer.setdefault(key, value)
+    augment = saved.setdefault("augment", {})
+    for key, value in (("auto_augment", "none"), ("random_erasing", 0.0), ("mixup_alpha", 0.0), ("cutmix_alpha", 0.0)):
+        augment.setdefault(key, value)
     saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
     saved.setdefault("model", {}).setdefault("freeze", None)
     saved.setdefault("logger", {"tensorboard": {"_target_": "trainlab.loggers.TensorBoardLogger",

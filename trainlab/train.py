@@ -61,7 +61,8 @@ def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, 
         early_stopping=stopper.state_dict(), rng=capture_rng(), classes=run.data.classes,
         class_names=run.data.class_names, normalization={"mean": list(run.data.mean), "std": list(run.data.std)},
         config=OmegaConf.to_container(cfg, resolve=True), choices=run.choices, history=history, elapsed_s=elapsed,
-        speed={"precision": s.runtime.precision, "channels_last": s.runtime.channels_last})
+        speed={"precision": s.runtime.precision, "channels_last": s.runtime.channels_last},
+        ema=s.ema.state_dict() if s.ema is not None else None)
 
 
 def _restore(resume: TrainingState, run: Run, best: BestTracker, stopper: EarlyStopping) -> tuple[int, int]:
@@ -77,6 +78,10 @@ def _restore(resume: TrainingState, run: Run, best: BestTracker, stopper: EarlyS
     s.optimizer.load_state_dict(resume.optimizer)
     s.schedule.load_state_dict(resume.scheduler)
     s.scaler.load_state_dict(resume.scaler)
+    if s.ema is not None and resume.ema is not None:
+        s.ema.load_state_dict(resume.ema)
+    elif s.ema is not None:
+        log.info("EMA: the checkpoint has no averaged weights; the average starts from its weights now")
     best.load_state_dict(resume.best)
     stopper.load_state_dict(resume.early_stopping)
     restore_rng(resume.rng)
