@@ -28,6 +28,7 @@ COMMANDS = {
     "export": "the model for other programs (safetensors, torchscript, onnx): `trainlab export ckpt=... format=...`",
     "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
+    "lr-find": "the learning-rate range test, a curve and a suggested optimizer.lr: `trainlab lr-find +experiment=...`",
     "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
     "report": "report.html + report.md of a run or a sweep: `trainlab report <run_dir | multirun_dir>`",
     "runs": "every run and sweep job in one table (status, metrics, speed): `trainlab runs [dir ...] [--sort ...]`",
@@ -494,7 +495,7 @@ _trainlab_completion()
 COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
 complete -o nospace -o default -F _trainlab_completion trainlab
 """
-HYDRA_COMMANDS = ("train", "evaluate", "summary")
+HYDRA_COMMANDS = ("train", "evaluate", "summary", "lr-find")
 
 
 def shell_completion(command: str, args: list[str]) -> None:
@@ -611,6 +612,12 @@ def _summary(cfg, run_dir: Path, overrides: list[str], choices: dict):
     from trainlab.summary import model_summary
 
     model_summary(cfg, run_dir, overrides)
+
+
+def _lr_find(cfg, run_dir: Path, overrides: list[str], choices: dict):
+    from trainlab.lr_find import lr_find_command
+
+    lr_find_command(cfg, run_dir)
 
 
 def _compare(args: list[str]) -> None:
@@ -745,6 +752,8 @@ def main(argv: list[str] | None = None) -> None:
             run_hydra("evaluate", rest, _evaluate, config_name="evaluate", check=_check_evaluate)
         elif command == "summary":
             run_hydra("summary", rest, _summary, config_name="summary")
+        elif command == "lr-find":
+            run_hydra("lr-find", rest, _lr_find, config_name="lr_find")
         elif command == "compare":
             _compare(rest)
         elif command == "predict":

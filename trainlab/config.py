@@ -108,6 +108,20 @@ class EvaluateSchema(TrainSchema):
 
 
 @dataclass
+class LRFindSettings:
+    min_lr: float = MISSING
+    max_lr: float = MISSING
+    num_steps: int = MISSING
+    smoothing: float = MISSING
+    stop_factor: float = MISSING
+
+
+@dataclass
+class LRFindSchema(TrainSchema):
+    lr_find: LRFindSettings = field(default_factory=LRFindSettings)
+
+
+@dataclass
 class SummarySchema(TrainSchema):
     ckpt: Any = MISSING
     num_classes: int | None = MISSING
@@ -121,6 +135,7 @@ def register_schemas() -> None:
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="evaluate_schema", node=EvaluateSchema)
     store.store(name="summary_schema", node=SummarySchema)
+    store.store(name="lr_find_schema", node=LRFindSchema)
 
 
 def _typed(schema: type, node: Any, prefix: str) -> Any:
