@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": "top-k classes of new, unlabelled images: `trainlab predict ckpt=<file|run_dir> input=<folder>`",
     "export": "the model for other programs (safetensors, torchscript, onnx): `trainlab export ckpt=... format=...`",
     "compare": "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
+    "visualize": "feature maps and activation statistics of one image: `trainlab visualize ckpt=... image=0`",
     "summary": "every layer with its output shape and parameters: `trainlab summary +experiment=resnet18_tiny`",
     "lr-find": "the learning-rate range test, a curve and a suggested optimizer.lr: `trainlab lr-find +experiment=...`",
     "diagnose": "what the curves of a run say (over-fitting, plateau, ...): `trainlab diagnose <run_dir>`",
@@ -766,6 +767,11 @@ def main(argv: list[str] | None = None) -> None:
             from trainlab.export import export_model
 
             _key_values("export", EXPORT_USAGE, export_model, rest)
+        elif command == "visualize":
+            from trainlab.visualize import USAGE as VISUALIZE_USAGE
+            from trainlab.visualize import visualize
+
+            _key_values("visualize", VISUALIZE_USAGE, visualize, rest)
         elif command == "report":
             _report(rest)
         elif command == "diagnose":

@@ -26,6 +26,8 @@ GRAD_EXPLODE = 10.0      # a step's gradient norm 10x the run's median mean norm
 GRAD_VANISH = 1e-4       # a mean global gradient norm this small moves nothing
 LR_DONE = 0.05           # the schedule is "finished" when lr is below 5% of its peak
 STILL_IMPROVING = 0.005  # val/acc1 gained more than half a point over the last 2 epochs
+DEAD_ZEROS = 0.95        # a ReLU layer whose outputs are 95%+ exact zeros on the fixed val batch has mostly died
+COLLAPSED_STD = 1e-3     # a layer whose outputs barely vary across images and positions carries no signal
 
 
 @dataclass
@@ -46,13 +48,14 @@ def _col(h: pd.DataFrame, name: str) -> pd.Series | None:
     return h[name].astype(float) if name in h and h[name].notna().any() else None
 
 
-def diagnose(history: pd.DataFrame, summary: dict | None = None, num_classes: int | None = None) -> list[Finding]:
-    """Findings for a run's metrics.csv rows (and its summary.json, when there is one)."""
+def diagnose(history: pd.DataFrame, summary: dict | None = None, num_classes: int | None = None,
+             activations: pd.DataFrame | None = None) -> list[Finding]:
+    """Findings for a run's metrics.csv rows (and its summary.json and activations.csv, when there are)."""
     if history is None or len(history) == 0:
         return []
     h = history.reset_index(drop=True)
     checks = (_diverged, _chance, _plateau, _overfitting, _underfitting, _overconfidence, _gradients, _schedule_done)
-    findings = [f for check in checks for f in check(h, num_classes)]
+    findings = [f for check in checks for f in check(h, num_classes)] + _layers(activations)
     if summary and summary.get("stopped") == "early_stopping":
         findings.append(Finding("early stop", "info", (int(h["epoch"].iloc[-1]),) * 2, summary.get("stop_reason", ""),
                                 f"the best weights are in checkpoints/best.ckpt (epoch {summary.get('best_epoch')})"))
@@ -195,6 +198,35 @@ def _schedule_done(h: pd.DataFrame, _) -> list[Finding]:
     return []
 
 
+def _layers(activations: pd.DataFrame | None) -> list[Finding]:
+    """Dead or collapsed layers at the last epoch whose activations were recorded."""
+    if activations is None or len(activations) == 0:
+        return []
+    epoch = int(activations["epoch"].max())
+    last = activations[activations["epoch"] == epoch]
+    found = []
+    dead = last[last["zero_fraction"] >= DEAD_ZEROS]
+    if len(dead):
+        worst = dead.sort_values("zero_fraction", ascending=False).iloc[0]
+        found.append(Finding("dead layers", "warning", (epoch, epoch),
+                             f"{len(dead)} layer(s) output {DEAD_ZEROS:.0%}+ zeros on the fixed val batch ("
+                             f"{', '.join(f'{r.layer} {r.zero_fraction:.1%}' for r in dead.itertuples())})",
+                             f"its ReLUs have died ({worst.layer} worst): lower optimizer.lr, add lr_schedule."
+                             "warmup_epochs, or use model.init=kaiming; watch activations/<layer>/zero_fraction"))
+    flat = last[(last["std"] < COLLAPSED_STD) & (last["zero_fraction"] < DEAD_ZEROS)]
+    if len(flat):
+        found.append(Finding("collapsed layers", "warning", (epoch, epoch),
+                             f"{', '.join(flat['layer'])} output(s) nearly constant (std < {COLLAPSED_STD:g})",
+                             "the layer carries no signal: check the normalisation, lower optimizer.lr or "
+                             "optimizer.weight_decay"))
+    return found
+
+
+def read_activations(run_dir: Path) -> pd.DataFrame | None:
+    path = Path(run_dir) / "activations.csv"
+    return pd.read_csv(path, dtype={"layer": str}) if path.is_file() else None  # module names like "0.2" stay text
+
+
 def diagnose_run(run_dir: Path) -> list[Finding]:
     """Findings for a run directory (its metrics.csv, summary.json and classes.csv)."""
     run_dir = Path(run_dir)
@@ -206,7 +238,7 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
     summary_path, classes_path = run_dir / "summary.json", run_dir / "classes.csv"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     num_classes = len(pd.read_csv(classes_path)) if classes_path.is_file() else None
-    return diagnose(pd.read_csv(metrics), summary, num_classes)
+    return diagnose(pd.read_csv(metrics), summary, num_classes, read_activations(run_dir))
 
 
 def as_dicts(findings: list[Finding]) -> list[dict]:

@@ -26,7 +26,7 @@ LOCK_NAME = ".trainlab.lock"
 RUN_ENTRIES = ("run.json", "summary.json", "metrics.csv", "classes.csv", "train.log", "evaluate.log", "summary.log",
                "error.txt", "checkpoints", "tensorboard", "confusion", "plots", ".hydra", "report.md",
                "report.html", "report_files", "metrics.json", "predictions.csv", "confusion.csv", "summary.txt",
-               "requirements.txt")
+               "requirements.txt", "activations.csv", "lr_find.csv", "lr_find.json", "lr_find.png", "lr_find.log")
 # Any of these means "a trainlab run (or evaluation, or summary) lives here".
 RUN_MARKERS = ("run.json", "checkpoints", "metrics.csv", "metrics.json", "summary.txt", ".hydra")
 # errno values that mean "the user's disk or permissions", not a bug: one line, not a traceback.

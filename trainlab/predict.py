@@ -68,13 +68,13 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
     return images, others
 
 
-def default_out_dir(ckpt: Path) -> Path:
-    """Beside the checkpoint's run when it sits in one (`<run>/predict/<time>`), else under outputs/predict."""
+def default_out_dir(ckpt: Path, kind: str = "predict") -> Path:
+    """Beside the checkpoint's run when it sits in one (`<run>/<kind>/<time>`), else under outputs/<kind>."""
     stamp = datetime.now()
     run = ckpt.parent.parent
     if ckpt.parent.name == "checkpoints" and (run / "run.json").is_file():
-        return free_run_dir(run / "predict" / f"{ckpt.stem}-{stamp:%Y-%m-%d_%H-%M-%S}")
-    return free_run_dir(OUTPUTS_ROOT / "predict" / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{stamp:%H-%M-%S}")
+        return free_run_dir(run / kind / f"{ckpt.stem}-{stamp:%Y-%m-%d_%H-%M-%S}")
+    return free_run_dir(OUTPUTS_ROOT / kind / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{stamp:%H-%M-%S}")
 
 
 def claim_out_dir(out: Path, input_spec: str, images: list[str]) -> Path:

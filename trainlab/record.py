@@ -165,6 +165,29 @@ class RunRecorder:
                     self._histogram(f"gradients/{name}", param.grad, step)
         self.writer.flush()
 
+    def log_activations(self, epoch: int, step: int, image: torch.Tensor, outputs: dict[str, torch.Tensor],
+                        channels: int = 16) -> None:
+        """A fixed val batch's per-layer statistics (TensorBoard `activations/<layer>/...`, activations.csv) and its
+        first image's feature maps (TensorBoard `feature_maps/<layer>`), at the epoch's global step."""
+        from trainlab.activations import channel_grid, spatial, statistics
+
+        if not self.active:
+            return
+        stats = statistics(outputs)
+        rows = [{"epoch": epoch, "step": step, "layer": layer, **values} for layer, values in stats.items()]
+        path = self.run_dir / "activations.csv"
+        earlier = pd.read_csv(path, dtype={"layer": str}) if path.is_file() else pd.DataFrame()
+        earlier = earlier[earlier["epoch"] < epoch] if len(earlier) else earlier  # a resume replays later epochs
+        frame = pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True) if len(earlier) else pd.DataFrame(rows)
+        atomic_write_text(path, frame.to_csv(index=False))
+        for layer, values in stats.items():
+            for key, value in values.items():
+                self.writer.add_scalar(f"activations/{layer}/{key}", value, step)
+        self.writer.add_image("feature_maps/input", image, step)
+        for layer, maps in spatial(outputs).items():
+            self.writer.add_image(f"feature_maps/{layer}", channel_grid(maps[0], channels), step)
+        self.writer.flush()
+
     def _figures_due(self) -> bool:
         due = time.monotonic() - self._drawn_at >= self._draw_cost / FIGURE_TIME_SHARE
         if not due and not self._said_throttle:

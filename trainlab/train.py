@@ -27,7 +27,7 @@ from trainlab.checkpoint import (
     restore_rng,
 )
 from trainlab.config import Settings, load_settings, settings_dict
-from trainlab.diagnostics import as_dicts, diagnose
+from trainlab.diagnostics import as_dicts, diagnose, read_activations
 from trainlab.distributed import SINGLE, Group
 from trainlab.early_stopping import BestTracker, EarlyStopping
 from trainlab.environment import environment, requirements
@@ -213,6 +213,8 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
                 return Outcome("nan", f"non-finite loss or gradient at epoch {epoch}, step {first_bad}; lower "
                                       "optimizer.lr, set trainer.grad_clip, or use trainer.precision=bf16-mixed "
                                       "instead of 16-mixed (last.ckpt holds the last good epoch)")
+            if trainer.activations_every_n_epochs and epoch % trainer.activations_every_n_epochs == 0:
+                _watch(run, recorder, epoch, step)
             run.stepper.schedule.after_epoch(row)
             improved = best.update(row)
             stopper.update(row)
@@ -232,6 +234,20 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     return _finish(recorder, cfg, runtime, run_dir, best, outcome, elapsed())
 
 
+def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
+    """Per-layer activation statistics on a fixed val batch (the same images every time) and its first image's
+    feature maps: rank 0 only, in eval mode, no gradients, no RNG drawn (so runs and resumes stay exact)."""
+    from trainlab.activations import capture, watched_layers
+
+    if not recorder.active:
+        return
+    s = run.stepper
+    images = run.data.splits["val"].images[:32]
+    x = as_input(s.augment.normalize(images.to(s.runtime.torch_device)), s.runtime)
+    outputs = capture(s.model, x, watched_layers(s.model))
+    recorder.log_activations(epoch, step, images[0], outputs)
+
+
 def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: Path, best: BestTracker,
             outcome: Outcome, elapsed: float) -> dict:
     history = recorder.history
@@ -242,7 +258,8 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
         "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
     }
-    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels)) if recorder.active else []
+    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels), read_activations(run_dir)) \
+        if recorder.active else []
     summary["diagnostics"] = as_dicts(findings)
     recorder.finish(summary, _hparams(cfg, runtime))
     for finding in findings:
