@@ -129,6 +129,8 @@ def test_experiment_files_hold_only_overrides():
     ("lr_schedule.interval=week", "lr_schedule.interval must be epoch or step"),
     ("lr_schedule.warmup_epochs=10", "lr_schedule.warmup_epochs (10) must be >= 0 and smaller than trainer.epochs"),
     ("model=small_cnn model.weights=IMAGENET1K_V1", "small_cnn has no pretrained weights"),
+    ("target.metric=val/accuracy", "target.metric=val/accuracy is not a recorded metric"),
+    ("target.mode=up", "target.mode must be min or max"),
 ])
 def test_bad_values_are_refused_by_their_owner(override, message):
     cfg = compose(override.split())
@@ -210,4 +212,5 @@ def test_cfg_job_prints_the_composed_config(tmp_path, capsys, monkeypatch):
     code, out, _ = run(capsys, "train", "+experiment=quickstart", "--cfg", "job")
     assert code == 0
     cfg = OmegaConf.create(out)
-    assert cfg.trainer.epochs == 8 and cfg.dataset._target_ == "trainlab.data.Digits"
+    assert cfg.trainer.epochs == 5 and cfg.dataset._target_ == "trainlab.data.Digits"
+    assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.target.value == 0.98

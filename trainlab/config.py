@@ -69,6 +69,13 @@ class EarlyStoppingSettings:
 
 
 @dataclass
+class TargetSettings:
+    metric: str = MISSING
+    mode: str = MISSING
+    value: float | None = MISSING
+
+
+@dataclass
 class DeviceSettings:
     type: str = MISSING
     count: int = MISSING
@@ -84,6 +91,7 @@ class Settings:
     lr_schedule: LRScheduleSettings = field(default_factory=LRScheduleSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
+    target: TargetSettings = field(default_factory=TargetSettings)
     device: DeviceSettings = field(default_factory=DeviceSettings)
 
 
@@ -175,11 +183,12 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
              "trainer.channels_last must be auto, true or false")
     _require(t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1),
              f"trainer.threads must be auto or a positive integer (got {t.threads!r})")
-    for name in ("checkpoint", "early_stopping"):
+    for name in ("checkpoint", "early_stopping", "target"):
         section = getattr(settings, name)
         _require(section.mode in ("min", "max"), f"{name}.mode must be min or max (got {section.mode!r})")
-        _require(section.monitor in METRIC_COLUMNS,
-                 f"{name}.monitor={section.monitor} is not a recorded metric (choose from {', '.join(METRIC_COLUMNS)})")
+        key, monitor = ("metric", section.metric) if name == "target" else ("monitor", section.monitor)
+        _require(monitor in METRIC_COLUMNS,
+                 f"{name}.{key}={monitor} is not a recorded metric (choose from {', '.join(METRIC_COLUMNS)})")
     _require(settings.checkpoint.every_n_epochs >= 0 and settings.checkpoint.keep >= 0,
              "checkpoint.every_n_epochs and checkpoint.keep must be >= 0")
     _require(settings.early_stopping.patience >= 1, "early_stopping.patience must be >= 1")
@@ -192,10 +201,11 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
     _require(t.ema_decay is None or 0 < t.ema_decay < 1,
              f"trainer.ema_decay must be in (0, 1) or null (got {t.ema_decay})")
     _require(t.activations_every_n_epochs >= 0, "trainer.activations_every_n_epochs must be >= 0")
-    for name in ("checkpoint", "early_stopping", "lr_schedule"):
-        monitor = getattr(settings, name).monitor
+    for name in ("checkpoint", "early_stopping", "lr_schedule", "target"):
+        key = "metric" if name == "target" else "monitor"
+        monitor = getattr(getattr(settings, name), key)
         _require(not monitor.startswith("val_ema/") or t.ema_decay is not None,
-                 f"{name}.monitor={monitor} needs trainer.ema_decay (e.g. 0.999): without it there are no val_ema/* "
+                 f"{name}.{key}={monitor} needs trainer.ema_decay (e.g. 0.999): without it there are no val_ema/* "
                  "metrics")
     sched = settings.lr_schedule
     _require(0 <= sched.warmup_epochs < t.epochs,

@@ -69,6 +69,7 @@ def upgrade_config(saved: dict) -> dict:
     for key, value in (("auto_augment", "none"), ("random_erasing", 0.0), ("mixup_alpha", 0.0), ("cutmix_alpha", 0.0)):
         augment.setdefault(key, value)
     saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
+    saved.setdefault("target", {"metric": "val/acc1", "mode": "max", "value": None})
     saved.setdefault("model", {}).setdefault("freeze", None)
     saved.setdefault("logger", {"tensorboard": {"_target_": "trainlab.loggers.TensorBoardLogger",
                                                 "subdir": "tensorboard"}})

@@ -26,7 +26,7 @@ from trainlab.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
-from trainlab.config import Settings, load_settings, settings_dict
+from trainlab.config import Settings, TargetSettings, load_settings, settings_dict
 from trainlab.diagnostics import as_dicts, diagnose, read_activations
 from trainlab.distributed import SINGLE, Group
 from trainlab.early_stopping import BestTracker, EarlyStopping
@@ -231,7 +231,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
 
     with StopRequest() as stop:
         outcome = run_epochs(stop)
-    return _finish(recorder, cfg, runtime, run_dir, best, outcome, elapsed())
+    return _finish(recorder, cfg, runtime, run_dir, best, outcome, elapsed(), settings.target)
 
 
 def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
@@ -248,16 +248,43 @@ def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
     recorder.log_activations(epoch, step, images[0], outputs)
 
 
+def time_to_target(history: list[dict], target: TargetSettings) -> dict | None:
+    """The first epoch whose `target.metric` reaches `target.value`, and the seconds of training until its end:
+    the sum of metrics.csv's time/train_s and time/val_s up to it (so the number can be checked from the CSV,
+    and set-up, checkpoints and a resume's pause are not in it). None when no target is set."""
+    if target.value is None:
+        return None
+    reached = (lambda v: v >= target.value) if target.mode == "max" else (lambda v: v <= target.value)
+    seconds = 0.0
+    for row in history:
+        seconds += row["time/train_s"] + row["time/val_s"]
+        value = row.get(target.metric)
+        if value is not None and value == value and reached(value):
+            return {"metric": target.metric, "mode": target.mode, "value": target.value,
+                    "epoch": row["epoch"], "train_s": seconds, "reached": value}
+    return {"metric": target.metric, "mode": target.mode, "value": target.value, "epoch": None,
+            "train_s": None, "reached": None}
+
+
+def _target_line(found: dict) -> str:
+    sign = ">=" if found["mode"] == "max" else "<="
+    if found["epoch"] is None:
+        return f"{found['metric']} never reached {sign} {found['value']:g}"
+    return (f"{found['metric']} {sign} {found['value']:g} at epoch {found['epoch']} ({found['reached']:.4f}) after "
+            f"{found['train_s']:.1f} s of training")
+
+
 def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: Path, best: BestTracker,
-            outcome: Outcome, elapsed: float) -> dict:
+            outcome: Outcome, elapsed: float, target: TargetSettings) -> dict:
     history = recorder.history
+    found = time_to_target(history, target)
     summary = {
         "stopped": outcome.kind, "stop_reason": outcome.reason, "epochs_run": len(history),
         "monitor": best.monitor, "mode": best.mode, "best_epoch": best.best_epoch,
         "best": next((r for r in history if r["epoch"] == best.best_epoch), None),
         "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
-    }
+    } | ({"time_to_target": found} if found else {})
     findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels), read_activations(run_dir)) \
         if recorder.active else []
     summary["diagnostics"] = as_dicts(findings)
@@ -271,8 +298,9 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: P
     if outcome.kind == "interrupted":
         raise RunStopped(f"interrupted by {outcome.reason}; continue with: trainlab train resume={run_dir}",
                          exit_code=128 + (outcome.signum or 2))
-    log.info("done: %s; best %s %.4f at epoch %s; outputs in %s", outcome.reason, best.monitor,
-             best.best if best.best is not None else float("nan"), best.best_epoch, run_dir)
+    log.info("done: %s; best %s %.4f at epoch %s;%s outputs in %s", outcome.reason, best.monitor,
+             best.best if best.best is not None else float("nan"), best.best_epoch,
+             f" {_target_line(found)};" if found else "", run_dir)
     return dict(history[-1]) if history else {}
 
 
