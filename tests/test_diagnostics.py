@@ -73,6 +73,12 @@ def test_exploding_and_vanishing_gradients():
     spike = history(6, grad_norm_max=[4, 4, 80, 4, 4, 4])
     (finding,) = [f for f in diagnose(spike, None, 10) if f.kind == "exploding gradients"]
     assert finding.epochs == (3, 3) and "grad_clip" in finding.suggestion
+    blown = history(6, grad_norm=[2, 1, 1, 30, 40, 40], grad_norm_max=[4, 2, 2, 60, 80, 80])
+    (finding,) = [f for f in diagnose(blown, None, 10) if f.kind == "exploding gradients"]
+    assert finding.epochs == (4, 6) and "30x its lowest before" in finding.evidence
+    # The quickstart's real curve: norms shrink 27x as the loss falls, the first epoch's steps the largest.
+    healthy = history(5, grad_norm=[16.4, 4.43, 2.02, 1.09, 0.60], grad_norm_max=[34.2, 8.16, 3.37, 2.0, 1.23])
+    assert "exploding gradients" not in kinds(healthy)
     assert "vanishing gradients" in kinds(history(6, grad_norm=[1e-5] * 6, grad_norm_max=[2e-5] * 6))
 
 

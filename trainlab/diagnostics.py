@@ -22,7 +22,7 @@ OVERFIT_RISE = 0.05      # val/loss 5% above its minimum, with train/loss still 
 UNDERFIT_ACC = 0.6       # final train/acc1 below 60% ...
 UNDERFIT_GAP = 0.05      # ... with val within 5 points of train: the model does not fit the training data
 CONFIDENCE_EPOCHS = 2    # val loss and val accuracy rising together for 2+ epochs in a row
-GRAD_EXPLODE = 10.0      # a step's gradient norm 10x the run's median mean norm is a spike
+GRAD_EXPLODE = 10.0      # a step's gradient norm 10x its epoch's mean (or an epoch's mean 10x an earlier one)
 GRAD_VANISH = 1e-4       # a mean global gradient norm this small moves nothing
 LR_DONE = 0.05           # the schedule is "finished" when lr is below 5% of its peak
 STILL_IMPROVING = 0.005  # val/acc1 gained more than half a point over the last 2 epochs
@@ -168,14 +168,21 @@ def _gradients(h: pd.DataFrame, _) -> list[Finding]:
     findings = []
     if mean is None:
         return findings
-    median = float(mean.median())
-    if peak is not None and median > 0:
-        spikes = h["epoch"][peak > GRAD_EXPLODE * median]
-        if len(spikes):
-            findings.append(Finding("exploding gradients", "warning", (int(spikes.iloc[0]), int(spikes.iloc[-1])),
-                                    f"grad_norm_max reached {peak.max():.3g}, {peak.max() / median:.0f}x the median "
-                                    f"epoch mean {median:.3g}",
-                                    "set trainer.grad_clip (e.g. 1.0) or lower optimizer.lr"))
+    # Gradient norms shrink as the loss falls (tenfold over a short run is healthy), so a spike is judged
+    # against its own epoch's mean, and a blow-up of a whole epoch against the smallest mean before it.
+    lowest_before = mean.cummin().shift(1)
+    spiking = (peak > GRAD_EXPLODE * mean) if peak is not None else pd.Series(False, index=mean.index)
+    spiking |= mean > GRAD_EXPLODE * lowest_before
+    spikes = h["epoch"][spiking & (mean > 0)]
+    if len(spikes):
+        worst, i = (peak if peak is not None else mean), int(spikes.index[0])  # the first: where it started
+        findings.append(Finding("exploding gradients", "warning", (int(spikes.iloc[0]), int(spikes.iloc[-1])),
+                                f"grad_norm_max reached {worst[i]:.3g} in epoch {int(h['epoch'][i])}, "
+                                f"{worst[i] / mean[i]:.0f}x that epoch's mean grad_norm {mean[i]:.3g}"
+                                if worst[i] > GRAD_EXPLODE * mean[i] else
+                                f"the mean grad_norm rose to {mean[i]:.3g} in epoch {int(h['epoch'][i])}, "
+                                f"{mean[i] / lowest_before[i]:.0f}x its lowest before",
+                                "set trainer.grad_clip (e.g. 1.0) or lower optimizer.lr"))
     tiny = h["epoch"][mean < GRAD_VANISH]
     if len(tiny):
         findings.append(Finding("vanishing gradients", "warning", (int(tiny.iloc[0]), int(tiny.iloc[-1])),
