@@ -77,8 +77,9 @@ def test_stratified_split_is_seeded_and_per_class():
 
 def test_missing_files_name_what_to_put_where(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"put data_batch_1, .* into .*cifar-10-batches-py"):
+    with pytest.raises(DataError, match=r"put data_batch_1, .* into .*cifar-10-batches-py") as error:
         TorchvisionData("cifar10", str(tmp_path / "empty"), image_size=32, batch_size=8).setup()
+    assert "download=True" not in str(error.value)  # torchvision's argument, not a trainlab key
     line = assert_one_line(*run(capsys, "train", "+experiment=mnist_mlp", f"dataset.root={tmp_path / 'none'}"),
                            "train-images-idx3-ubyte", "MNIST/raw", "dataset.download=true")
     assert not (tmp_path / "none").exists(), line  # nothing was created in its place

@@ -92,7 +92,10 @@ class TorchvisionData(ImageData):
         except RuntimeError as e:  # torchvision: "Dataset not found ... You can use download=True"
             if self.download:
                 raise DataError(f"cannot download {self.name} into {self.root}: {' '.join(str(e).split())}") from None
-            raise DataError(f"{self.name} is not in dataset.root {self.root} ({' '.join(str(e).split())[:80]}): "
+            why = " ".join(str(e).split())
+            # torchvision's own "Dataset not found. You can use download=True" names its argument, not our key.
+            why = "" if "not found" in why.lower() else f" ({why[:80]})"
+            raise DataError(f"{self.name} is not in dataset.root {self.root}{why}: "
                             f"{missing_files_hint(self.name, self.root)}, or pass dataset.download=true "
                             "on a machine with network") from None
         except (OSError, ValueError, EOFError, KeyError) as e:  # a truncated or foreign file
