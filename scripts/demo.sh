@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install trainlab into .venv (made if missing) and train ResNet-18 on real images offline:
-# scikit-learn's handwritten digits, written once in the Tiny-ImageNet layout. A few minutes on a CPU (4 on a 2-core AVX2 machine).
+# scikit-learn's handwritten digits, written once in the Tiny-ImageNet layout. About 1.5 minutes on a 2-core CPU.
 # Extra arguments are config overrides, e.g. scripts/demo.sh trainer.epochs=3
 set -euo pipefail
 TRAINLAB_EXTRAS=
