@@ -81,6 +81,7 @@ def test_a_real_measurement_leaves_the_random_streams_alone(tmp_path, monkeypatc
     assert set(decision.speeds) == {FP32.label, FP32_CL.label} and all(v > 0 for v in decision.speeds.values())
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_a_tuned_run_equals_a_run_given_the_same_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "measure_step", timings({FP32: 50, FP32_CL: 100}))
     args = FAST + ["trainer.epochs=1", "dataset.train_size=64", "dataset.val_size=16"]

@@ -80,6 +80,7 @@ def test_pickled_code_is_refused_and_never_run(tmp_path, capsys, monkeypatch):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_truncated_and_foreign_files_are_refused(tmp_path):
     train(compose(FAST + ["trainer.epochs=1"]), tmp_path)
     good = tmp_path / "checkpoints" / "last.ckpt"
@@ -93,6 +94,7 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
         load_checkpoint(foreign)
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_mismatched_resumes_are_refused(tmp_path):
     train(compose(FAST + ["trainer.epochs=1"]), tmp_path / "run")
     with pytest.raises(CheckpointError, match="picks a config group option"):
@@ -166,6 +168,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_corrupt_jpeg_can_be_skipped_and_is_reported(tmp_path):
     root = write_tiny_imagenet(tmp_path / "t")
     (root / "train" / "n02" / "images" / "n02_3.JPEG").write_bytes(b"garbage")

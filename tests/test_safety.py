@@ -179,6 +179,7 @@ def test_odd_but_valid_files_are_read(tmp_path):
     assert_untouched(before, root)
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_bad_images_can_be_skipped_and_are_counted(tmp_path, capsys):
     root = write_tiny_imagenet(tmp_path / "t")
     _break(root, "zero_byte")
@@ -329,6 +330,7 @@ def test_new_run_into_an_existing_run_is_refused(finished_run, capsys):
     assert_untouched(before, finished_run, new_allowed="-none-")
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_overwrite_replaces_the_earlier_run(finished_run, capsys):
     code, _, err = run(capsys, "train", "dataset=fake", "dataset.train_size=64", "dataset.val_size=16",
                        "dataset.image_size=16", *FAST, f"hydra.run.dir={finished_run}", "overwrite=true")
