@@ -89,3 +89,17 @@ def assert_untouched(before: dict[str, str], *folders: Path, new_allowed: str = 
     assert not changed, f"changed or removed: {changed[:5]}"
     new = [p for p in after if p not in before and f"/{new_allowed}/" not in p]
     assert not new, f"written into a folder trainlab does not own: {new[:5]}"
+
+
+def blown_checkpoint(run_dir: Path) -> tuple[dict, Path]:
+    """`run_dir`'s last.ckpt (returned as loaded) and a copy whose learning rate is 1e30: resuming from the copy,
+    the first step of the next epoch applies a huge update and the step after it sees a non-finite loss."""
+    import torch
+
+    from trainlab.checkpoint import save_checkpoint
+
+    good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    blown = {**good, "optimizer": {**good["optimizer"], "param_groups": [
+        {**group, "lr": 1e30} for group in good["optimizer"]["param_groups"]]}}
+    save_checkpoint(run_dir / "blown.ckpt", blown)
+    return good, run_dir / "blown.ckpt"

@@ -10,7 +10,6 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from trainlab.checkpoint import save_checkpoint
 from trainlab.config import TargetSettings
 from trainlab.data import FakeData
 from trainlab.errors import RunStopped
@@ -19,7 +18,7 @@ from trainlab.record import COLUMNS
 from trainlab.train import time_to_target, train
 
 from helpers import FAST as SHRUNK
-from helpers import assert_one_line, compose, run, run_cli, write_tiny_imagenet
+from helpers import assert_one_line, blown_checkpoint, compose, run, run_cli, write_tiny_imagenet
 
 FAST = [*SHRUNK, "trainer.log_every_n_steps=2", "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05",
         "model.width=16"]
@@ -103,13 +102,10 @@ def test_l1_and_grad_clip_change_training(tmp_path):
 @pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     train(compose(FAST + ["trainer.epochs=1"]), tmp_path)
-    good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    blown = {**good, "optimizer": {**good["optimizer"], "param_groups": [
-        {**group, "lr": 1e30} for group in good["optimizer"]["param_groups"]]}}  # epoch 2 diverges at once
-    save_checkpoint(tmp_path / "blown.ckpt", blown)
+    good, blown = blown_checkpoint(tmp_path)
     # step 9 (the first of epoch 2) applies the huge update; step 10 is the first to see its result
     with pytest.raises(RunStopped, match="non-finite loss or gradient at epoch 2, step 10;"):
-        train(compose(FAST + ["trainer.epochs=3"]), tmp_path, resumed_from=str(tmp_path / "blown.ckpt"))
+        train(compose(FAST + ["trainer.epochs=3"]), tmp_path, resumed_from=str(blown))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"] == "nan" and summary["epochs_run"] == 2  # the bad epoch is recorded...
     after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
