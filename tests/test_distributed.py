@@ -4,6 +4,7 @@ started by trainlab (also inside a -m sweep) and by torchrun as two 'nodes', int
 from __future__ import annotations
 
 import json
+import logging.config
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from trainlab import distributed
 from trainlab.build import build_run
@@ -207,7 +209,15 @@ def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_pa
                                                                  "model=small_cnn")))
 
 
-def test_torchrun_needs_one_run_directory(monkeypatch, capsys):
+def compose_hydra(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("trainlab.conf", version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=True).hydra
+
+
+def test_torchrun_needs_one_run_directory(monkeypatch, capsys, tmp_path):
     from trainlab.cli import torchrun_args
 
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
@@ -218,8 +228,25 @@ def test_torchrun_needs_one_run_directory(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().endswith("under torchrun every rank must write into the same run: "
                                                     "pass hydra.run.dir=<a directory every machine can reach>")
     # rank 1 neither writes Hydra's files nor the log file: rank 0 does
-    assert torchrun_args(["hydra.run.dir=/shared/run", "hydra.output_subdir=.hydra/resume-x"]) == [
-        "hydra.run.dir=/shared/run", "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
+    args = torchrun_args(["hydra.run.dir=/shared/run", "hydra.output_subdir=.hydra/resume-x"])
+    assert args[:3] == ["hydra.run.dir=/shared/run", "hydra.output_subdir=null",
+                        "hydra.job_logging.root.handlers=[console]"]
+    # Nor does it create the log file while setting logging up (it would race rank 0's claim of an empty folder).
+    hydra_cfg = compose_hydra(args)
+    handlers = OmegaConf.to_container(hydra_cfg.job_logging, resolve=False)
+    handlers["handlers"]["file"]["filename"] = str(tmp_path / "train.log")
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    try:
+        logging.config.dictConfig(handlers)
+        assert not (tmp_path / "train.log").exists()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(before[0])
+        for handler in before[1]:
+            root.addHandler(handler)
     monkeypatch.setenv("RANK", "0")
     assert torchrun_args(["hydra.run.dir=/shared/run"]) == ["hydra.run.dir=/shared/run"]
 

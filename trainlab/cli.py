@@ -323,8 +323,11 @@ def torchrun_args(args: list[str]) -> list[str]:
              "machine can reach>")
     if os.environ["RANK"] == "0":
         return args
+    # logging's dictConfig opens every FileHandler it defines, used or not: without delay, rank 1 could create
+    # train.log in the run directory before rank 0 claims it, and rank 0 would refuse a folder "not its own".
     return [a for a in args if not a.startswith("hydra.output_subdir=")] + [
-        "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]"]
+        "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
+        "++hydra.job_logging.handlers.file.delay=true"]
 
 
 def _default_eval_dir(args: list[str]) -> Path | None:
