@@ -67,3 +67,39 @@ def test_auroc_averages_over_the_classes_present():
     probs = logits.softmax(1).numpy()
     expected = np.mean([sk.roc_auc_score(target.numpy() == c, probs[:, c]) for c in range(4)])
     assert metrics.compute()[0]["val/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("average", ["macro", "weighted", "micro"])
+def test_averages_and_absent_classes_match_sklearn(average):
+    """Classes 5 and 6 are never the target and never predicted (left out of a macro average, as scikit-learn
+    does without labels=); class 4 is predicted but never the target (precision 0, recall undefined -> 0)."""
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 4, (80,), generator=g)
+    pred = torch.where(torch.rand(80, generator=g) < 0.7, target, torch.randint(0, 5, (80,), generator=g))
+    logits = torch.nn.functional.one_hot(pred, 7).float() * 3 + torch.rand(80, 7, generator=g)
+    metrics = ClassificationMetrics(7, "train", top_k=3, average=average, with_auroc=False)
+    metrics.update(logits[:50], target[:50], torch.tensor(1.0))
+    metrics.update(logits[50:], target[50:], torch.tensor(1.0))
+    values, confusion = metrics.compute()
+    y, p = target.numpy(), pred.numpy()
+    assert values["train/acc1"] == pytest.approx(sk.accuracy_score(y, p))
+    assert values["train/acc5"] == pytest.approx(sk.top_k_accuracy_score(y, logits.numpy(), k=3, labels=range(7)))
+    for name, fn in (("precision", sk.precision_score), ("recall", sk.recall_score), ("f1", sk.f1_score)):
+        assert values[f"train/{name}"] == pytest.approx(fn(y, p, average=average, zero_division=0)), name
+    assert values["train/kappa"] == pytest.approx(sk.cohen_kappa_score(y, p))
+    assert np.array_equal(confusion.numpy(), sk.confusion_matrix(y, p, labels=range(7)))
+
+
+def test_a_mid_epoch_state_from_the_torchmetrics_counters_carries_over():
+    """interrupted.ckpt files written before the confusion matrix was counted by trainlab itself hold
+    torchmetrics' state names: the confusion matrix and the top-k counts are read from them."""
+    metrics = ClassificationMetrics(3, "train", top_k=2, average="macro", with_auroc=False)
+    old = {"confusion.confmat": torch.tensor([[2, 1, 0], [0, 3, 0], [1, 0, 1]]),
+           "acc5.tp": torch.tensor(7), "acc5.fn": torch.tensor(1), "acc5.fp": torch.tensor(1),
+           "acc5.tn": torch.tensor(15), "loss.total": torch.tensor(4.0, dtype=torch.float64),
+           "loss.count": torch.tensor(8.0, dtype=torch.float64)}
+    metrics.load_state_dict({"metrics": old})
+    values, confusion = metrics.compute()
+    assert confusion.tolist() == old["confusion.confmat"].tolist()
+    assert values["train/acc1"] == pytest.approx(6 / 8) and values["train/acc5"] == pytest.approx(7 / 8)
+    assert values["train/loss"] == pytest.approx(0.5)
