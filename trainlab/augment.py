@@ -99,13 +99,23 @@ class BatchAugment:
         batch takes one of the two at random. Without them: (x, target) as they are."""
         if not self.mixes:
             return x, target
-        use_cutmix = self.cutmix_alpha > 0 and (
-            self.mixup_alpha == 0 or bool(torch.rand((), generator=generator, device=_gen_device(generator)) < 0.5))
-        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        g = torch.distributions.Gamma(torch.tensor([alpha, alpha], device=x.device), 1.0).sample()
-        lam = g[0] / g.sum()  # Beta(alpha, alpha), kept on the device (no host sync)
-        onehot = F.one_hot(target, num_classes).to(x.dtype)
-        if use_cutmix:
+        both = self.cutmix_alpha > 0 and self.mixup_alpha > 0
+        # With both, a coin picks one per batch. It stays on the device (reading it back would stall a GPU every
+        # step), so both are computed and the coin selects: two element-wise passes, cheap next to the model.
+        coin = torch.rand((), generator=generator, device=_gen_device(generator)).to(x.device) < 0.5 if both \
+            else torch.tensor(self.cutmix_alpha > 0, device=x.device)
+        alpha = torch.where(coin, self.cutmix_alpha, self.mixup_alpha).to(x.dtype)
+        # Beta(alpha, alpha) from two Gamma draws, kept on the device (validate_args=False: checking the
+        # parameters would read them back to the host).
+        g = torch.distributions.Gamma(alpha.expand(2), 1.0, validate_args=False).sample()
+        lam = g[0] / g.sum()
+        # F.one_hot reads the targets' range back to check it: a scatter does not.
+        onehot = torch.zeros(target.shape[0], num_classes, dtype=x.dtype, device=x.device).scatter_(
+            1, target.view(-1, 1), 1.0)
+        if both:
+            cut, cut_lam = cutmix_(x, lam, generator)
+            x, lam = torch.where(coin, cut, x * lam + x.roll(1, 0) * (1 - lam)), torch.where(coin, cut_lam, lam)
+        elif self.cutmix_alpha:
             x, lam = cutmix_(x, lam, generator)
         else:
             x = x * lam + x.roll(1, 0) * (1 - lam)

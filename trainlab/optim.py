@@ -17,10 +17,38 @@ from trainlab.errors import ConfigError, require
 WARMUP_START_FACTOR = 0.01  # warm-up starts at lr/100: small enough to be safe, large enough to move
 
 
-def build_optimizer(make: Callable[..., torch.optim.Optimizer], params) -> torch.optim.Optimizer:
-    """The configured optimizer; trainlab asks more of lr and weight_decay than torch does (lr=0 trains nothing)."""
+def fused_choice(make: Callable[..., torch.optim.Optimizer], device: str) -> tuple[dict, str]:
+    """(extra keyword arguments, why): on a GPU, torch's fused implementation (one kernel for the whole update
+    instead of a few per parameter tensor) where the optimizer has one and the config sets neither `fused` nor
+    `foreach`. The result is the same update; only the launch overhead goes."""
+    import inspect
+
+    target = getattr(make, "func", make)
+    given = getattr(make, "keywords", {}) or {}
+    if not device.startswith("cuda"):
+        return {}, "torch's default implementation (fused kernels are used on a GPU)"
+    if "fused" in given or "foreach" in given:
+        return {}, "as set by optimizer.fused / optimizer.foreach"
     try:
-        optimizer = make(params)
+        takes = "fused" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes = False
+    name = getattr(target, "__name__", str(target))
+    if takes:
+        try:  # some fused kernels exist for the CPU only (Adagrad's): try one on this device
+            make([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            takes = False
+    if not takes:
+        return {}, f"{name} has no fused implementation on this device: torch's default (foreach)"
+    return {"fused": True}, f"{name} fused: one kernel per update on the GPU (optimizer.fused=false turns it off)"
+
+
+def build_optimizer(make: Callable[..., torch.optim.Optimizer], params, **extra) -> torch.optim.Optimizer:
+    """The configured optimizer; trainlab asks more of lr and weight_decay than torch does (lr=0 trains nothing).
+    `extra`: keyword arguments trainlab chose (see `fused_choice`)."""
+    try:
+        optimizer = make(params, **extra)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build the optimizer: {e} (check the optimizer.* keys)") from None
     group = optimizer.param_groups[0]
@@ -86,3 +114,42 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class WeightEMA(torch.optim.swa_utils.AveragedModel):
+    """An exponential moving average of the weights and buffers (`trainer.ema_decay`): torch's AveragedModel,
+    whose `update_parameters` reads its step counter back to the host twice per call (a GPU stall every step).
+    Here that happens once, at the first update after building or loading; later updates are the same
+    `multi_avg_fn` calls on the device."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        # use_buffers: BatchNorm's running statistics are averaged too, so the EMA model validates as it is.
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self._started: bool | None = None  # unknown until read once (a loaded state may have started)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._started = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        import itertools
+
+        if self._started is None:
+            self._started = bool(self.n_averaged > 0)
+        if not self._started:  # the first update copies the weights: torch's own code
+            super().update_parameters(model)
+            self._started = True
+            return
+        groups: dict = {}
+        mine = itertools.chain(self.module.parameters(), self.module.buffers())
+        theirs = itertools.chain(model.parameters(), model.buffers())
+        for averaged, current in zip(mine, theirs):
+            own, new = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            own.append(averaged.detach())
+            new.append(current.detach().to(averaged.device))
+        for own, new in groups.values():
+            self.multi_avg_fn(own, new, self.n_averaged)
+        self.n_averaged += 1
+
