@@ -113,7 +113,8 @@ def test_a_resumed_run_keeps_its_choice_and_measures_nothing(tmp_path, monkeypat
     args = FAST + ["dataset.train_size=64", "dataset.val_size=16", "trainer.channels_last=auto"]
     train(compose(args + ["trainer.epochs=1"]), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["speed"] == {"precision": "32", "channels_last": True}
+    assert torch.load(ckpt, weights_only=True)["speed"] == {"precision": "32", "channels_last": True,
+                                                                 "compile": False}
 
     def never(*args, **kwargs):
         raise AssertionError("a resumed run measured again")

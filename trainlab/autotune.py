@@ -38,10 +38,12 @@ CACHE_NAME = "autotune.json"
 class Candidate:
     precision: str
     channels_last: bool
+    compile: bool = False
 
     @property
     def label(self) -> str:
-        return f"precision={self.precision} channels_last={str(self.channels_last).lower()}"
+        return (f"precision={self.precision} channels_last={str(self.channels_last).lower()}"
+                + (" compile=true" if self.compile else ""))
 
 
 def candidates(device: str, precision: str, channels_last: str) -> list[Candidate]:
@@ -55,10 +57,11 @@ def candidates(device: str, precision: str, channels_last: str) -> list[Candidat
 
 
 def pick(speeds: dict[Candidate, float]) -> Candidate:
-    """The fastest; among those within TIE of it, the numerically safest (then contiguous memory)."""
+    """The fastest; among those within TIE of it, the uncompiled (no compile time at start), then the
+    numerically safest, then contiguous memory."""
     best = max(speeds.values())
     close = [c for c, ips in speeds.items() if ips >= best * (1 - TIE)]
-    return min(close, key=lambda c: (SAFETY[c.precision], c.channels_last))
+    return min(close, key=lambda c: (c.compile, SAFETY[c.precision], c.channels_last))
 
 
 def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, device: torch.device,
@@ -69,17 +72,23 @@ def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, devi
     fmt = torch.channels_last if candidate.channels_last else torch.contiguous_format
     model = make_model().to(device, memory_format=fmt).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    warmup = WARMUP_STEPS
+    if candidate.compile:  # the first steps compile (forward, then backward): excluded from the rate, logged
+        model, warmup = torch.compile(model), WARMUP_STEPS + 1
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(candidate.precision)
     criterion = nn.CrossEntropyLoss()
     start = first = time.perf_counter()
-    for step in range(WARMUP_STEPS + STEPS):
-        if step == WARMUP_STEPS:
+    for step in range(warmup + STEPS):
+        if step == warmup:
             _sync(device)
             start = time.perf_counter()
-            first_rate = WARMUP_STEPS * batch / (start - first)
-            if device.type == "cpu" and first_rate * HOPELESS < best:
+            first_rate = warmup * batch / (start - first)
+            if candidate.compile:
+                log.info("autotune: compiling %s took %.1f s (not counted in its images/s)", candidate.label,
+                         start - first)
+            elif device.type == "cpu" and first_rate * HOPELESS < best:
                 return first_rate
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = criterion(model(x), y)
@@ -106,9 +115,11 @@ def machine() -> str:
 
 
 def cache_key(device: str, model_config: dict, input_shape: tuple[int, int, int], batch: int,
-              options: list[Candidate]) -> str:
+              options: list[Candidate], try_compile: bool = False) -> str:
     described = {"machine": machine(), "device": device, "model": model_config, "input": list(input_shape),
                  "batch": batch, "candidates": [c.label for c in options]}
+    if try_compile:  # (absent otherwise, so the decisions cached before compile was a candidate still apply)
+        described["compile"] = True
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -141,19 +152,23 @@ class Decision:
 
     def to_dict(self) -> dict:
         return {"precision": self.choice.precision, "channels_last": self.choice.channels_last,
+                "compile": self.choice.compile,
                 "images_per_s": self.speeds, "cached": self.cached, "seconds": round(self.seconds, 2)}
 
 
 def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torch.device, options: list[Candidate],
            input_shape: tuple[int, int, int], num_classes: int, batch: int,
-           measure: Callable[..., float] | None = None) -> Decision:
+           measure: Callable[..., float] | None = None, try_compile: bool = False) -> Decision:
     """The cached decision for this machine, model and input, or a fresh measurement of every option.
-    `measure` is injectable (tests make one candidate artificially slower)."""
+    `try_compile`: then also time the fastest option under torch.compile (one compilation, not one per option:
+    compiling takes tens of seconds); it wins only by more than TIE. `measure` is injectable (tests make one
+    candidate artificially slower)."""
     measure = measure or measure_step
     batch = min(batch, BATCH)
-    key = cache_key(str(device), model_config, input_shape, batch, options)
+    key = cache_key(str(device), model_config, input_shape, batch, options, try_compile)
     entry = _read_cache().get(key)
-    labels = {c.label: c for c in options}
+    known = options + ([Candidate(o.precision, o.channels_last, True) for o in options] if try_compile else [])
+    labels = {c.label: c for c in known}
     if isinstance(entry, dict) and entry.get("choice") in labels:
         return Decision(labels[entry["choice"]], dict(entry.get("images_per_s", {})), True, 0.0)
     start = time.perf_counter()
@@ -164,6 +179,11 @@ def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torc
         for option in options:
             speeds[option] = measure(make_model, option, device, input_shape, num_classes, batch,
                                      best=max(speeds.values(), default=0.0))
+        if try_compile:
+            fastest = pick(speeds)
+            compiled = Candidate(fastest.precision, fastest.channels_last, True)
+            speeds[compiled] = measure(make_model, compiled, device, input_shape, num_classes, batch,
+                                       best=max(speeds.values()))
     choice = pick(speeds)
     decision = Decision(choice, {c.label: round(ips, 1) for c, ips in speeds.items()}, False,
                         time.perf_counter() - start)

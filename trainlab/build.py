@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from trainlab.checkpoint import TrainingState, load_checkpoint
 from trainlab.config import Settings
 from trainlab.data import ImageData
+from trainlab.data.base import DeviceBatches, data_placement
 from trainlab.distributed import SINGLE, Group, check_batch
 from trainlab.errors import CheckpointError, ConfigError, TrainlabError
 from trainlab.metrics import ClassificationMetrics
-from trainlab.optim import LRSchedule, build_optimizer
+from trainlab.optim import LRSchedule, WeightEMA, build_optimizer, fused_choice
 from trainlab.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ class Stepper:
 class Run:
     data: ImageData
     stepper: Stepper
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    train_loader: torch.utils.data.DataLoader | DeviceBatches
+    val_loader: torch.utils.data.DataLoader | DeviceBatches
     n_train: int                      # batches per epoch, after trainer.limit_train_batches
     n_val: int
     train_metrics: ClassificationMetrics
@@ -136,15 +137,21 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     from trainlab import autotune
 
     options = autotune.candidates(runtime.device, settings.trainer.precision, settings.trainer.channels_last)
-    if not settings.trainer.autotune or len(options) < 2:
+    try_compile = settings.trainer.compile == "auto" and runtime.device.startswith("cuda")
+    if not settings.trainer.autotune or (len(options) < 2 and not try_compile):
         return
-    if kept and autotune.Candidate(kept["precision"], bool(kept["channels_last"])) in options:
-        runtime.precision, runtime.channels_last = kept["precision"], bool(kept["channels_last"])
-        runtime.reasons["precision"] = runtime.reasons["channels_last"] = "autotune: kept from the resumed run"
-        runtime.autotune = {"kept": True, **kept}
-        log.info("autotune: precision=%s channels_last=%s, as the run was trained until now", runtime.precision,
-                 str(runtime.channels_last).lower())
-        return
+    if kept:
+        kept = {"compile": False} | kept  # runs from before compile was a candidate
+        if autotune.Candidate(kept["precision"], bool(kept["channels_last"])) in options:
+            runtime.precision, runtime.channels_last = kept["precision"], bool(kept["channels_last"])
+            runtime.compile = bool(kept["compile"]) if try_compile else runtime.compile
+            for key in ("precision", "channels_last") + (("compile",) if try_compile else ()):
+                runtime.reasons[key] = "autotune: kept from the resumed run"
+            runtime.autotune = {"kept": True, **kept}
+            log.info("autotune: precision=%s channels_last=%s%s, as the run was trained until now",
+                     runtime.precision, str(runtime.channels_last).lower(),
+                     f" compile={str(runtime.compile).lower()}" if try_compile else "")
+            return
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     model_config.pop("weights", None)  # timing needs the architecture, not the weights
 
@@ -155,14 +162,18 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
 
     shape = (channels, data.image_size, data.image_size)
     decision = autotune.decide(make_model, model_config, runtime.torch_device, options, shape, data.num_classes,
-                               data.batch_size) if group.is_main else None
+                               data.batch_size, try_compile=try_compile) if group.is_main else None
     if group.world_size > 1:
         decision = group.broadcast(decision)  # every rank trains as rank 0 measured
     choice = decision.choice
     measured = ", ".join(f"{label} {ips:.0f}" for label, ips in decision.speeds.items())
     how = "cached for this machine and model" if decision.cached else f"measured in {decision.seconds:.1f} s"
     runtime.precision, runtime.channels_last = choice.precision, choice.channels_last
-    runtime.reasons["precision"] = runtime.reasons["channels_last"] = f"autotune: fastest training steps ({how})"
+    tuned = ("precision", "channels_last") + (("compile",) if try_compile else ())
+    if try_compile:
+        runtime.compile = choice.compile
+    for key in tuned:
+        runtime.reasons[key] = f"autotune: fastest training steps ({how})"
     runtime.autotune = decision.to_dict()
     log.info("autotune: training images/s: %s -> %s (%s; trainer.autotune=false or explicit values skip this)",
              measured, choice.label, how)
@@ -321,14 +332,22 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     tune_runtime(runtime, cfg, settings, data, group, resume.speed if resume else None)
     model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=resume is None,
                         channels=data.channels)
-    optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), model.parameters())
-    shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size}
+    make_optimizer = build(cfg.optimizer, "optimizer")
+    fused, runtime.reasons["optimizer"] = fused_choice(make_optimizer, runtime.device)
+    log.info("runtime: optimizer = %s", runtime.reasons["optimizer"])
+    optimizer = build_optimizer(make_optimizer, model.parameters(), **fused)
+    on_device, runtime.reasons["data_on_device"] = data_placement(trainer.data_on_device, data, runtime.torch_device)
+    runtime.data_on_device = on_device
+    log.info("runtime: data_on_device = %s (%s)", str(on_device).lower(), runtime.reasons["data_on_device"])
+    shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size,
+             "device": runtime.torch_device if on_device else None}
     train_loader = data.loader("train", seed=settings.seed, **shard)
     val_loader = data.loader("val", **shard)
-    log.info("data loading: %d DataLoader worker processes (dataset.num_workers)%s", data.num_workers,
-             ": a batch is one gather from the decoded images in memory, and workers measured slower than none on "
-             "small machines (scripts/bench_data.py); raise it if your augmentation is heavy" if not data.num_workers
-             else "")
+    if not on_device:
+        log.info("data loading: %d DataLoader worker processes (dataset.num_workers)%s", data.num_workers,
+                 ": a batch is one gather from the decoded images in memory, and workers measured slower than none "
+                 "on small machines (scripts/bench_data.py); raise it if your augmentation is heavy"
+                 if not data.num_workers else "")
     n_train = min(len(train_loader), trainer.limit_train_batches or len(train_loader))
     n_val = min(len(val_loader), trainer.limit_val_batches or len(val_loader))
     # Steps per epoch: with accumulation, one per accumulate_grad_batches batches (and one for a remainder).
@@ -348,10 +367,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
                           "not take: use loss=cross_entropy, or set both alphas to 0")
     ema = None
     if trainer.ema_decay is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        # use_buffers: BatchNorm's running statistics are averaged too, so the EMA model validates as it is.
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(trainer.ema_decay), use_buffers=True)
+        ema = WeightEMA(model, trainer.ema_decay)
         log.info("EMA: a moving average of the weights (decay %g per optimizer step), validated as val_ema/*",
                  trainer.ema_decay)
     if trainer.accumulate_grad_batches > 1:

@@ -35,7 +35,8 @@ class TrainerSettings:
     precision: str = MISSING
     channels_last: str = MISSING
     autotune: bool = MISSING
-    compile: bool = MISSING
+    compile: str = MISSING
+    data_on_device: str = MISSING
     histogram_every_n_epochs: int = MISSING
     threads: str = MISSING
     accumulate_grad_batches: int = MISSING
@@ -181,6 +182,9 @@ def load_settings(cfg: DictConfig, require_data: bool = True) -> Settings:
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})")
     _require(str(t.channels_last).lower() in ("auto", "true", "false"),
              "trainer.channels_last must be auto, true or false")
+    t.compile, t.data_on_device = str(t.compile).lower(), str(t.data_on_device).lower()
+    for name in ("compile", "data_on_device"):
+        _require(getattr(t, name) in ("auto", "true", "false"), f"trainer.{name} must be auto, true or false")
     _require(t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1),
              f"trainer.threads must be auto or a positive integer (got {t.threads!r})")
     for name in ("checkpoint", "early_stopping", "target"):

@@ -29,6 +29,7 @@ class Runtime:
     compile: bool
     reasons: dict
     autotune: dict | None = None   # what trainer.autotune measured (trainlab.autotune.Decision), if it ran
+    data_on_device: bool = False   # batches gathered from arrays on the device (set with the data, trainlab.build)
 
     @property
     def torch_device(self) -> torch.device:
@@ -71,11 +72,12 @@ def check_hardware(device_type: str, precision: str) -> None:
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
 
 
-def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: bool,
+def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: str,
                     local_rank: int = 0, processes_per_node: int = 1, autotune: bool = False) -> Runtime:
     """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
     (which GPU it drives, how many cores it may use). `autotune`: an `auto` precision or memory format is
-    measured later (`trainlab.build.tune_runtime`); what is set here is only the stand-in until then."""
+    measured later (`trainlab.build.tune_runtime`); what is set here is only the stand-in until then.
+    `compile`: auto | true | false (`auto` is a measured candidate on a GPU, off on a CPU)."""
     reasons = {}
     check_hardware(device_type, precision)
     if device_type == "cuda":
@@ -117,8 +119,25 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
         n_threads = int(threads)
         torch.set_num_threads(n_threads)
         reasons["threads"] = "set by trainer.threads"
-    runtime = Runtime(device, precision, use_cl, n_threads, bool(compile), reasons)
-    for key in ("device", "precision", "channels_last", "threads"):
+    compile = str(compile).lower()
+    if compile == "auto" and device_type == "cuda" and autotune:
+        use_compile = False
+        reasons["compile"] = "auto: measured before training (trainer.autotune=true)"
+    elif compile == "auto":
+        use_compile = False
+        reasons["compile"] = ("auto: not measured (trainer.autotune=false), so off" if device_type == "cuda" else
+                              "auto: off on a CPU, where compiling ResNet-18 took ~50 s and made no measured "
+                              "difference (README, Performance); trainer.compile=true forces it")
+    else:
+        use_compile = compile == "true"
+        reasons["compile"] = "set by trainer.compile"
+    if device_type == "cuda":
+        # Training batches all have one shape, so cuDNN's search for the fastest convolution algorithm pays off
+        # after the first step (the short last val batch costs one more search).
+        torch.backends.cudnn.benchmark = True
+        reasons["cudnn_benchmark"] = "on: fixed input shapes"
+    runtime = Runtime(device, precision, use_cl, n_threads, use_compile, reasons)
+    for key in ("device", "precision", "channels_last", "threads", "compile"):
         if not reasons[key].startswith("auto: measured"):  # those are logged once measured
             log.info("runtime: %s = %s (%s)", key, getattr(runtime, key), reasons[key])
     return runtime

@@ -63,7 +63,8 @@ def upgrade_config(saved: dict) -> dict:
                                 "monitor": scheduler.pop("monitor", None) or "val/loss"}
         trainer["l1"] = saved.get("optimizer", {}).pop("l1", 0.0)
     trainer.setdefault("autotune", False)
-    for key, value in (("accumulate_grad_batches", 1), ("ema_decay", None), ("activations_every_n_epochs", 0)):
+    for key, value in (("accumulate_grad_batches", 1), ("ema_decay", None), ("activations_every_n_epochs", 0),
+                       ("data_on_device", "auto")):
         trainer.setdefault(key, value)
     augment = saved.setdefault("augment", {})
     for key, value in (("auto_augment", "none"), ("random_erasing", 0.0), ("mixup_alpha", 0.0), ("cutmix_alpha", 0.0)):

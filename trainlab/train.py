@@ -61,7 +61,8 @@ def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, 
         early_stopping=stopper.state_dict(), rng=capture_rng(), classes=run.data.classes,
         class_names=run.data.class_names, normalization={"mean": list(run.data.mean), "std": list(run.data.std)},
         config=OmegaConf.to_container(cfg, resolve=True), choices=run.choices, history=history, elapsed_s=elapsed,
-        speed={"precision": s.runtime.precision, "channels_last": s.runtime.channels_last},
+        speed={"precision": s.runtime.precision, "channels_last": s.runtime.channels_last,
+               "compile": s.runtime.compile},
         ema=s.ema.state_dict() if s.ema is not None else None)
 
 

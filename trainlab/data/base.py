@@ -55,16 +55,22 @@ class EpochBatches(Sampler):
         full, rest = divmod(self.size, self.batch_size)
         return full if (self.drop_last or rest == 0) else full + 1
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def order(self) -> torch.Tensor:
+        """This epoch's sample order (drawn on the CPU, so it is the same whatever device trains)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=g)
-        else:
-            order = torch.arange(self.size)
+            return torch.randperm(self.size, generator=g)
+        return torch.arange(self.size)
+
+    def shards(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
+        """This rank's indices of each remaining batch of `order` (slices of it, on its device)."""
         for i in range(self.start_batch, len(self)):
             shard = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
             if len(shard):  # only a short last batch can leave a rank without samples
                 yield shard
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.shards(self.order())
 
 
 class _Batches(Dataset):
@@ -81,6 +87,65 @@ class _Batches(Dataset):
         labels = self.split.labels.index_select(0, index) if self.split.labels is not None \
             else torch.full((len(index),), -1)
         return self.split.images.index_select(0, index), labels
+
+
+class DeviceBatches:
+    """The batches of a split whose images already sit where the model runs (`trainer.data_on_device`): the
+    uint8 arrays are copied to the device once, each epoch's order once per epoch, and a batch is an
+    on-device gather - no DataLoader, no worker processes, no host-to-device copy or host sync per step.
+    On a CPU the arrays are used where they are (in memory or memory-mapped), so the CPU runs this same path.
+    Same interface as the DataLoader it replaces: `len()`, iteration, and `.sampler.set_epoch()`."""
+
+    def __init__(self, split: Split, sampler: EpochBatches, device: torch.device):
+        self.sampler, self.device = sampler, device
+        self.images = split.images.to(device)
+        labels = split.labels if split.labels is not None else torch.full((len(split),), -1)
+        self.labels = labels.to(device)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.sampler.order().to(self.device)
+        for index in self.sampler.shards(order):
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+def split_bytes(split: Split) -> int:
+    """What a split takes on a device: its uint8 images and int64 labels."""
+    return split.images.numel() * split.images.element_size() + len(split) * 8
+
+
+# On a GPU the data may take at most this share of the free memory: the rest is for the model's weights,
+# optimizer state and activations (ResNet-18 at batch 512 and 64x64 needs a few GB).
+DEVICE_SHARE = 0.5
+
+
+def data_placement(setting: str, data: ImageData, device: torch.device,
+                   splits: tuple[str, ...] = ("train", "val")) -> tuple[bool, str]:
+    """(keep the arrays on the training device?, why) for `trainer.data_on_device` = auto | true | false."""
+    need = sum(split_bytes(data.splits[s]) for s in splits)
+    size = f"{need / 2**30:.2f} GiB"
+    if setting == "false":
+        return False, "set by trainer.data_on_device"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        fits = need <= DEVICE_SHARE * free
+        room = f"the arrays take {size}, the GPU has {free / 2**30:.1f} GiB free"
+        if setting == "true":
+            require(need < free, f"trainer.data_on_device=true but {room}: use trainer.data_on_device=auto (or false, "
+                                 "the pinned-memory loader)")
+            return True, f"set by trainer.data_on_device ({room})"
+        if fits:
+            return True, f"auto: {room}, so they are copied there once"
+        return False, (f"auto: {room}, more than {DEVICE_SHARE:.0%} of it, so batches are copied from pinned memory "
+                       "by the DataLoader")
+    if setting == "true":
+        return True, "set by trainer.data_on_device"
+    if data.num_workers:
+        return False, f"auto: dataset.num_workers={data.num_workers} asks for DataLoader worker processes"
+    return True, (f"auto: on a CPU the decoded arrays ({size}) are already in this process's memory, so batches "
+                  "are gathered in the training loop without a DataLoader")
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -122,14 +187,17 @@ class ImageData:
         return len(self.classes)
 
     def loader(self, split: str, seed: int = 0, pin_memory: bool = False, train: bool | None = None,
-               rank: int = 0, world: int = 1) -> DataLoader:
+               rank: int = 0, world: int = 1, device: torch.device | None = None) -> DataLoader | DeviceBatches:
         """Training order shuffles (seeded per epoch through `loader.sampler.set_epoch`) and drops an incomplete
         last batch; evaluation order (val, test, or any split with train=False) keeps file order, every image.
-        `rank`/`world`: this process's share of each (global) batch."""
+        `rank`/`world`: this process's share of each (global) batch. `device`: keep the split there and
+        gather batches on it (DeviceBatches) instead of a DataLoader."""
         data = self.splits[split]
         train = split == "train" if train is None else train
         batches = EpochBatches(len(data), self.batch_size, shuffle=train, seed=seed, drop_last=train,
                                rank=rank, world=world)
+        if device is not None:
+            return DeviceBatches(data, batches, device)
         # A generator of its own: each DataLoader iterator draws a worker base seed from it, which would
         # otherwise come from (and shift) the global RNG that dropout uses, breaking exact resumes.
         return DataLoader(
