@@ -16,6 +16,8 @@ from torchvision import transforms as T
 
 from trainlab.augment import BatchAugment
 from trainlab.config import compose
+from trainlab.data import FakeData
+from trainlab.data.base import Split, channel_stats
 from trainlab.testing import write_tiny_imagenet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)
@@ -83,11 +85,36 @@ def textbook_train_ips(root: Path, batch_size: int, steps: int, workers: int = 2
 def trainlab_train_ips(overrides: list[str]) -> float:
     """`trainlab train` with the given overrides (in this process, or with `device.count>1` in the worker
     processes it starts): its own recorded throughput/train_ips, all processes together."""
+    return trainlab_train_row(overrides)["throughput/train_ips"]
+
+
+def trainlab_train_row(overrides: list[str]) -> dict:
+    """The last epoch's metrics.csv row of `trainlab train` with the given overrides, run in a temporary folder."""
     from trainlab.train import train_command
 
     with tempfile.TemporaryDirectory() as run_dir:
-        row = train_command(compose(overrides), Path(run_dir), list(overrides))
-    return row["throughput/train_ips"]
+        return train_command(compose(overrides), Path(run_dir), list(overrides))
+
+
+_MADE: dict[tuple, dict] = {}
+
+
+class RandomImages(FakeData):
+    """`dataset=fake` at any size (`dataset._target_=benchlib.RandomImages`): uniform random uint8 images and
+    labels, made once per process (100,000 64x64 images are 1.2 GB; FakeData's float noise needs 5 GB more)."""
+
+    def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
+        key = (self.num_classes, self.image_size, self.sizes["train"], self.sizes["val"], self.seed)
+        if key not in _MADE:
+            g = torch.Generator().manual_seed(self.seed)
+            _MADE[key] = {}
+            for name in ("train", "val"):
+                n, s = self.sizes[name], self.image_size
+                _MADE[key][name] = Split(torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g),
+                                         torch.randint(0, self.num_classes, (n,), generator=g),
+                                         [f"random://{name}/{i}" for i in range(n)])
+        self.splits = {name: _MADE[key][name] for name in splits if name in _MADE[key]}
+        self.mean, self.std = channel_stats(_MADE[key]["train"].images[:4096])
 
 
 def bare_train_ips(images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, steps: int,

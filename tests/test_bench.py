@@ -19,6 +19,10 @@ from helpers import REPO
      ["train_overhead", "eval_overhead"]),
     ("bench_data.py", ["--batches", "1", "--steps", "1", "--per-class", "4", "--batch-size", "16", "--rounds", "1"],
      ["delivery_vs_imagefolder", "train_vs_fixed_batch"]),
+    ("bench_gpu.py", ["--device", "cpu", "--images", "48", "--val-images", "16", "--classes", "4", "--steps", "1",
+                      "--batch-sizes", "16", "--workers", "0", "--image-size", "16"],
+     ["small_stem_b16_vs_textbook", "small_stem_b16_vs_fixed_batch", "standard_stem_b16_vs_textbook",
+      "standard_stem_b16_vs_fixed_batch"]),
     ("bench_devices.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4", "--rounds", "1"], ["ddp2_vs_1"]),
 ])
 def test_bench_script_prints_ratios(script, args, ratios):

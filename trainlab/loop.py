@@ -31,19 +31,22 @@ class EpochTally:
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
         self.batches, self.seen, self.elapsed, self.lr = 0, 0, 0.0, lr
         self.optimizer_steps = 0  # this epoch's (batches / accumulate_grad_batches): the mean gradient norm's count
+        self.compile_s = 0.0      # the first compiled step's time: left out of throughput/train_ips
         # Where the run is: not part of the state below (a checkpoint stores them once, for every rank).
         self.epoch, self.step = epoch, step
 
     def state_dict(self) -> dict:
         return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "correct": self.correct,
                 "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
-                "elapsed": self.elapsed, "lr": self.lr, "optimizer_steps": self.optimizer_steps}
+                "elapsed": self.elapsed, "lr": self.lr, "optimizer_steps": self.optimizer_steps,
+                "compile_s": self.compile_s}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("grad_sum", "grad_max", "correct", "first_bad"):
             getattr(self, key).copy_(state[key])
         self.batches, self.seen, self.elapsed, self.lr = state["batches"], state["seen"], state["elapsed"], state["lr"]
         self.optimizer_steps = state.get("optimizer_steps", state["batches"])  # older checkpoints: one per batch
+        self.compile_s = state.get("compile_s", 0.0)
 
 
 def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
@@ -111,7 +114,9 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
             tally.optimizer_steps += 1
             if s.runtime.compile and step == 1:  # the first step of a compiled model is mostly compilation
                 loss.item()  # wait for it (GPUs run ahead)
-                log.info("torch.compile: the first step took %.1fs (compilation included)", time.perf_counter() - start)
+                tally.compile_s = time.perf_counter() - start
+                log.info("torch.compile: the first step took %.1f s (compilation included; left out of "
+                         "throughput/train_ips, not of time/train_s)", tally.compile_s)
             if step % log_every == 0:
                 # The only host sync inside the epoch: once per log interval. The loss is the ranks' mean.
                 value, acc, first_bad = torch.stack([s.group.mean(loss.detach().float()),
@@ -156,7 +161,7 @@ def epoch_row(run: Run, tally: EpochTally) -> tuple[dict, dict[str, torch.Tensor
     if run.stepper.ema is not None:  # its own pass, its own val_ema/* columns (its time is not val's)
         ema_values = validate(run.stepper, run.val_loader, run.ema_metrics, run.n_val, run.stepper.ema.module)
         val_values |= {k: v for k, v in ema_values.items() if k.startswith("val_ema/")}
-    images_per_s = group.sum(tally.seen) / max(tally.elapsed, 1e-9)
+    images_per_s = group.sum(tally.seen) / max(tally.elapsed - tally.compile_s, 1e-9)
     values = {"epoch": tally.epoch, "step": tally.step, **train_values, **val_values, "lr": tally.lr,
               "grad_norm": (tally.grad_sum / max(tally.optimizer_steps, 1)).item(),
               "grad_norm_max": tally.grad_max.item(),
