@@ -97,6 +97,7 @@ def test_placement_on_a_gpu_depends_on_its_free_memory(monkeypatch):
         data_placement("true", data, gpu)
 
 
+@pytest.mark.slow  # seconds of training: in the full suite, not the editing subset
 @pytest.mark.parametrize("extra", [[], ["trainer.accumulate_grad_batches=2", "augment.mixup_alpha=0.2"]])
 def test_training_on_resident_data_equals_the_dataloader_path(tmp_path, extra):
     args = FAST + ["dataset.train_size=96", "dataset.val_size=32", "dataset.batch_size=16"] + extra

@@ -20,6 +20,7 @@ def test_the_suggestion_is_the_steepest_descent_against_log_lr():
     assert suggest(lrs[:2], smoothed[:2]) is None
 
 
+@pytest.mark.slow  # a few seconds of steps: in the full suite, not the editing subset
 def test_lr_find_writes_the_curve_and_suggests_an_lr(tmp_path, capsys):
     out = tmp_path / "lr"
     code, stdout, err = run(capsys, "lr-find", *FAST, "lr_find.num_steps=40", "lr_find.min_lr=1e-5",
