@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from trainlab.autotune import Candidate, measure_step
 from trainlab.data.base import Split
 from trainlab.environment import cpu_name
 from trainlab.models import resnet
@@ -88,26 +89,11 @@ def textbook_ips(split: Split, classes: int, small_stem: bool, batch: int, steps
 def fixed_batch_ips(classes: int, size: int, small_stem: bool, batch: int, steps: int, precision: str,
                     device: torch.device) -> float:
     """The model alone: one batch already on the device, the same precision, memory format and optimizer as
-    trainlab's run (SGD, fused on a GPU), nothing else per step."""
-    model = resnet18(num_classes=classes, small_stem=small_stem).to(device, memory_format=torch.channels_last)
+    trainlab's run (SGD, fused on a GPU), nothing else per step (autotune's own timing)."""
     fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, **fused)
-    criterion = nn.CrossEntropyLoss()
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch,), device=device)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    model.train()
-    for step in range(3 + steps):
-        if step == 3:
-            _sync(device)
-            start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return measure_step(lambda: resnet18(classes, small_stem), Candidate(precision, True), device, (3, size, size),
+                        classes, batch, steps=steps, warmup=3, make_optimizer=lambda params: torch.optim.SGD(
+                            params, lr=0.1, momentum=0.9, weight_decay=1e-4, **fused))
 
 
 def main() -> None:

@@ -65,22 +65,24 @@ def pick(speeds: dict[Candidate, float]) -> Candidate:
 
 
 def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, device: torch.device,
-                 input_shape: tuple[int, int, int], num_classes: int, batch: int, best: float = 0.0) -> float:
-    """Training images/s of a fresh copy of the model under `candidate` (forward, backward, SGD step).
-    `best`: the fastest rate measured so far; a CPU candidate hopelessly slower than it is not timed further
-    (emulated bf16 runs at a tenth of fp32's speed, and would take most of the calibration time)."""
+                 input_shape: tuple[int, int, int], num_classes: int, batch: int, best: float = 0.0,
+                 steps: int = STEPS, warmup: int = WARMUP_STEPS,
+                 make_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> float:
+    """Training images/s of a fresh copy of the model under `candidate` (forward, backward, SGD step) on one
+    fixed random batch, over `steps` steps after `warmup` untimed ones. `best`: the fastest rate measured so
+    far; a CPU candidate hopelessly slower than it is not timed further (emulated bf16 runs at a tenth of
+    fp32's speed, and would take most of the calibration time). `make_optimizer(params)`: plain SGD if None."""
     fmt = torch.channels_last if candidate.channels_last else torch.contiguous_format
     model = make_model().to(device, memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    warmup = WARMUP_STEPS
+    optimizer = (make_optimizer or (lambda params: torch.optim.SGD(params, lr=1e-3)))(model.parameters())
     if candidate.compile:  # the first steps compile (forward, then backward): excluded from the rate, logged
-        model, warmup = torch.compile(model), WARMUP_STEPS + 1
+        model, warmup = torch.compile(model), warmup + 1
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(candidate.precision)
     criterion = nn.CrossEntropyLoss()
     start = first = time.perf_counter()
-    for step in range(warmup + STEPS):
+    for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             start = time.perf_counter()
@@ -96,7 +98,7 @@ def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, devi
         loss.backward()
         optimizer.step()
     _sync(device)
-    return STEPS * batch / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
