@@ -131,6 +131,8 @@ def test_experiment_files_hold_only_overrides():
     ("model=small_cnn model.weights=IMAGENET1K_V1", "small_cnn has no pretrained weights"),
     ("target.metric=val/accuracy", "target.metric=val/accuracy is not a recorded metric"),
     ("target.mode=up", "target.mode must be min or max"),
+    ("metrics.average=none", "metrics.average must be one of macro, weighted, micro"),
+    ("trainer.data_on_device=maybe", "trainer.data_on_device must be auto, true or false"),
 ])
 def test_bad_values_are_refused_by_their_owner(override, message):
     cfg = compose(override.split())

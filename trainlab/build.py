@@ -80,6 +80,7 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
     build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
     build(cfg.loss, "loss")
+    build_partial(cfg.metrics, "metrics", num_classes=2, split="val")  # metrics.average / top_k
     build_loggers(cfg)  # an optional tracker that is not installed is one line here, not at the first epoch
     del model
 
