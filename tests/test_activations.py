@@ -76,6 +76,7 @@ def test_training_records_activations_and_visualize_draws_feature_maps(tmp_path,
     out = tmp_path / "vis"
     code, stdout, err = run(capsys, "visualize", f"ckpt={run_dir}", "image=0", f"out={out}", "channels=8")
     assert code == 0, err
+    assert "visualize: precision=" in err and "predict:" not in err  # its own name in its log lines
     record = json.loads((out / "visualize.json").read_text())
     assert sorted(p.name for p in out.glob("*.png")) == ["0_2.png", "2_2.png", "4_2.png", "6_2.png", "input.png"]
     assert record["shapes"] == {"0.2": [32, 32, 32], "2.2": [64, 16, 16], "4.2": [128, 8, 8], "6.2": [128, 4, 4]}

@@ -69,6 +69,23 @@ def test_auroc_averages_over_the_classes_present():
     assert metrics.compute()[0]["val/auroc"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_auroc_ranks_probabilities_even_when_every_logit_lies_in_0_1():
+    """A fresh model's logits are small: a batch of them all inside [0, 1] is still ranked by softmax
+    probability, as scikit-learn ranks it, like every other batch of the epoch."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (50,), generator=g)
+    small = torch.rand(50, 4, generator=g) * 0.3 + 0.35  # every value in [0.35, 0.65]
+    small[torch.arange(50), target] += 0.05
+    large = torch.randn(50, 4, generator=g) * 3
+    metrics = ClassificationMetrics(4, "val", top_k=2, average="macro")
+    logits = torch.cat([small[:25], large[25:]])  # the first batch all in [0, 1], the second not
+    for batch in (slice(0, 25), slice(25, 50)):
+        metrics.update(logits[batch], target[batch], torch.tensor(1.0))
+    probs = logits.softmax(1).numpy()
+    expected = sk.roc_auc_score(target.numpy(), probs, multi_class="ovr", average="macro")
+    assert metrics.compute()[0]["val/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize("average", ["macro", "weighted", "micro"])
 def test_averages_and_absent_classes_match_sklearn(average):
     """Classes 5 and 6 are never the target and never predicted (left out of a macro average, as scikit-learn

@@ -137,6 +137,10 @@ class ClassificationMetrics:
                 metric.update(loss, target.shape[0])
             elif name == "confusion":
                 metric.update(logits.argmax(dim=1), target)
+            elif name == "auroc":
+                # Probabilities, always: torchmetrics softmaxes a batch only when some value lies outside [0, 1],
+                # so a batch of small logits (a freshly initialised model's) would be ranked by raw logits.
+                metric.update(logits.softmax(dim=1), target)
             else:
                 metric.update(logits, target)
 

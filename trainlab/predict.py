@@ -139,7 +139,7 @@ def predict_images(options: dict[str, str]) -> dict:
     return record
 
 
-def _from_checkpoint(ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
+def _from_checkpoint(ckpt: dict, cfg, command: str = "predict") -> tuple[torch.nn.Module, object, dict]:
     settings = load_settings(cfg, require_data=False)
     classes = list(ckpt["classes"])
     # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
@@ -150,7 +150,7 @@ def _from_checkpoint(ckpt: dict, cfg) -> tuple[torch.nn.Module, object, dict]:
                               str(speed.get("channels_last", settings.trainer.channels_last)).lower(),
                               settings.trainer.threads, False)
     if speed:
-        log.info("predict: precision=%s channels_last=%s, as the checkpoint was trained", runtime.precision,
+        log.info("%s: precision=%s channels_last=%s, as the checkpoint was trained", command, runtime.precision,
                  str(runtime.channels_last).lower())
     model = build_model(cfg, len(classes), classes, runtime, start_weights=False, channels=data_channels(ckpt))
     model.load_state_dict(ckpt["model"])

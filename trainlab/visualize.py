@@ -84,7 +84,7 @@ def visualize(options: dict[str, str]) -> dict:
     path = checkpoint_path(options["ckpt"])
     needs_data = not Path(options.get("image", "0")).expanduser().is_file()
     ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=needs_data, anywhere=True)
-    model, runtime, about = _from_checkpoint(ckpt, cfg)
+    model, runtime, about = _from_checkpoint(ckpt, cfg, "visualize")
     model.eval()
     layers = check_layers(model, [s for s in options["layers"].split(",") if s]) if options.get("layers") \
         else watched_layers(model)
@@ -101,7 +101,7 @@ def visualize(options: dict[str, str]) -> dict:
         raise ConfigError(f"the layers shown ({', '.join(layers)}) output vectors, not feature maps (as an MLP's "
                           "do): pick convolutional layers with layers=..., or watch their statistics in training "
                           "(trainer.activations_every_n_epochs)")
-    with torch.inference_mode():
+    with torch.inference_mode(), runtime.autocast():
         probabilities = model(x).float().softmax(1)[0]
     top = int(probabilities.argmax())
     out.mkdir(parents=True, exist_ok=True)
