@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,30 @@ def test_a_users_config_folder_counts_for_options_and_experiments(tmp_path, caps
         assert_one_line(code, out, err, "unknown experiment 'smal'; did you mean small?", "quickstart")
     code, out, err = run(capsys, "train", "+experiment=small")  # without the folder: not an option
     assert_one_line(code, out, err, "unknown experiment 'small': choose one of mnist_mlp, quickstart, resnet18_tiny")
+
+
+def test_a_users_own_primary_config_with_cp_and_cn_is_checked_like_trainlabs(tmp_path, capsys, monkeypatch):
+    """-cp DIR replaces trainlab's config folder (a relative DIR is the current folder's, not the Python file's
+    as in a Hydra app of one's own), -cn picks the primary config in it; the preflight checks both."""
+    from importlib.resources import as_file, files
+
+    monkeypatch.chdir(tmp_path)
+    with as_file(files("trainlab.conf")) as packaged:
+        shutil.copytree(packaged, tmp_path / "mine", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    config = (tmp_path / "mine" / "config.yaml").read_text()
+    (tmp_path / "mine" / "config.yaml").write_text(config.replace("epochs: 10", "epochs: 7"))
+    (tmp_path / "mine" / "short.yaml").write_text(config.replace("optimizer: sgd", "optimizer: adamw"))
+    code, out, err = run(capsys, "train", "-cp", "mine", "--cfg", "job")
+    assert code == 0 and "epochs: 7" in out, err
+    code, out, err = run(capsys, "train", "--config-path=mine", "-cn", "short", "--cfg", "job")
+    assert code == 0 and "_target_: torch.optim.AdamW" in out, err
+    assert_one_line(*run(capsys, "train", "-cp", "mine", "optimzer.lr=0.1"), "unknown key 'optimzer.lr'; did you "
+                                                                            "mean optimizer.lr?")
+    assert_one_line(*run(capsys, "train", "-cp", "mine", "-cn", "short", "optimizer=adamm"), "unknown optimizer "
+                                                                                             "'adamm'; did you mean")
+    assert_one_line(*run(capsys, "train", "-cp", "elsewhere"), "-cp elsewhere: ",
+                    f"{tmp_path / 'elsewhere'} holds no config.yaml", "use -cd DIR")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # refused before anything was written
 
 
 @pytest.mark.slow

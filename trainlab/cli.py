@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -51,7 +52,7 @@ commands:
 """
 # Hydra flags after which composing the config ourselves first would be wrong or pointless.
 _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p",
-                "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+                "--shell-completion", "-sc",
                 "--experimental-rerun", "--version"}
 _MULTIRUN_FLAGS = {"-m", "--multirun"}
 
@@ -86,51 +87,110 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
-    """(the arguments without `-cd DIR`, the config folders besides trainlab's own): `-cd/--config-dir` and the
-    entries of `hydra.searchpath=[file://..., pkg://...]`, as Hydra's searchpath entries."""
-    rest, roots, items = [], [], iter(args)
+@dataclass
+class Configs:
+    """Where a command's config is composed from: the primary folder (trainlab's own, or a user's `-cp DIR`) with
+    the primary config `name` (the command's, or `-cn NAME`), and the folders searched after it (`-cd DIR`,
+    `hydra.searchpath=[...]`), all as Hydra's searchpath entries (pkg://module, file:///abs/dir)."""
+    primary: str
+    name: str
+    roots: list[str] = field(default_factory=list)
+
+    def initialize(self):
+        from hydra import initialize_config_dir, initialize_config_module
+
+        if self.primary.startswith("pkg://"):
+            return initialize_config_module(self.primary[len("pkg://"):], version_base="1.3")
+        return initialize_config_dir(self.primary[len("file://"):], version_base="1.3")
+
+    def searchpath(self) -> list[str]:
+        return [f"hydra.searchpath=[{','.join(self.roots)}]"] if self.roots else []
+
+    def folders(self) -> list:
+        """The primary folder, then the searchpath's (file:// folders and pkg:// packages that exist)."""
+        from importlib.resources import files
+
+        folders = []
+        for root in [self.primary, *self.roots]:
+            try:
+                folder = Path(root[len("file://"):]) if root.startswith("file://") else \
+                    files(root[len("pkg://"):]) if root.startswith("pkg://") else Path(root)
+            except (ModuleNotFoundError, TypeError):
+                continue
+            if folder.is_dir():
+                folders.append(folder)
+        return folders
+
+    def group_options(self, group: str) -> list[str] | None:
+        """The options of a config group in all the folders; None where no folder has it."""
+        folders = [f.joinpath(group) for f in self.folders() if f.joinpath(group).is_dir()]
+        if not folders:
+            return None
+        return sorted({p.name[:-5] for folder in folders for p in folder.iterdir() if p.name.endswith(".yaml")})
+
+    def groups(self) -> list[str]:
+        return sorted({p.name for folder in self.folders() for p in folder.iterdir()
+                       if p.is_dir() and not p.name.startswith(("_", "."))})
+
+
+_VALUE_FLAGS = {"-cd": "--config-dir", "-cp": "--config-path", "-cn": "--config-name"}
+
+
+def _flag_values(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the arguments without Hydra's -cd/-cp/-cn and their values, {long flag: value})."""
+    rest, found, items = [], {}, iter(args)
     for arg in items:
-        if arg in ("-cd", "--config-dir") or arg.startswith("--config-dir="):
-            folder = arg.split("=", 1)[1] if "=" in arg else next(items, "")
-            roots.append(f"file://{Path(folder).expanduser().resolve()}")
+        flag = arg.split("=", 1)[0]
+        long = _VALUE_FLAGS.get(flag, flag)
+        if long in _VALUE_FLAGS.values():
+            value = arg.split("=", 1)[1] if "=" in arg else next(items, "")
+            found[long] = value  # argparse's rule: the last one counts
             continue
+        rest.append(arg)
+    return rest, found
+
+
+def config_path_arg(value: str) -> str:
+    """`-cp DIR` as Hydra must be given it. Hydra takes a relative -cp from the folder of the Python file that
+    declares the app (inside site-packages for trainlab), which no user means: here it is the current folder's."""
+    if value.startswith(("pkg://", "file://")) or os.path.isabs(value):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def _config_path_args(args: list[str]) -> list[str]:
+    """The arguments with a relative `-cp DIR` made absolute (see config_path_arg)."""
+    out, items = [], iter(args)
+    for arg in items:
+        flag = arg.split("=", 1)[0]
+        if flag in ("-cp", "--config-path"):
+            value = arg.split("=", 1)[1] if "=" in arg else next(items, "")
+            out += [flag, config_path_arg(value)]
+            continue
+        out.append(arg)
+    return out
+
+
+def config_source(args: list[str], config_name: str) -> tuple[list[str], Configs]:
+    """(the arguments without -cd/-cp/-cn, where the config comes from)."""
+    rest, found = _flag_values(args)
+    roots = [f"file://{Path(found['--config-dir']).expanduser().resolve()}"] if found.get("--config-dir") else []
+    for arg in rest:
         if arg.startswith("hydra.searchpath="):
             value = _unquote(arg.split("=", 1)[1]).strip().strip("[]")
             roots += [_unquote(v.strip()) for v in value.split(",") if v.strip()]
-        rest.append(arg)
-    return rest, roots
+    primary, name = f"pkg://{CONFIG_MODULE}", found.get("--config-name") or config_name
+    if found.get("--config-path"):
+        path = config_path_arg(found["--config-path"])
+        primary = path if path.startswith(("pkg://", "file://")) else f"file://{path}"
+        if primary.startswith("file://") and not Path(primary[len("file://"):], f"{name}.yaml").is_file():
+            raise TrainlabError(f"-cp {found['--config-path']}: {primary[len('file://'):]} holds no {name}.yaml; -cp "
+                                "names the folder of your own primary config (a relative one is taken from the "
+                                "current folder); to add groups or experiments to trainlab's configs use -cd DIR")
+    return rest, Configs(primary, name, roots)
 
 
-def _folders(roots: list[str]) -> list:
-    """trainlab's config folder, then the searchpath's (file:// folders and pkg:// packages that exist)."""
-    from importlib.resources import files
-
-    folders = [files(CONFIG_MODULE)]
-    for root in roots:
-        try:
-            folder = Path(root[len("file://"):]) if root.startswith("file://") else \
-                files(root[len("pkg://"):]) if root.startswith("pkg://") else Path(root)
-        except (ModuleNotFoundError, TypeError):
-            continue
-        if folder.is_dir():
-            folders.append(folder)
-    return folders
-
-
-def group_options(group: str, roots: list[str] = ()) -> list[str] | None:
-    """The options of a config group in trainlab's configs and the searchpath's; None where no folder has it."""
-    folders = [f.joinpath(group) for f in _folders(list(roots)) if f.joinpath(group).is_dir()]
-    if not folders:
-        return None
-    return sorted({p.name[:-5] for folder in folders for p in folder.iterdir() if p.name.endswith(".yaml")})
-
-
-def _searchpath(roots: list[str]) -> list[str]:
-    return [f"hydra.searchpath=[{','.join(roots)}]"] if roots else []
-
-
-def _check_group_choices(overrides: list[str], roots: list[str] = ()) -> bool:
+def _check_group_choices(overrides: list[str], configs: Configs) -> bool:
     """`optimizer=foo` (or a sweep over several options) names an option that does not exist in trainlab's
     configs or the searchpath's. Returns whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -140,7 +200,7 @@ def _check_group_choices(overrides: list[str], roots: list[str] = ()) -> bool:
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         group = override.key_or_group
-        options = None if override.package or override.is_delete() else group_options(group, roots)
+        options = None if override.package or override.is_delete() else configs.group_options(group)
         if options is None:
             continue
         value = None if override.is_sweep_override() else override.value()
@@ -160,19 +220,22 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
     and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
     run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         return None
-    args, roots = config_dirs(args)  # a user's own config folders: their options and experiments count too
+    try:  # a user's own config folders: their options and experiments count too
+        args, configs = config_source(args, config_name)
+    except TrainlabError as e:
+        fail(str(e))
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     # Hydra's own groups (hydra/launcher=submitit_slurm) are composed too: a plugin that is missing is one line.
     plugins = [a for a in args if a.startswith("hydra/") and "=" in a]
     try:
-        swept = _check_group_choices(overrides, roots)
+        swept = _check_group_choices(overrides, configs)
         if is_sweep(args) or swept:
             # A sweep: its keys are checked here with its first job's values (a misspelt key fails once, not in every
             # job), and its fixed settings (data, components) without the swept ones; each job checks its own values
@@ -180,11 +243,11 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
             first = _first_job(overrides)
             if first is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
                 return None
-            with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-                compose(config_name, overrides=first + _searchpath(roots))
+            with configs.initialize():
+                compose(configs.name, overrides=first + configs.searchpath())
             overrides = [o for o, f in zip(overrides, first) if o == f]
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides + plugins + _searchpath(roots), return_hydra_config=True)
+        with configs.initialize():
+            cfg = compose(configs.name, overrides=overrides + plugins + configs.searchpath(), return_hydra_config=True)
         if check is not None:
             check(cfg, overrides)
         return cfg
@@ -204,7 +267,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
             fail(f"the Hydra {kind} '{name}' is not installed: pip install {package}")
         misspelt = re.match(r"Could not override '([^']+)'", str(e))
         if misspelt and "not in" in str(e.__cause__ or e):
-            fail(_unknown_key(overrides, misspelt.group(1), config_name, roots))
+            fail(_unknown_key(overrides, misspelt.group(1), configs))
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
         fail(_one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
@@ -235,22 +298,17 @@ def _first_job(overrides: list[str]) -> list[str] | None:
     return first
 
 
-def _groups(roots: list[str] = ()) -> list[str]:
-    return sorted({p.name for folder in _folders(list(roots)) for p in folder.iterdir()
-                   if p.is_dir() and not p.name.startswith(("_", "."))})
-
-
-def _unknown_key(overrides: list[str], key: str, config_name: str, roots: list[str] = ()) -> str:
+def _unknown_key(overrides: list[str], key: str, configs: Configs) -> str:
     """'unknown key ...; did you mean ...?' against the config these overrides' groups compose (their own keys:
     optimizer=adam has betas), without the overrides of single keys."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
 
     from trainlab.suggest import unknown_key
 
-    groups = _groups(roots)
+    groups = configs.groups()
     picks = [o for o in overrides if o.split("=")[0].lstrip("+~") in groups]
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        base = compose(config_name, overrides=picks + _searchpath(list(roots)))
+    with configs.initialize():
+        base = compose(configs.name, overrides=picks + configs.searchpath())
     return unknown_key(base, key, groups)
 
 
@@ -534,10 +592,14 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
 
     if command == "train":
         args = resume_args(args)
+    if any(a.split("=", 1)[0] in ("-cp", "--config-path") for a in args):
+        from trainlab.config import register_schemas
+
+        register_schemas()  # a primary config of the user's own composes with trainlab's typed keys too
     cfg = preflight(args, config_name, check)
     if command == "train":
         args = torchrun_args(args)
-    args = claim_output(command, args, cfg)
+    args = claim_output(command, _config_path_args(args), cfg)
     sys.argv = [f"trainlab {command}"] + args
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
