@@ -216,6 +216,22 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(job))
 
 
+@pytest.mark.slow
+def test_jobs_that_fail_under_submitit_fail_the_sweep_command(tmp_path, capsys, monkeypatch):
+    """submitit runs the jobs in processes of their own (SLURM's or local): their failures still reach the
+    launching command's stderr and exit status, as the basic launcher's do."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "slurm"
+    done = run_cli("train", "-m", *FAST, "hydra/launcher=submitit_local", "optimizer.lr=-1.0,-2.0",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    for job, lr in (("0", "-1.0"), ("1", "-2.0")):
+        assert f"job {job} ({sweep / job}): cannot build the optimizer: Invalid learning rate: {lr}" in done.stderr
+        assert (sweep / job / "error.txt").is_file()
+    assert f"2 job(s) of the sweep failed: {sweep / '0'}, {sweep / '1'}" in done.stderr
+
+
 def test_a_sweep_dir_of_the_users_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine"

@@ -606,15 +606,34 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     def task(cfg):
         return _job(run, cfg)
 
+    sweep_dir = Path(_option(args, "hydra.sweep.dir") or "") if is_sweep(args) else None
+    before = _job_errors(sweep_dir)
     try:
         task()
     finally:
         while _held:
             _held.pop().release()
+    # A launcher that runs the jobs in other processes (submitit: SLURM or local) only returns their results;
+    # what failed is the error.txt each failed job wrote, the new ones since the sweep started.
+    elsewhere = sorted(set(_job_errors(sweep_dir).items()) - set(before.items()))
+    seen = {Path(f).resolve() for f in _failed_jobs}  # those the jobs run in this process reported
+    for job, _ in elsewhere:
+        if job.parent.resolve() not in seen:
+            reason = (job.read_text().strip() or "?").splitlines()[0]
+            print(f"trainlab: error: job {job.parent.name} ({job.parent}): {reason}", file=sys.stderr)
+            _failed_jobs.append(str(job.parent))
     if _failed_jobs:
         failed = list(_failed_jobs)
         _failed_jobs.clear()
         fail(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", code=1)
+
+
+def _job_errors(sweep_dir: Path | None) -> dict[Path, int]:
+    """The error.txt files of a sweep's jobs with their modification times (the file server's clock, compared only
+    with itself)."""
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/error.txt")}
 
 
 def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> float | None:
