@@ -13,5 +13,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 workers=${TRAINLAB_TEST_WORKERS:-2}
 if [ "$workers" != 0 ]; then
     set -- -n "$workers" --dist loadscope "$@"
+    # Each test process (and each run it starts) would take every core for torch's threads: with two of them
+    # the cores are oversubscribed, and the suite measured 14.3 minutes instead of 11.5. The cores are shared.
+    cores=$(nproc)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / workers > 0 ? cores / workers : 1 ))}
 fi
 exec .venv/bin/python -m pytest -q "$@"
