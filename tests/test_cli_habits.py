@@ -127,3 +127,11 @@ def test_tables_are_not_wrapped_in_a_pipe():
     with stream.capture() as captured:
         stream.print("x" * 150 + " /a/long/path/" + "y" * 100)
     assert len(captured.get().splitlines()) == 1
+
+
+def test_the_command_line_answers_help_without_importing_torch():
+    """`trainlab --help` and the commands' dispatch load no torch (seconds on a small machine); a command imports
+    what it needs when it runs."""
+    code = "import sys, trainlab.cli; print(sorted(m for m in ('torch', 'torchvision', 'hydra') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

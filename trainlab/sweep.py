@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.checkpoint import run_checkpoint
 from trainlab.errors import TrainlabError
 from trainlab.fs import atomic_write_text
 
@@ -141,6 +140,8 @@ def job_number(num, offset) -> str:
 
 def job_state(job_dir: Path) -> str:
     """finished | interrupted (has a checkpoint to continue from) | failed (start again) | new."""
+    from trainlab.checkpoint import run_checkpoint  # torch: not imported for `trainlab --help`
+
     summary = job_dir / "summary.json"
     stopped = None
     if summary.is_file():
