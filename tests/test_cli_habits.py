@@ -93,6 +93,8 @@ def test_a_users_own_primary_config_with_cp_and_cn_is_checked_like_trainlabs(tmp
                                                                                              "'adamm'; did you mean")
     assert_one_line(*run(capsys, "train", "-cp", "elsewhere"), "-cp elsewhere: ",
                     f"{tmp_path / 'elsewhere'} holds no config.yaml", "use -cd DIR")
+    assert_one_line(*run(capsys, "train", "-cd", "nowhere"), "-cd nowhere: no such folder")
+    assert_one_line(*run(capsys, "train", "-cp"), "--config-path needs a value: --config-path DIR")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # refused before anything was written
 
 

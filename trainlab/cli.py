@@ -174,6 +174,12 @@ def _config_path_args(args: list[str]) -> list[str]:
 def config_source(args: list[str], config_name: str) -> tuple[list[str], Configs]:
     """(the arguments without -cd/-cp/-cn, where the config comes from)."""
     rest, found = _flag_values(args)
+    for flag, value in found.items():
+        if not value or value.startswith("-"):
+            raise TrainlabError(f"{flag} needs a value: {flag} {'NAME' if flag == '--config-name' else 'DIR'}")
+    if found.get("--config-dir") and not Path(found["--config-dir"]).expanduser().is_dir():
+        raise TrainlabError(f"-cd {found['--config-dir']}: no such folder; -cd names a folder of config groups and "
+                            "experiments of your own, searched after trainlab's")
     roots = [f"file://{Path(found['--config-dir']).expanduser().resolve()}"] if found.get("--config-dir") else []
     for arg in rest:
         if arg.startswith("hydra.searchpath="):
