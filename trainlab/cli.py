@@ -612,7 +612,8 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     def task(cfg):
         return _job(run, cfg)
 
-    sweep_dir = Path(_option(args, "hydra.sweep.dir") or "") if is_sweep(args) else None
+    given = _option(args, "hydra.sweep.dir") if is_sweep(args) else None
+    sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
     before = _job_errors(sweep_dir)
     try:
         task()
