@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from trainlab.core.runtime import resolve_runtime
 from trainlab.data import TinyImageNet
-from trainlab.runtime import resolve_runtime
 
 from benchlib import alternate, bare_train_ips, imagefolder_delivery_ips, report, tiny_tree, trainlab_delivery_ips
 

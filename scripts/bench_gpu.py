@@ -28,10 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from trainlab.autotune import Candidate, measure_step
 from trainlab.data.base import Split
-from trainlab.environment import cpu_name
+from trainlab.engine.autotune import Candidate, measure_step
 from trainlab.models import resnet
+from trainlab.record.environment import cpu_name
 
 from benchlib import IMAGENET_MEAN, IMAGENET_STD, RandomImages, alternate, report, trainlab_train_row
 

@@ -15,9 +15,9 @@ import torch
 import torchvision
 
 from trainlab.augment import BatchAugment
+from trainlab.commands.evaluate import predict
+from trainlab.core.runtime import resolve_runtime
 from trainlab.data import FakeData
-from trainlab.evaluate import predict
-from trainlab.runtime import resolve_runtime
 
 from benchlib import (
     IMAGENET_MEAN,

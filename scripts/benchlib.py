@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from trainlab.augment import BatchAugment
-from trainlab.config import compose
+from trainlab.core.config import compose
 from trainlab.data import FakeData
 from trainlab.data.base import Split, channel_stats
-from trainlab.testing import write_tiny_imagenet
+from trainlab.data.testing import write_tiny_imagenet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)
 
@@ -90,7 +90,7 @@ def trainlab_train_ips(overrides: list[str]) -> float:
 
 def trainlab_train_row(overrides: list[str]) -> dict:
     """The last epoch's metrics.csv row of `trainlab train` with the given overrides, run in a temporary folder."""
-    from trainlab.train import train_command
+    from trainlab.commands.train import train_command
 
     with tempfile.TemporaryDirectory() as run_dir:
         return train_command(compose(overrides), Path(run_dir), list(overrides))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainlab.testing import write_tiny_imagenet
+from trainlab.data.testing import write_tiny_imagenet
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from trainlab import cli
-from trainlab.config import compose  # noqa: F401  (tests compose the real config through this)
-from trainlab.testing import write_tiny_imagenet  # noqa: F401
+from trainlab.core.config import compose  # noqa: F401  (tests compose the real config through this)
+from trainlab.data.testing import write_tiny_imagenet  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 # The real config, shrunk: in-memory data, a small CNN, fp32 (the same numbers on every CPU), no histograms.
@@ -96,7 +96,7 @@ def blown_checkpoint(run_dir: Path) -> tuple[dict, Path]:
     the first step of the next epoch applies a huge update and the step after it sees a non-finite loss."""
     import torch
 
-    from trainlab.checkpoint import save_checkpoint
+    from trainlab.record.checkpoint import save_checkpoint
 
     good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     blown = {**good, "optimizer": {**good["optimizer"], "param_groups": [

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainlab.activations import capture, channel_grid, statistics, watched_layers
-from trainlab.diagnostics import diagnose
+from trainlab.analysis.activations import capture, channel_grid, statistics, watched_layers
+from trainlab.analysis.diagnostics import diagnose
 from trainlab.models import mlp, resnet, small_cnn
 
 from helpers import FAST, assert_one_line, run

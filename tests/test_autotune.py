@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from trainlab import autotune
-from trainlab.autotune import Candidate, candidates, decide, pick
+from trainlab.commands.train import train
+from trainlab.engine import autotune
+from trainlab.engine.autotune import Candidate, candidates, decide, pick
 from trainlab.models import small_cnn
-from trainlab.train import train
 
 from helpers import FAST, compose
 
@@ -122,6 +122,6 @@ def test_a_resumed_run_keeps_its_choice_and_measures_nothing(tmp_path, monkeypat
     monkeypatch.setattr(autotune, "measure_step", never)
     (tmp_path / "cache-gone").mkdir()
     monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path / "cache-gone"))  # the cached decision is gone too
-    with caplog.at_level("INFO", logger="trainlab.build"):
+    with caplog.at_level("INFO", logger="trainlab.engine.build"):
         train(compose(args + ["trainer.epochs=2"]), tmp_path / "run", resumed_from=str(ckpt))
     assert "precision=32 channels_last=true, as the run was trained until now" in caplog.text

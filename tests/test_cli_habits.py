@@ -123,7 +123,7 @@ def test_a_plugin_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypatc
 
 
 def test_tables_are_not_wrapped_in_a_pipe():
-    from trainlab.progress import console
+    from trainlab.core.progress import console
 
     stream = console()  # the tests' stdout is not a terminal, like a pipe or a cluster's log
     with stream.capture() as captured:

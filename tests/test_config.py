@@ -13,9 +13,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_method, instantiate
 from omegaconf import MISSING, OmegaConf
 
-from trainlab.build import build, build_partial, build_schedule, check_components
-from trainlab.config import Settings, TrainSchema, load_settings
-from trainlab.errors import ConfigError
+from trainlab.core.config import Settings, TrainSchema, load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.engine.build import build, build_partial, build_schedule, check_components
 from trainlab.optim import build_optimizer
 
 from helpers import assert_one_line, compose, run
@@ -40,8 +40,8 @@ def test_conf_ships_every_group():
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_and_runs(name):
-    from trainlab.build import build_model
-    from trainlab.runtime import resolve_runtime
+    from trainlab.core.runtime import resolve_runtime
+    from trainlab.engine.build import build_model
 
     cfg = compose([f"model={name}", "dataset=fake"])
     runtime = resolve_runtime("cpu", "32", "false", "auto", False)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainlab.errors import RunStopped
-from trainlab.evaluate import evaluate
-from trainlab.train import train, train_command
+from trainlab.commands.evaluate import evaluate
+from trainlab.commands.train import train, train_command
+from trainlab.core.errors import RunStopped
 
 from helpers import FAST as SHRUNK
 from helpers import blown_checkpoint, compose

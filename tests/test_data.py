@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from trainlab.core.errors import DataError
 from trainlab.data import Digits, EpochBatches, FakeData, ImageFolderData, TinyImageNet
-from trainlab.errors import DataError
 
 from helpers import write_tiny_imagenet
 

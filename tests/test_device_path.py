@@ -13,19 +13,19 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainlab.autotune import Candidate, decide
-from trainlab.build import build_run
-from trainlab.config import load_settings
+from trainlab.commands.train import train
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.core.runtime import resolve_runtime
 from trainlab.data import FakeData
 from trainlab.data.base import DeviceBatches, data_placement
-from trainlab.errors import ConfigError
-from trainlab.interrupt import StopRequest
-from trainlab.loop import EpochTally, train_epoch
+from trainlab.engine.autotune import Candidate, decide
+from trainlab.engine.build import build_run
+from trainlab.engine.interrupt import StopRequest
+from trainlab.engine.loop import EpochTally, train_epoch
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import fused_choice
-from trainlab.record import RunRecorder
-from trainlab.runtime import resolve_runtime
-from trainlab.train import train
+from trainlab.record.recorder import RunRecorder
 
 from helpers import FAST, TIMING, compose
 

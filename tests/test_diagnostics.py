@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainlab.diagnostics import diagnose
+from trainlab.analysis.diagnostics import diagnose
 
 
 def history(n=10, **columns) -> pd.DataFrame:

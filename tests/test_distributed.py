@@ -18,16 +18,16 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from trainlab import distributed
-from trainlab.build import build_run
-from trainlab.checkpoint import load_checkpoint
-from trainlab.columns import COLUMNS
-from trainlab.config import load_settings
+from trainlab.core.columns import COLUMNS
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.core.runtime import resolve_runtime, seed_everything
 from trainlab.data import EpochBatches
-from trainlab.distributed import SINGLE
-from trainlab.errors import ConfigError
-from trainlab.loop import validate
-from trainlab.runtime import resolve_runtime, seed_everything
+from trainlab.engine import distributed
+from trainlab.engine.build import build_run
+from trainlab.engine.distributed import SINGLE
+from trainlab.engine.loop import validate
+from trainlab.record.checkpoint import load_checkpoint
 
 from helpers import TIMING, compose, run_cli, start_cli, wait_for
 

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn import metrics as sk
 
-from trainlab.compare import TILE_DPI, TILE_INCHES, compare
-from trainlab.errors import CheckpointError
-from trainlab.evaluate import evaluate
-from trainlab.train import train
+from trainlab.commands.compare import TILE_DPI, TILE_INCHES, compare
+from trainlab.commands.evaluate import evaluate
+from trainlab.commands.train import train
+from trainlab.core.errors import CheckpointError
 
 from helpers import FAST as SHRUNK
 from helpers import assert_one_line, compose, run, write_tiny_imagenet

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from trainlab.build import build_model
-from trainlab.checkpoint import load_checkpoint
-from trainlab.runtime import resolve_runtime
-from trainlab.stored_run import config_from_checkpoint
+from trainlab.core.runtime import resolve_runtime
+from trainlab.engine.build import build_model
+from trainlab.record.checkpoint import load_checkpoint
+from trainlab.record.stored_run import config_from_checkpoint
 
 from helpers import FAST, assert_one_line, compose, run
 
@@ -19,7 +19,7 @@ from helpers import FAST, assert_one_line, compose, run
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
     """ResNet-18 trained for one epoch on small fake images (its weights stored channels-last)."""
-    from trainlab.train import train
+    from trainlab.commands.train import train
 
     run_dir = tmp_path_factory.mktemp("export") / "run"
     train(compose(FAST + ["model=resnet18", "dataset.image_size=16", "dataset.train_size=32", "dataset.val_size=8",

@@ -9,11 +9,11 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from trainlab.build import build_model
-from trainlab.errors import CheckpointError, ConfigError
+from trainlab.commands.train import train
+from trainlab.core.errors import CheckpointError, ConfigError
+from trainlab.core.runtime import resolve_runtime
+from trainlab.engine.build import build_model
 from trainlab.models import small_cnn
-from trainlab.runtime import resolve_runtime
-from trainlab.train import train
 
 from helpers import FAST, assert_one_line, compose, run
 
@@ -29,7 +29,7 @@ def test_a_plain_state_dict_of_another_class_count_starts_a_resnet(tmp_path, cap
     source = torchvision.models.resnet18(num_classes=7)
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
     cfg = compose(SMALL + ["model=resnet18", "dataset.num_classes=5", f"model.weights={tmp_path / 'resnet18.pth'}"])
-    with caplog.at_level("INFO", logger="trainlab.build"):
+    with caplog.at_level("INFO", logger="trainlab.engine.build"):
         model = build_model(cfg, 5, classes(5), CPU)
     assert torch.equal(model.conv1.weight, source.conv1.weight) and torch.equal(model.layer4[1].bn2.bias,
                                                                                  source.layer4[1].bn2.bias)
@@ -92,7 +92,7 @@ def test_freezing_by_prefix_and_a_wrong_prefix(tmp_path):
 def test_normalize_weights_uses_what_the_starting_weights_expect(tmp_path, capsys, monkeypatch):
     import json
 
-    from trainlab.build import IMAGENET_NORMALIZATION
+    from trainlab.engine.build import IMAGENET_NORMALIZATION
 
     monkeypatch.chdir(tmp_path)
     start = small_cnn(num_classes=10, width=8, init="default", dropout=0.0, weights=None, freeze=None)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainlab.lr_find import suggest
+from trainlab.commands.lr_find import suggest
 
 from helpers import FAST, assert_one_line, run
 

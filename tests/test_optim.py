@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trainlab.errors import ConfigError
+from trainlab.core.errors import ConfigError
 from trainlab.optim import WARMUP_START_FACTOR, LRSchedule
 
 

@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data = write_tiny_imagenet(root / "tiny", val_per_class=4)
     run_dir = root / "run"
-    from trainlab.train import train
+    from trainlab.commands.train import train
 
     from helpers import compose
     train(compose(FAST + ["dataset=tiny_imagenet", f"dataset.root={data}", "dataset.batch_size=6",
@@ -140,7 +140,7 @@ def test_evaluate_reads_a_safetensors_export_like_its_checkpoint(trained, tmp_pa
 def test_a_gpu_trained_checkpoint_predicts_and_exports_on_a_cpu(trained, tmp_path, capsys, monkeypatch):
     import torch
 
-    from trainlab.checkpoint import load_checkpoint, save_checkpoint
+    from trainlab.record.checkpoint import load_checkpoint, save_checkpoint
 
     data, run_dir = trained
     monkeypatch.chdir(tmp_path)

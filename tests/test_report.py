@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from trainlab.columns import COLUMNS
-from trainlab.report import report
-from trainlab.train import train
+from trainlab.commands.report import report
+from trainlab.commands.train import train
+from trainlab.core.columns import COLUMNS
 
 from helpers import FAST, compose, run
 

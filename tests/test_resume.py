@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from trainlab.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from trainlab.errors import CheckpointError, DataError, TrainlabError
-from trainlab.train import train, train_command
+from trainlab.commands.train import train, train_command
+from trainlab.core.errors import CheckpointError, DataError, TrainlabError
+from trainlab.record.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 
 from helpers import FAST as SHRUNK
 from helpers import TIMING, assert_one_line, compose, run, run_cli, start_cli, wait_for, write_tiny_imagenet
@@ -107,8 +107,8 @@ def test_mismatched_resumes_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_model_weights_starts_a_new_run_from_a_checkpoint(tmp_path):
-    from trainlab.build import build_model
-    from trainlab.runtime import resolve_runtime
+    from trainlab.core.runtime import resolve_runtime
+    from trainlab.engine.build import build_model
 
     train(compose(FAST + ["trainer.epochs=2"]), tmp_path / "a")
     source = tmp_path / "a" / "checkpoints" / "last.ckpt"

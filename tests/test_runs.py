@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainlab.fs import FolderLock
+from trainlab.core.fs import FolderLock
 
 from helpers import FAST, assert_one_line, run
 

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 from trainlab import cli
+from trainlab.core.errors import DataError
+from trainlab.core.fs import FolderLock, free_run_dir
 from trainlab.data import ImageFolderData, TinyImageNet, decode
 from trainlab.data.digits import MARKER, ensure_digits_tree
-from trainlab.errors import DataError
-from trainlab.fs import FolderLock, free_run_dir
-from trainlab.testing import write_tiny_imagenet
+from trainlab.data.testing import write_tiny_imagenet
 
 from helpers import FAST as SHRUNK
 from helpers import assert_one_line, assert_untouched, hashes, run

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from trainlab.sweep import job_state
+from trainlab.record.sweep import job_state
 
 from helpers import FAST, TIMING, assert_one_line, hashes, run, run_cli, start_cli, wait_for
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from trainlab.config import TargetSettings
+from trainlab.commands.train import time_to_target, train
+from trainlab.core.columns import COLUMNS
+from trainlab.core.config import TargetSettings
+from trainlab.core.errors import RunStopped
 from trainlab.data import FakeData
-from trainlab.errors import RunStopped
 from trainlab.models import small_cnn
-from trainlab.record import COLUMNS
-from trainlab.train import time_to_target, train
 
 from helpers import FAST as SHRUNK
 from helpers import assert_one_line, blown_checkpoint, compose, run, run_cli, write_tiny_imagenet

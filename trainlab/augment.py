@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from trainlab.errors import require
+from trainlab.core.errors import require
 
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab.errors import ConfigError
+from trainlab.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAUROC
 
-from trainlab.columns import METRIC_NAMES
-from trainlab.errors import require
+from trainlab.core.columns import METRIC_NAMES
+from trainlab.core.errors import require
 
 AVERAGES = ("macro", "weighted", "micro")
 

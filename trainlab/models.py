@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainlab.errors import ConfigError, require
+from trainlab.core.errors import ConfigError, require
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 INITS = ("default", "kaiming", "xavier")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
 
-from trainlab.errors import ConfigError, require
+from trainlab.core.errors import ConfigError, require
 
 WARMUP_START_FACTOR = 0.01  # warm-up starts at lr/100: small enough to be safe, large enough to move
 

@@ -12,9 +12,9 @@ def check_root(node) -> None:
     the folder exists, and the demo data set is never pointed at a folder of the user's."""
     from pathlib import Path
 
+    from trainlab.core.errors import DataError
     from trainlab.data.digits import check_root as check_digits_root
     from trainlab.data.digits import default_root
-    from trainlab.errors import DataError
 
     target, root = str(node.get("_target_", "")), node.get("root") if "root" in node else None
     if target.endswith(".Digits"):

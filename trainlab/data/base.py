@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trainlab.errors import require
-from trainlab.runtime import epoch_seed
+from trainlab.core.errors import require
+from trainlab.core.runtime import epoch_seed
 
 log = logging.getLogger(__name__)
 

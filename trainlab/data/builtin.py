@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainlab.core.errors import DataError, require
 from trainlab.data.base import ImageData, Split, channel_stats
-from trainlab.errors import DataError, require
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def torchvision_class(name: str):
     cls_name = NAMES.get(str(name).lower(), str(name))
     cls = getattr(datasets, cls_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, torch.utils.data.Dataset)):
-        from trainlab.suggest import did_you_mean
+        from trainlab.core.suggest import did_you_mean
 
         known = sorted(n for n in dir(datasets) if inspect.isclass(getattr(datasets, n)) and n[0].isupper())
         raise DataError(f"dataset.name={name} is not a torchvision data set{did_you_mean(str(name), known)} "

@@ -19,9 +19,9 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from trainlab.errors import DataError, TrainlabError
-from trainlab.fs import FolderLock, atomic_write_text, cache_home
-from trainlab.progress import progress_iter
+from trainlab.core.errors import DataError, TrainlabError
+from trainlab.core.fs import FolderLock, atomic_write_text, cache_home
+from trainlab.core.progress import progress_iter
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainlab.core.errors import DataError
+from trainlab.core.fs import FolderLock, cache_home
 from trainlab.data.files import TinyImageNet
-from trainlab.errors import DataError
-from trainlab.fs import FolderLock, cache_home
 
 log = logging.getLogger(__name__)
 

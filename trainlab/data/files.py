@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from trainlab.core.errors import DataError, TrainlabError
 from trainlab.data.base import ImageData, Split, channel_stats
 from trainlab.data.decode import IMAGE_EXTENSIONS, load_or_decode, resolve_cache_dir, write_meta
-from trainlab.errors import DataError, TrainlabError
 
 log = logging.getLogger(__name__)
 

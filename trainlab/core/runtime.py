@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from trainlab.errors import ConfigError
+from trainlab.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ class Runtime:
     threads: int
     compile: bool
     reasons: dict
-    autotune: dict | None = None   # what trainer.autotune measured (trainlab.autotune.Decision), if it ran
-    data_on_device: bool = False   # batches gathered from arrays on the device (set with the data, trainlab.build)
+    autotune: dict | None = None   # what trainer.autotune measured (trainlab.engine.autotune.Decision), if it ran
+    data_on_device: bool = False   # batches gathered from arrays on the device (set with the data, trainlab.engine.build)
 
     @property
     def torch_device(self) -> torch.device:
@@ -76,7 +76,7 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
                     local_rank: int = 0, processes_per_node: int = 1, autotune: bool = False) -> Runtime:
     """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
     (which GPU it drives, how many cores it may use). `autotune`: an `auto` precision or memory format is
-    measured later (`trainlab.build.tune_runtime`); what is set here is only the stand-in until then.
+    measured later (`trainlab.engine.build.tune_runtime`); what is set here is only the stand-in until then.
     `compile`: auto | true | false (`auto` is a measured candidate on a GPU, off on a CPU)."""
     reasons = {}
     check_hardware(device_type, precision)

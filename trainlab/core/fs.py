@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainlab.errors import TrainlabError
+from trainlab.core.errors import TrainlabError
 
 log = logging.getLogger(__name__)
 

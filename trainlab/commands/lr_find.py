@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.build import build_run
-from trainlab.config import load_settings
-from trainlab.errors import ConfigError
-from trainlab.fs import atomic_write_text
-from trainlab.loop import as_input, to_device
-from trainlab.progress import EpochProgress
-from trainlab.runtime import resolve_runtime, seed_everything
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.core.fs import atomic_write_text
+from trainlab.core.progress import EpochProgress
+from trainlab.core.runtime import resolve_runtime, seed_everything
+from trainlab.engine.build import build_run
+from trainlab.engine.loop import as_input, to_device
 
 log = logging.getLogger(__name__)
 

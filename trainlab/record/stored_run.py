@@ -11,8 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.errors import CheckpointError, DataError
-from trainlab.suggest import has_key, unknown_key
+from trainlab.core.errors import CheckpointError, DataError
+from trainlab.core.suggest import has_key, unknown_key
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
           "hparams_search", "logger")
@@ -104,14 +104,14 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
     """The one way from a checkpoint to a run (train's resume, evaluate, compare, summary): (checkpoint, config
     to run with, changed overrides), checked before anything is written: the stored config with the command
     line applied, its settings validated, the hardware present and (`needs_data`) its data folder there."""
-    from trainlab.build import check_components
-    from trainlab.checkpoint import load_checkpoint
-    from trainlab.config import load_settings
+    from trainlab.core.config import load_settings
+    from trainlab.core.runtime import check_hardware
     from trainlab.data import check_root
-    from trainlab.runtime import check_hardware
+    from trainlab.engine.build import check_components
+    from trainlab.record.checkpoint import load_checkpoint
 
     if path.suffix == ".safetensors":
-        from trainlab.export import load_export
+        from trainlab.commands.export import load_export
 
         ckpt = load_export(path)
     else:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from trainlab import groups
-from trainlab.diagnostics import diagnose_run
-from trainlab.errors import TrainlabError
-from trainlab.plots import CURVES, confusion_figure, overlay_figure, plot_history, seed_band
+from trainlab.analysis import groups
+from trainlab.analysis.diagnostics import diagnose_run
+from trainlab.analysis.plots import CURVES, confusion_figure, overlay_figure, plot_history, seed_band
+from trainlab.core.errors import TrainlabError
 
 FILES = "report_files"
 HEADLINE = ["val/acc1", "val/acc5", "val/loss", "val/f1", "val/kappa", "val/auroc", "train/acc1", "train/loss"]

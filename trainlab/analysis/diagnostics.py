@@ -239,7 +239,7 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.csv"
     if not metrics.is_file():
-        from trainlab.errors import TrainlabError
+        from trainlab.core.errors import TrainlabError
 
         raise TrainlabError(f"{run_dir} has no metrics.csv: point at a trainlab run directory")
     summary_path, classes_path = run_dir / "summary.json", run_dir / "classes.csv"

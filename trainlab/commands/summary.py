@@ -11,12 +11,12 @@ import torch
 from omegaconf import DictConfig
 from torchinfo import summary as torchinfo_summary
 
-from trainlab.build import build, build_model, data_channels, input_channels
-from trainlab.config import load_settings
-from trainlab.errors import DataError
-from trainlab.fs import atomic_write_text
-from trainlab.runtime import Runtime
-from trainlab.stored_run import stored_run
+from trainlab.core.config import load_settings
+from trainlab.core.errors import DataError
+from trainlab.core.fs import atomic_write_text
+from trainlab.core.runtime import Runtime
+from trainlab.engine.build import build, build_model, data_channels, input_channels
+from trainlab.record.stored_run import stored_run
 
 log = logging.getLogger(__name__)
 OWN_KEYS = ("ckpt", "num_classes", "depth")
@@ -37,7 +37,7 @@ def _classes(cfg: DictConfig, num_classes) -> list[str]:
 
 def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     if cfg.get("ckpt"):
-        from trainlab.evaluate import checkpoint_path
+        from trainlab.commands.evaluate import checkpoint_path
 
         ckpt, run_cfg, _ = stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS, needs_data=False)
         classes, channels = ckpt["classes"], data_channels(ckpt)
@@ -61,7 +61,7 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     atomic_write_text(out_dir / "summary.txt", text)
     from torch.utils.tensorboard import SummaryWriter
 
-    from trainlab.record import RunRecorder
+    from trainlab.record.recorder import RunRecorder
 
     writer = SummaryWriter(str(out_dir / "tensorboard"))
     RunRecorder.add_graph(writer, model, torch.zeros(1, channels, size, size))

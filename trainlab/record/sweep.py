@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from trainlab.errors import TrainlabError
-from trainlab.fs import atomic_write_text
+from trainlab.core.errors import TrainlabError
+from trainlab.core.fs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def job_number(num, offset) -> str:
 
 def job_state(job_dir: Path) -> str:
     """finished | interrupted (has a checkpoint to continue from) | failed (start again) | new."""
-    from trainlab.checkpoint import run_checkpoint  # torch: not imported for `trainlab --help`
+    from trainlab.record.checkpoint import run_checkpoint  # torch: not imported for `trainlab --help`
 
     summary = job_dir / "summary.json"
     stopped = None

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from trainlab.errors import TrainlabError
-from trainlab.fs import LOCK_NAME
+from trainlab.core.errors import TrainlabError
+from trainlab.core.fs import LOCK_NAME
 
 USAGE = """usage: trainlab runs [DIR ...] [--sort COLUMN] [--filter KEY=VALUE ...] [--seeds] [--csv]
 
@@ -120,7 +120,7 @@ def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] 
             return table
     column = sort or "started"
     if column not in table:
-        from trainlab.suggest import did_you_mean
+        from trainlab.core.suggest import did_you_mean
 
         raise TrainlabError(f"--sort: no column {column!r}{did_you_mean(column, table.columns)}; the columns: "
                             f"{', '.join(table.columns)}")
@@ -131,7 +131,7 @@ def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] 
 def seed_groups(rows: list[dict]) -> pd.DataFrame:
     """The runs grouped by every override that differs between them except `seed`: n, mean and std of the
     best/final val/acc1 and val/loss, failed runs counted (groups.seed_table, as the sweep report does)."""
-    from trainlab import groups
+    from trainlab.analysis import groups
 
     keys = sorted({k for r in rows for k in r["_overrides"]})
     varying = [k for k in keys if k != groups.SEED and len({r["_overrides"].get(k) for r in rows}) > 1]
@@ -160,7 +160,7 @@ def list_runs(args: list[str]) -> None:
         elif item == "--seeds":
             seeds = True
         elif item.startswith("-"):
-            from trainlab.suggest import did_you_mean
+            from trainlab.core.suggest import did_you_mean
 
             options = ["--sort", "--filter", "--seeds", "--csv"]
             raise TrainlabError(f"unknown option {item}{did_you_mean(item, options)}; see trainlab runs --help")
@@ -180,7 +180,7 @@ def list_runs(args: list[str]) -> None:
         print(table.to_csv(index=False), end="")
         return
     if seeds:
-        from trainlab.groups import shown
+        from trainlab.analysis.groups import shown
 
         table = shown(table)
     print(text_table(table))

@@ -18,14 +18,14 @@ import torch
 from omegaconf import DictConfig
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build, build_model, build_partial, input_channels, tune_runtime
-from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
-from trainlab.config import load_settings
-from trainlab.errors import ConfigError
-from trainlab.fs import atomic_write_text
-from trainlab.record import class_labels, write_classes, write_confusion
-from trainlab.runtime import resolve_runtime, seed_everything
-from trainlab.stored_run import check_classes, stored_run
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.core.fs import atomic_write_text
+from trainlab.core.runtime import resolve_runtime, seed_everything
+from trainlab.engine.build import build, build_model, build_partial, input_channels, tune_runtime
+from trainlab.record.checkpoint import OUTPUTS_ROOT, find_checkpoint
+from trainlab.record.recorder import class_labels, write_classes, write_confusion
+from trainlab.record.stored_run import check_classes, stored_run
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def model_weights(ckpt: dict, which: str, path) -> dict:
 def checkpoint_path(spec: str) -> Path:
     """`ckpt=`: a .ckpt file, or a run directory (its best.ckpt, else last.ckpt), `latest` or a date, or a
     safetensors export (its folder or file)."""
-    from trainlab.export import exported_weights
+    from trainlab.commands.export import exported_weights
 
     return exported_weights(str(spec)) or find_checkpoint(str(spec), OUTPUTS_ROOT, key="ckpt")
 
@@ -154,7 +154,7 @@ def _predictions(cfg: DictConfig, logits, labels: torch.Tensor | None, paths, na
 def _print_table(record: dict, out_dir: Path) -> None:
     from rich.table import Table
 
-    from trainlab.progress import console as make_console
+    from trainlab.core.progress import console as make_console
 
     console = make_console()
     console.print(f"{record['checkpoint']} (epoch {record['epoch']}) on {record['split']}: {record['images']} images, "

@@ -19,17 +19,17 @@ import pandas as pd
 import torch
 
 from trainlab.augment import BatchAugment
-from trainlab.build import build_model, data_channels, input_channels
-from trainlab.checkpoint import OUTPUTS_ROOT
-from trainlab.config import load_settings
+from trainlab.commands.evaluate import checkpoint_path
+from trainlab.commands.evaluate import predict as logits_of
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError, DataError
+from trainlab.core.fs import atomic_write_text, claim_out_folder, free_run_dir
+from trainlab.core.progress import progress_iter
+from trainlab.core.runtime import resolve_runtime
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
-from trainlab.errors import ConfigError, DataError
-from trainlab.evaluate import checkpoint_path
-from trainlab.evaluate import predict as logits_of
-from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
-from trainlab.progress import progress_iter
-from trainlab.runtime import resolve_runtime
-from trainlab.stored_run import stored_run
+from trainlab.engine.build import build_model, data_channels, input_channels
+from trainlab.record.checkpoint import OUTPUTS_ROOT
+from trainlab.record.stored_run import stored_run
 
 log = logging.getLogger(__name__)
 

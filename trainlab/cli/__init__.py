@@ -17,9 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 import trainlab
-from trainlab import sweep
-from trainlab.errors import RunStopped, TrainlabError
-from trainlab.sweep import is_sweep_dir
+from trainlab.core.errors import RunStopped, TrainlabError
+from trainlab.record import sweep
+from trainlab.record.sweep import is_sweep_dir
 
 CONFIG_MODULE = "trainlab.conf"
 COMMANDS = {
@@ -201,7 +201,7 @@ def _check_group_choices(overrides: list[str], configs: Configs) -> bool:
     configs or the searchpath's. Returns whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from trainlab.suggest import did_you_mean
+    from trainlab.core.suggest import did_you_mean
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
@@ -309,7 +309,7 @@ def _unknown_key(overrides: list[str], key: str, configs: Configs) -> str:
     optimizer=adam has betas), without the overrides of single keys."""
     from hydra import compose
 
-    from trainlab.suggest import unknown_key
+    from trainlab.core.suggest import unknown_key
 
     groups = configs.groups()
     picks = [o for o in overrides if o.split("=")[0].lstrip("+~") in groups]
@@ -347,7 +347,7 @@ def resume_args(args: list[str]) -> list[str]:
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
     from datetime import datetime
 
-    from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint, load_checkpoint
+    from trainlab.record.checkpoint import OUTPUTS_ROOT, find_checkpoint, load_checkpoint
 
     spec = _option(args, "resume") or ""
     if spec and is_sweep_dir(spec):
@@ -396,7 +396,7 @@ def torchrun_args(args: list[str]) -> list[str]:
 
 def _default_eval_dir(args: list[str]) -> Path | None:
     """Where an evaluation goes without hydra.run.dir: beside its checkpoint's run (<run_dir>/eval/...)."""
-    from trainlab.evaluate import checkpoint_path, default_eval_dir
+    from trainlab.commands.evaluate import checkpoint_path, default_eval_dir
 
     values = {k: _unquote(v) for k, v in (a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))}
     if "ckpt" not in values:
@@ -417,7 +417,7 @@ def claim_output(command: str, args: list[str], cfg) -> list[str]:
     holds a run (unless resume= or overwrite=true) or that is not trainlab's. A directory trainlab names
     itself gets a free neighbour (`_1`, ...) when two runs start in the same second. Returns the arguments
     with that directory made explicit, so Hydra uses exactly it."""
-    from trainlab.fs import claim_run_dir, free_run_dir
+    from trainlab.core.fs import claim_run_dir, free_run_dir
 
     if is_sweep(args):  # each job claims its own directory when it starts
         sweep_dir = _option(args, "hydra.sweep.dir")
@@ -458,8 +458,8 @@ def _job(run: Callable, cfg) -> object:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainlab.fs import WRITE_ERRNOS, write_error
-    from trainlab.interrupt import requeue, requeue_signal
+    from trainlab.core.fs import WRITE_ERRNOS, write_error
+    from trainlab.engine.interrupt import requeue, requeue_signal
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -503,9 +503,9 @@ def _claim_job_dir(run_dir: Path, cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
-    from trainlab.checkpoint import run_checkpoint
-    from trainlab.fs import FolderLock, holds_run, remove_run_entries
-    from trainlab.interrupt import submitit_job
+    from trainlab.core.fs import FolderLock, holds_run, remove_run_entries
+    from trainlab.engine.interrupt import submitit_job
+    from trainlab.record.checkpoint import run_checkpoint
 
     ours = holds_run(run_dir)  # decided before the lock file is made in it
     lock = FolderLock(run_dir)
@@ -599,7 +599,7 @@ def run_hydra(command: str, args: list[str], run: Callable, config_name: str = "
     if command == "train":
         args = resume_args(args)
     if any(a.split("=", 1)[0] in ("-cp", "--config-path") for a in args):
-        from trainlab.config import register_schemas
+        from trainlab.core.config import register_schemas
 
         register_schemas()  # a primary config of the user's own composes with trainlab's typed keys too
     cfg = preflight(args, config_name, check)
@@ -645,7 +645,7 @@ def _job_errors(sweep_dir: Path | None) -> dict[Path, int]:
 
 def _train(cfg, run_dir: Path, overrides: list[str], choices: dict) -> float | None:
     """Returns the best value of checkpoint.monitor: what a sweeper (Optuna) optimises."""
-    from trainlab.train import train_command
+    from trainlab.commands.train import train_command
 
     train_command(cfg, run_dir, overrides, choices)
     return best_value(run_dir)
@@ -660,15 +660,15 @@ def best_value(run_dir: Path) -> float | None:
 
 
 def _check_train(cfg, overrides: list[str]) -> None:
-    from trainlab.build import check_components
-    from trainlab.config import load_settings
+    from trainlab.core.config import load_settings
+    from trainlab.core.runtime import check_hardware
     from trainlab.data import check_root
-    from trainlab.runtime import check_hardware
+    from trainlab.engine.build import check_components
 
     if cfg.get("resume") and not is_sweep_dir(cfg.resume):  # the stored config with these overrides: refused here,
         # before the run's files are opened
-        from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
-        from trainlab.stored_run import stored_run
+        from trainlab.record.checkpoint import OUTPUTS_ROOT, find_checkpoint
+        from trainlab.record.stored_run import stored_run
 
         stored_run(find_checkpoint(str(cfg.resume), OUTPUTS_ROOT), overrides, ("resume",))
         return
@@ -679,7 +679,7 @@ def _check_train(cfg, overrides: list[str]) -> None:
 
 
 def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
-    from trainlab.evaluate import evaluate
+    from trainlab.commands.evaluate import evaluate
 
     return evaluate(cfg, run_dir, overrides)
 
@@ -687,13 +687,13 @@ def _evaluate(cfg, run_dir: Path, overrides: list[str], choices: dict):
 def _check_evaluate(cfg, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from trainlab.evaluate import OWN_KEYS, SPLITS, checkpoint_path
-    from trainlab.stored_run import stored_run
+    from trainlab.commands.evaluate import OWN_KEYS, SPLITS, checkpoint_path
+    from trainlab.record.stored_run import stored_run
 
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise TrainlabError("evaluate needs a checkpoint: pass ckpt=<file.ckpt | run_dir>")
     if cfg.split not in SPLITS:  # before a run directory is made for it
-        from trainlab.suggest import did_you_mean
+        from trainlab.core.suggest import did_you_mean
 
         raise TrainlabError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r}"
                             f"{did_you_mean(str(cfg.split), SPLITS).replace(';', ':')})")
@@ -701,13 +701,13 @@ def _check_evaluate(cfg, overrides: list[str]) -> None:
 
 
 def _summary(cfg, run_dir: Path, overrides: list[str], choices: dict):
-    from trainlab.summary import model_summary
+    from trainlab.commands.summary import model_summary
 
     model_summary(cfg, run_dir, overrides)
 
 
 def _lr_find(cfg, run_dir: Path, overrides: list[str], choices: dict):
-    from trainlab.lr_find import lr_find_command
+    from trainlab.commands.lr_find import lr_find_command
 
     lr_find_command(cfg, run_dir)
 
@@ -723,7 +723,7 @@ def _compare(args: list[str]) -> None:
         fail(f"compare takes two evaluation dirs or checkpoints and optional n=, out= (got {' '.join(args)})")
     if not options.get("n", "10").isdigit() or int(options.get("n", "10")) < 1:
         fail(f"n must be a positive integer (got {options['n']})")
-    from trainlab.compare import compare
+    from trainlab.commands.compare import compare
 
     _plain(lambda: compare(positional[0], positional[1], int(options.get("n", 10)),
                            Path(options["out"]) if "out" in options else None))
@@ -771,8 +771,8 @@ REPORT_OPTIONS = ("--rows", "--cols", "--metric", "--out")
 
 def _report(args: list[str]) -> None:
     """`trainlab report <dir> [--rows KEY --cols KEY] [--metric NAME]`."""
-    from trainlab.report import report
-    from trainlab.suggest import did_you_mean
+    from trainlab.commands.report import report
+    from trainlab.core.suggest import did_you_mean
 
     options, rest, items = {}, [], iter(a2 for a in args for a2 in (a.split("=", 1) if a.startswith("--") else [a]))
     for item in items:
@@ -802,8 +802,8 @@ def _report(args: list[str]) -> None:
 def _compare_runs(paths: list[str], out: Path | None, pivot: tuple) -> None:
     from datetime import datetime
 
-    from trainlab.fs import claim_out_folder, free_run_dir
-    from trainlab.report import sweep_report
+    from trainlab.commands.report import sweep_report
+    from trainlab.core.fs import claim_out_folder, free_run_dir
 
     runs = [Path(p) for p in paths]
     for run_dir in runs:
@@ -817,7 +817,7 @@ def _compare_runs(paths: list[str], out: Path | None, pivot: tuple) -> None:
 
 
 def _diagnose(args: list[str]) -> None:
-    from trainlab.report import print_findings
+    from trainlab.commands.report import print_findings
 
     path = _one_dir("diagnose", args)
     _plain(lambda: print_findings(path))
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        from trainlab.suggest import did_you_mean
+        from trainlab.core.suggest import did_you_mean
 
         fail(f"unknown command '{command}'" + _choose(did_you_mean(command, COMMANDS), COMMANDS)
              + " (see trainlab --help)")
@@ -849,18 +849,18 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "compare":
             _compare(rest)
         elif command == "predict":
-            from trainlab.predict import USAGE as PREDICT_USAGE
-            from trainlab.predict import predict_images
+            from trainlab.commands.predict import USAGE as PREDICT_USAGE
+            from trainlab.commands.predict import predict_images
 
             _key_values("predict", PREDICT_USAGE, predict_images, rest)
         elif command == "export":
-            from trainlab.export import USAGE as EXPORT_USAGE
-            from trainlab.export import export_model
+            from trainlab.commands.export import USAGE as EXPORT_USAGE
+            from trainlab.commands.export import export_model
 
             _key_values("export", EXPORT_USAGE, export_model, rest)
         elif command == "visualize":
-            from trainlab.visualize import USAGE as VISUALIZE_USAGE
-            from trainlab.visualize import visualize
+            from trainlab.commands.visualize import USAGE as VISUALIZE_USAGE
+            from trainlab.commands.visualize import visualize
 
             _key_values("visualize", VISUALIZE_USAGE, visualize, rest)
         elif command == "report":
@@ -868,8 +868,8 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "diagnose":
             _diagnose(rest)
         elif command == "runs":
-            from trainlab.runs import USAGE as RUNS_USAGE
-            from trainlab.runs import list_runs
+            from trainlab.commands.runs import USAGE as RUNS_USAGE
+            from trainlab.commands.runs import list_runs
 
             if rest and rest[0] in ("-h", "--help"):
                 print(RUNS_USAGE, end="")

@@ -15,9 +15,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
-from trainlab import distributed
-from trainlab.build import Run, build_loggers, build_run
-from trainlab.checkpoint import (
+from trainlab.analysis.diagnostics import as_dicts, diagnose, read_activations
+from trainlab.core.config import Settings, TargetSettings, load_settings, settings_dict
+from trainlab.core.errors import CheckpointError, RunStopped
+from trainlab.core.fs import atomic_write_text
+from trainlab.core.runtime import Runtime, epoch_seed, resolve_runtime, seed_everything
+from trainlab.engine import distributed
+from trainlab.engine.build import Run, build_loggers, build_run
+from trainlab.engine.distributed import SINGLE, Group
+from trainlab.engine.early_stopping import BestTracker, EarlyStopping
+from trainlab.engine.interrupt import StopRequest
+from trainlab.engine.loop import EpochTally, as_input, epoch_line, epoch_row, train_epoch
+from trainlab.loggers import flat_config
+from trainlab.models import count_parameters
+from trainlab.record.checkpoint import (
     OUTPUTS_ROOT,
     Checkpointer,
     TrainingState,
@@ -26,20 +37,9 @@ from trainlab.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
-from trainlab.config import Settings, TargetSettings, load_settings, settings_dict
-from trainlab.diagnostics import as_dicts, diagnose, read_activations
-from trainlab.distributed import SINGLE, Group
-from trainlab.early_stopping import BestTracker, EarlyStopping
-from trainlab.environment import environment, requirements
-from trainlab.errors import CheckpointError, RunStopped
-from trainlab.fs import atomic_write_text
-from trainlab.interrupt import StopRequest
-from trainlab.loggers import flat_config
-from trainlab.loop import EpochTally, as_input, epoch_line, epoch_row, train_epoch
-from trainlab.models import count_parameters
-from trainlab.record import RunRecorder
-from trainlab.runtime import Runtime, epoch_seed, resolve_runtime, seed_everything
-from trainlab.stored_run import check_classes, stored_run
+from trainlab.record.environment import environment, requirements
+from trainlab.record.recorder import RunRecorder
+from trainlab.record.stored_run import check_classes, stored_run
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
 def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
     """Per-layer activation statistics on a fixed val batch (the same images every time) and its first image's
     feature maps: rank 0 only, in eval mode, no gradients, no RNG drawn (so runs and resumes stay exact)."""
-    from trainlab.activations import capture, watched_layers
+    from trainlab.analysis.activations import capture, watched_layers
 
     if not recorder.active:
         return

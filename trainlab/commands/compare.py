@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainlab.errors import TrainlabError
-from trainlab.fs import atomic_write_text, claim_out_folder, claim_run_dir, free_run_dir
+from trainlab.core.errors import TrainlabError
+from trainlab.core.fs import atomic_write_text, claim_out_folder, claim_run_dir, free_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def ensure_evaluated(spec: str) -> Path:
         return path
     from omegaconf import OmegaConf
 
-    from trainlab.evaluate import checkpoint_path, default_eval_dir, evaluate
+    from trainlab.commands.evaluate import checkpoint_path, default_eval_dir, evaluate
 
     ckpt = checkpoint_path(spec)
     out = free_run_dir(default_eval_dir(ckpt, "val"))
@@ -148,7 +148,7 @@ def disagreement_grid(rows: pd.DataFrame, a_name: str, b_name: str, path: Path) 
 def _print(result: dict, out_dir: Path) -> None:
     from rich.table import Table
 
-    from trainlab.progress import console as make_console
+    from trainlab.core.progress import console as make_console
 
     console = make_console()
     console.print(f"A: {result['a_checkpoint']}\nB: {result['b_checkpoint']}\n"

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainlab.environment import cpu_name
-from trainlab.fs import atomic_write_text, cache_home
+from trainlab.core.fs import atomic_write_text, cache_home
+from trainlab.record.environment import cpu_name
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab.columns import COLUMNS, EMA_COLUMNS
-from trainlab.fs import atomic_write_text
+from trainlab.analysis.plots import confusion_figure, plot_history
+from trainlab.core.columns import COLUMNS, EMA_COLUMNS
+from trainlab.core.fs import atomic_write_text
 from trainlab.loggers import Logger, TensorBoardLogger
-from trainlab.plots import confusion_figure, plot_history
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class RunRecorder:
                         channels: int = 16) -> None:
         """A fixed val batch's per-layer statistics (TensorBoard `activations/<layer>/...`, activations.csv) and its
         first image's feature maps (TensorBoard `feature_maps/<layer>`), at the epoch's global step."""
-        from trainlab.activations import channel_grid, spatial, statistics
+        from trainlab.analysis.activations import channel_grid, spatial, statistics
 
         if not self.active:
             return

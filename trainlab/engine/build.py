@@ -15,15 +15,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.checkpoint import TrainingState, load_checkpoint
-from trainlab.config import Settings
+from trainlab.core.config import Settings
+from trainlab.core.errors import CheckpointError, ConfigError, TrainlabError
+from trainlab.core.runtime import Runtime
 from trainlab.data import ImageData
 from trainlab.data.base import DeviceBatches, data_placement
-from trainlab.distributed import SINGLE, Group, check_batch
-from trainlab.errors import CheckpointError, ConfigError, TrainlabError
+from trainlab.engine.distributed import SINGLE, Group, check_batch
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import LRSchedule, WeightEMA, build_optimizer, fused_choice
-from trainlab.runtime import Runtime
+from trainlab.record.checkpoint import TrainingState, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,10 @@ def _weights_file(weights: Any) -> bool:
 
 def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: ImageData,
                  group: Group = SINGLE, kept: dict | None = None) -> None:
-    """Settle an `auto` precision / memory format by measuring (trainlab.autotune), before the model is built
+    """Settle an `auto` precision / memory format by measuring (trainlab.engine.autotune), before the model is built
     in its final format. In a process group rank 0 measures and every rank takes its choice. `kept`: the
     choice a resumed run was trained with; it stays, so the run continues with the same numerics."""
-    from trainlab import autotune
+    from trainlab.engine import autotune
 
     options = autotune.candidates(runtime.device, settings.trainer.precision, settings.trainer.channels_last)
     try_compile = settings.trainer.compile == "auto" and runtime.device.startswith("cuda")

@@ -9,14 +9,14 @@ import time
 
 import torch
 
-from trainlab.build import Run, Stepper
-from trainlab.columns import COLUMNS, EMA_COLUMNS
-from trainlab.interrupt import StopRequest
+from trainlab.core.columns import COLUMNS, EMA_COLUMNS
+from trainlab.core.progress import EpochProgress
+from trainlab.core.runtime import Runtime, peak_memory_mb
+from trainlab.engine.build import Run, Stepper
+from trainlab.engine.interrupt import StopRequest
 from trainlab.metrics import ClassificationMetrics
 from trainlab.models import l1_norm
-from trainlab.progress import EpochProgress
-from trainlab.record import RunRecorder
-from trainlab.runtime import Runtime, peak_memory_mb
+from trainlab.record.recorder import RunRecorder
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainlab.errors import ConfigError, RunStopped, TrainlabError
-from trainlab.runtime import check_hardware
+from trainlab.core.errors import ConfigError, RunStopped, TrainlabError
+from trainlab.core.runtime import check_hardware
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def _setup_worker_logging(rank: int, log_files: list[str]) -> None:
 
 def quiet_rank(rank: int) -> None:
     """Ranks other than 0 print warnings and errors only (prefixed with their rank) and no progress bar."""
-    from trainlab import progress
+    from trainlab.core import progress
 
     root = logging.getLogger()
     if not root.handlers:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from trainlab.activations import (
+from trainlab.analysis.activations import (
     capture,
     check_layers,
     feature_map_figure,
@@ -21,11 +21,11 @@ from trainlab.activations import (
     watched_layers,
 )
 from trainlab.augment import BatchAugment
-from trainlab.errors import ConfigError, DataError
-from trainlab.evaluate import checkpoint_path
-from trainlab.fs import atomic_write_text, claim_out_folder
-from trainlab.predict import _from_checkpoint, _positive, default_out_dir, to_gray
-from trainlab.stored_run import stored_run
+from trainlab.commands.evaluate import checkpoint_path
+from trainlab.commands.predict import _from_checkpoint, _positive, default_out_dir, to_gray
+from trainlab.core.errors import ConfigError, DataError
+from trainlab.core.fs import atomic_write_text, claim_out_folder
+from trainlab.record.stored_run import stored_run
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _image(options: dict, cfg, about: dict) -> tuple[torch.Tensor, str]:
     """uint8 (C, H, W) with the checkpoint's data channels, and a name for it."""
     spec = options.get("image", "0")
     if spec.lstrip("-").isdigit():
-        from trainlab.build import build
+        from trainlab.engine.build import build
 
         split = options.get("split", "val")
         data = build(cfg.dataset, "dataset")
@@ -74,7 +74,7 @@ def _image(options: dict, cfg, about: dict) -> tuple[torch.Tensor, str]:
 def visualize(options: dict[str, str]) -> dict:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        from trainlab.suggest import did_you_mean
+        from trainlab.core.suggest import did_you_mean
 
         raise ConfigError(f"visualize does not know {', '.join(unknown)}{did_you_mean(unknown[0], OPTIONS)}: it "
                           f"takes {', '.join(OPTIONS)}")
@@ -121,7 +121,7 @@ def visualize(options: dict[str, str]) -> dict:
         files[layer] = fname
     from torch.utils.tensorboard import SummaryWriter
 
-    from trainlab.activations import channel_grid
+    from trainlab.analysis.activations import channel_grid
 
     writer = SummaryWriter(str(out / "tensorboard"))
     writer.add_image("feature_maps/input", image.cpu(), 0)

@@ -18,12 +18,12 @@ import torch
 from omegaconf import OmegaConf
 
 import trainlab
-from trainlab.build import build_model, data_channels, input_channels
-from trainlab.checkpoint import OUTPUTS_ROOT, find_checkpoint
-from trainlab.errors import ConfigError, TrainlabError
-from trainlab.fs import atomic_write_text, claim_out_folder, free_run_dir
-from trainlab.runtime import resolve_runtime
-from trainlab.stored_run import stored_run
+from trainlab.core.errors import ConfigError, TrainlabError
+from trainlab.core.fs import atomic_write_text, claim_out_folder, free_run_dir
+from trainlab.core.runtime import resolve_runtime
+from trainlab.engine.build import build_model, data_channels, input_channels
+from trainlab.record.checkpoint import OUTPUTS_ROOT, find_checkpoint
+from trainlab.record.stored_run import stored_run
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import trainlab
-from trainlab.errors import CheckpointError, TrainlabError
+from trainlab.core.errors import CheckpointError, TrainlabError
 
 FORMAT = "trainlab-checkpoint-v1"
 RESUME_NAMES = ("interrupted.ckpt", "last.ckpt")  # a run resumes from the newer of these

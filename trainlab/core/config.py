@@ -1,6 +1,6 @@
 """The typed schema of trainlab's top-level settings and the checks run before any data is read.
 
-Only command functions (`trainlab.train.train`, ...) read the composed config; they call `load_settings`
+Only command functions (`trainlab.commands.train.train`, ...) read the composed config; they call `load_settings`
 first so a wrong type or an impossible value stops the run with one clear line.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.columns import COLUMNS, EMA_COLUMNS
-from trainlab.errors import ConfigError
+from trainlab.core.columns import COLUMNS, EMA_COLUMNS
+from trainlab.core.errors import ConfigError
 
 METRIC_COLUMNS = COLUMNS[2:] + EMA_COLUMNS  # everything but epoch and step can be monitored (val_ema/*: with EMA)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from trainlab.errors import TrainlabError
+from trainlab.core.errors import TrainlabError
 
 SEED = "seed"
 # What each job contributes: (column, metrics.csv column, how the epochs are reduced).

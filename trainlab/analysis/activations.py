@@ -26,8 +26,8 @@ def watched_layers(model: nn.Module) -> list[str]:
 
 
 def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    from trainlab.errors import ConfigError
-    from trainlab.suggest import did_you_mean
+    from trainlab.core.errors import ConfigError
+    from trainlab.core.suggest import did_you_mean
 
     names = [n for n, _ in model.named_modules() if n]
     for layer in layers:
