@@ -1,7 +1,8 @@
 """`trainlab lr-find`: the learning-rate range test (L. Smith, 2015; fastai's and Lightning's `lr_find`).
 
-The run's own data, model, augmentation, loss and optimizer are built as `trainlab train` builds them; the
-learning rate then grows geometrically from `min_lr` to `max_lr`, one training batch per step, and the loss is
+The run's own data, model, augmentation, loss and optimizer are built as `trainlab train` builds them, and each
+step is train's own (engine.step: L1 term, clipping, EMA); the learning rate grows geometrically from `min_lr` to
+`max_lr`, one training batch per step, and the loss is
 smoothed with a bias-corrected moving average. The test stops when the smoothed loss exceeds `stop_factor`
 times its minimum. The suggestion is the learning rate where the smoothed loss falls fastest (the steepest
 negative slope against log(lr)), Lightning's rule; the model is thrown away afterwards."""
@@ -24,7 +25,7 @@ from trainlab.core.fs import atomic_write_text
 from trainlab.core.progress import EpochProgress
 from trainlab.core.runtime import resolve_runtime, seed_everything
 from trainlab.engine.build import build_run
-from trainlab.engine.loop import as_input, to_device
+from trainlab.engine.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,7 @@ def lr_find_command(cfg: DictConfig, out_dir: Path) -> dict:
                 run.train_loader.sampler.set_epoch(epoch)
                 batches = iter(run.train_loader)
                 images_target = next(batches)
-            images, target = to_device(*images_target, runtime)
-            for group in s.optimizer.param_groups:
-                group["lr"] = float(lr)
-            x, soft = s.augment.mix(s.augment.train(images, generator), target, s.num_classes, generator)
-            with runtime.autocast():
-                loss = s.criterion(s.model(as_input(x, runtime)), soft)
-            s.optimizer.zero_grad(set_to_none=True)
-            s.scaler.scale(loss).backward()
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
+            loss, _ = train_step(s, [images_target], 1, generator, lr=float(lr))  # as `train` steps, at this lr
             value = float(loss.detach())  # one host sync per step: the test needs every value
             average = beta * average + (1 - beta) * value
             smoothed = average / (1 - beta ** (i + 1))

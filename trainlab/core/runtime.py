@@ -29,7 +29,7 @@ class Runtime:
     compile: bool
     reasons: dict
     autotune: dict | None = None   # what trainer.autotune measured (trainlab.engine.autotune.Decision), if it ran
-    data_on_device: bool = False   # batches gathered from arrays on the device (set with the data, trainlab.engine.build)
+    data_on_device: bool = False   # batches gathered from arrays on the device (set with the data: engine.build)
 
     @property
     def torch_device(self) -> torch.device:

@@ -21,6 +21,7 @@ from trainlab.core.runtime import Runtime
 from trainlab.data import ImageData
 from trainlab.data.base import DeviceBatches, data_placement
 from trainlab.engine.distributed import SINGLE, Group, check_batch
+from trainlab.engine.step import Stepper
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import LRSchedule, WeightEMA, build_optimizer, fused_choice
 from trainlab.record.checkpoint import TrainingState, load_checkpoint
@@ -90,26 +91,6 @@ def _target(node: Any) -> str:
         return str(node.get("_target_", "?"))
     except AttributeError:
         return "?"
-
-
-@dataclass
-class Stepper:
-    """What one optimizer step needs, built once so the epoch loop below stays short."""
-    model: torch.nn.Module
-    forward: torch.nn.Module          # for evaluation: the model, or its torch.compile'd wrapper
-    train_forward: torch.nn.Module    # for training steps: `forward`, or its DDP wrapper in a process group
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    criterion: torch.nn.Module
-    augment: object
-    scaler: torch.amp.GradScaler
-    runtime: Runtime
-    l1: float
-    grad_clip: float | None
-    group: Group                      # the training processes this one steps with (one, for a plain run)
-    num_classes: int = 0
-    accumulate: int = 1               # batches per optimizer step (trainer.accumulate_grad_batches)
-    ema: torch.optim.swa_utils.AveragedModel | None = None  # trainer.ema_decay's moving average of the weights
 
 
 @dataclass

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import logging
 import time
 
@@ -11,11 +11,11 @@ import torch
 
 from trainlab.core.columns import COLUMNS, EMA_COLUMNS
 from trainlab.core.progress import EpochProgress
-from trainlab.core.runtime import Runtime, peak_memory_mb
-from trainlab.engine.build import Run, Stepper
+from trainlab.core.runtime import peak_memory_mb
+from trainlab.engine.build import Run
 from trainlab.engine.interrupt import StopRequest
+from trainlab.engine.step import Stepper, as_input, to_device, train_step
 from trainlab.metrics import ClassificationMetrics
-from trainlab.models import l1_norm
 from trainlab.record.recorder import RunRecorder
 
 log = logging.getLogger(__name__)
@@ -49,61 +49,26 @@ class EpochTally:
         self.compile_s = state.get("compile_s", 0.0)
 
 
-def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
-    device = runtime.torch_device
-    return images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-
-
-def as_input(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
-
-
-def _no_sync(module: torch.nn.Module):
-    """DDP's no_sync for a batch whose gradients are only accumulated (no all-reduce until the step's last)."""
-    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
-
-
 def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorder: RunRecorder,
                 stop: StopRequest, log_every: int) -> None:
     """Train until the epoch ends, a non-finite loss shows up (checked every log interval) or a stop is
-    requested; the tally says how far it got (batches, samples, the global step). With gradient accumulation a
-    step takes `s.accumulate` batches (the epoch's remainder makes a shorter last one), and a stop waits for
-    the step to complete, so a checkpoint never holds half-accumulated gradients."""
-    s, loader, metrics, n_batches = run.stepper, run.train_loader, run.train_metrics, run.n_train
+    requested; the tally says how far it got (batches, samples, the global step). A step takes `s.accumulate`
+    batches (the epoch's remainder makes a shorter last one), and a stop waits for the step to complete, so a
+    checkpoint never holds half-accumulated gradients."""
+    s, metrics, n_batches = run.stepper, run.train_metrics, run.n_train
     s.model.train()
-    params = [p for p in s.model.parameters() if p.requires_grad]
+    batches = iter(run.train_loader)  # after a mid-epoch resume the sampler starts at tally.batches
+
+    def observe(logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        tally.correct += (logits.argmax(1) == target).sum()
+        tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
+        metrics.update(logits, target, loss)
+
     start = time.perf_counter()
     with EpochProgress(f"epoch {tally.epoch} train", n_batches) as progress:
-        for images, target in loader:  # after a mid-epoch resume the sampler starts at tally.batches
-            first = tally.batches % s.accumulate == 0
-            if tally.batches >= n_batches or (first and s.group.any(stop.requested)):  # every rank at the same step
-                break
-            last = (tally.batches + 1) % s.accumulate == 0 or tally.batches + 1 == n_batches
-            images, target = to_device(images, target, s.runtime)
-            x, soft = s.augment.mix(s.augment.train(images, generator), target, s.num_classes, generator)
-            if first:
-                s.optimizer.zero_grad(set_to_none=True)
-            with contextlib.nullcontext() if last else _no_sync(s.train_forward):
-                with s.runtime.autocast():
-                    logits = s.train_forward(as_input(x, s.runtime))
-                    loss = s.criterion(logits, soft)
-                objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
-                # The mean over the accumulated batches, as one batch that size would have it.
-                s.scaler.scale(objective / s.accumulate if s.accumulate > 1 else objective).backward()
-            tally.correct += (logits.argmax(1) == target).sum()
-            tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
-            metrics.update(logits, target, loss)
-            if not last:
-                continue
-            s.scaler.unscale_(s.optimizer)
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if s.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(params, s.grad_clip, norm)
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
-            s.schedule.after_step()
-            if s.ema is not None:
-                s.ema.update_parameters(s.model)
+        while tally.batches < n_batches and not s.group.any(stop.requested):  # every rank at the same step
+            size = min(s.accumulate, n_batches - tally.batches)
+            loss, norm = train_step(s, itertools.islice(batches, size), size, generator, observe)
             tally.step += 1
             step = tally.step
             # fp16's scaler skips steps with inf gradients by design; otherwise a bad gradient is a failure too.
