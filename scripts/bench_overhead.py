@@ -15,9 +15,9 @@ import torch
 import torchvision
 
 from trainlab.augment import BatchAugment
-from trainlab.commands.evaluate import predict
 from trainlab.core.runtime import resolve_runtime
 from trainlab.data import FakeData
+from trainlab.engine.ready import predict_logits as predict
 
 from benchlib import (
     IMAGENET_MEAN,

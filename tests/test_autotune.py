@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from trainlab.commands.train import train
 from trainlab.engine import autotune
 from trainlab.engine.autotune import Candidate, candidates, decide, pick
+from trainlab.engine.fit import train
 from trainlab.models import small_cnn
 
 from helpers import FAST, compose

@@ -123,7 +123,7 @@ def test_mnist_mlp_experiment_trains_evaluates_and_predicts_from_the_cli(tmp_pat
     pictures.mkdir()
     rgb = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(pictures / "x.png")
-    from trainlab.commands.predict import to_gray
+    from trainlab.engine.ready import to_gray
 
     expected = np.asarray(Image.fromarray(rgb).convert("L"))
     assert np.array_equal(to_gray(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0].numpy(), expected)

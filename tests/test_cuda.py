@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainlab.commands.evaluate import evaluate
-from trainlab.commands.train import train, train_command
+from trainlab.commands import evaluate
+from trainlab.commands.train import train_command
 from trainlab.core.errors import RunStopped
+from trainlab.engine.fit import train
 
 from helpers import FAST as SHRUNK
 from helpers import blown_checkpoint, compose
@@ -35,7 +36,7 @@ def test_train_resume_evaluate_on_the_gpu(tmp_path, precision):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 3 and all(t.device.type == "cpu" for t in ckpt["model"].values())
     assert bool(ckpt["scaler"]) == (precision == "16-mixed")  # only fp16 needs loss scaling
-    metrics = evaluate(OmegaConf.create({"ckpt": str(run / "checkpoints" / "last.ckpt"), "split": "val"}),
+    metrics = evaluate.run(OmegaConf.create({"ckpt": str(run / "checkpoints" / "last.ckpt"), "split": "val"}),
                        tmp_path / "eval", overrides=[])
     measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     # cuDNN may pick other kernels than during training: one image of 100 is the most it may change.

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainlab.commands.train import train
 from trainlab.core.config import load_settings
 from trainlab.core.errors import ConfigError
 from trainlab.core.runtime import resolve_runtime
@@ -21,6 +20,7 @@ from trainlab.data import FakeData
 from trainlab.data.base import DeviceBatches, data_placement
 from trainlab.engine.autotune import Candidate, decide
 from trainlab.engine.build import build_run
+from trainlab.engine.fit import train
 from trainlab.engine.interrupt import StopRequest
 from trainlab.engine.loop import EpochTally, train_epoch
 from trainlab.metrics import ClassificationMetrics

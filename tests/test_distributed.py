@@ -218,7 +218,7 @@ def compose_hydra(overrides: list[str]):
 
 
 def test_torchrun_needs_one_run_directory(monkeypatch, capsys, tmp_path):
-    from trainlab.cli import torchrun_args
+    from trainlab.cli.hydra_job import torchrun_args
 
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(key, value)

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn import metrics as sk
 
+from trainlab.commands import evaluate
 from trainlab.commands.compare import TILE_DPI, TILE_INCHES, compare
-from trainlab.commands.evaluate import evaluate
-from trainlab.commands.train import train
 from trainlab.core.errors import CheckpointError
+from trainlab.engine.fit import train
 
 from helpers import FAST as SHRUNK
 from helpers import assert_one_line, compose, run, write_tiny_imagenet
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
 
 
 def test_evaluate_matches_sklearn_and_the_training_run(runs, tmp_path):
-    record = evaluate(OmegaConf.create({"ckpt": str(runs / "late"), "split": "val"}), tmp_path, overrides=[])
+    record = evaluate.run(OmegaConf.create({"ckpt": str(runs / "late"), "split": "val"}), tmp_path, overrides=[])
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert record["checkpoint"].endswith("best.ckpt") and list(metrics) == [
         "val/loss", "val/acc1", "val/acc5", "val/precision", "val/recall", "val/f1", "val/kappa", "val/auroc"]
@@ -57,7 +57,7 @@ def test_evaluate_matches_sklearn_and_the_training_run(runs, tmp_path):
 
 
 def test_evaluate_train_split_sees_every_image_in_order(runs, tmp_path):
-    evaluate(OmegaConf.create({"ckpt": str(runs / "late"), "split": "train"}), tmp_path, overrides=[])
+    evaluate.run(OmegaConf.create({"ckpt": str(runs / "late"), "split": "train"}), tmp_path, overrides=[])
     pred = pd.read_csv(tmp_path / "predictions.csv")
     assert len(pred) == 256 and list(pred["path"]) == [f"fake://train/{i}" for i in range(256)]
     assert "train/acc1" in json.loads((tmp_path / "metrics.json").read_text())["metrics"]
@@ -65,7 +65,7 @@ def test_evaluate_train_split_sees_every_image_in_order(runs, tmp_path):
 
 def test_evaluate_refuses_other_classes(runs, tmp_path):
     with pytest.raises(CheckpointError, match="trained on 10 classes"):
-        evaluate(OmegaConf.create({"ckpt": str(runs / "late"), "split": "val"}), tmp_path,
+        evaluate.run(OmegaConf.create({"ckpt": str(runs / "late"), "split": "val"}), tmp_path,
                  overrides=["dataset.num_classes=4"])
 
 

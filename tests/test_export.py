@@ -19,7 +19,7 @@ from helpers import FAST, assert_one_line, compose, run
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
     """ResNet-18 trained for one epoch on small fake images (its weights stored channels-last)."""
-    from trainlab.commands.train import train
+    from trainlab.engine.fit import train
 
     run_dir = tmp_path_factory.mktemp("export") / "run"
     train(compose(FAST + ["model=resnet18", "dataset.image_size=16", "dataset.train_size=32", "dataset.val_size=8",

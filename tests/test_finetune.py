@@ -9,10 +9,10 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from trainlab.commands.train import train
 from trainlab.core.errors import CheckpointError, ConfigError
 from trainlab.core.runtime import resolve_runtime
 from trainlab.engine.build import build_model
+from trainlab.engine.fit import train
 from trainlab.models import small_cnn
 
 from helpers import FAST, assert_one_line, compose, run

@@ -19,7 +19,7 @@ def test_wheel_contains_every_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"trainlab/conf/{yaml.relative_to(REPO / 'conf').as_posix()}" in names, yaml
-    assert "trainlab/cli.py" in names and "trainlab/data/files.py" in names
+    assert "trainlab/cli/main.py" in names and "trainlab/data/files.py" in names
     # The installed wheel runs from anywhere: compose a config from it, without the repository on the path.
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data = write_tiny_imagenet(root / "tiny", val_per_class=4)
     run_dir = root / "run"
-    from trainlab.commands.train import train
+    from trainlab.engine.fit import train
 
     from helpers import compose
     train(compose(FAST + ["dataset=tiny_imagenet", f"dataset.root={data}", "dataset.batch_size=6",

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from trainlab.commands.report import report
-from trainlab.commands.train import train
 from trainlab.core.columns import COLUMNS
+from trainlab.engine.fit import train
 
 from helpers import FAST, compose, run
 

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from trainlab.commands.train import train, train_command
+from trainlab.commands.train import train_command
 from trainlab.core.errors import CheckpointError, DataError, TrainlabError
+from trainlab.engine.fit import train
 from trainlab.record.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 
 from helpers import FAST as SHRUNK

@@ -10,11 +10,11 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from trainlab.commands.train import time_to_target, train
 from trainlab.core.columns import COLUMNS
 from trainlab.core.config import TargetSettings
 from trainlab.core.errors import RunStopped
 from trainlab.data import FakeData
+from trainlab.engine.fit import time_to_target, train
 from trainlab.models import small_cnn
 
 from helpers import FAST as SHRUNK

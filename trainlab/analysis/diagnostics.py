@@ -4,10 +4,8 @@ the end of `trainlab train`, from `trainlab diagnose <run_dir>` and in the repor
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -227,25 +225,6 @@ def _layers(activations: pd.DataFrame | None) -> list[Finding]:
                              "the layer carries no signal: check the normalisation, lower optimizer.lr or "
                              "optimizer.weight_decay"))
     return found
-
-
-def read_activations(run_dir: Path) -> pd.DataFrame | None:
-    path = Path(run_dir) / "activations.csv"
-    return pd.read_csv(path, dtype={"layer": str}) if path.is_file() else None  # module names like "0.2" stay text
-
-
-def diagnose_run(run_dir: Path) -> list[Finding]:
-    """Findings for a run directory (its metrics.csv, summary.json and classes.csv)."""
-    run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.csv"
-    if not metrics.is_file():
-        from trainlab.core.errors import TrainlabError
-
-        raise TrainlabError(f"{run_dir} has no metrics.csv: point at a trainlab run directory")
-    summary_path, classes_path = run_dir / "summary.json", run_dir / "classes.csv"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    num_classes = len(pd.read_csv(classes_path)) if classes_path.is_file() else None
-    return diagnose(pd.read_csv(metrics), summary, num_classes, read_activations(run_dir))
 
 
 def as_dicts(findings: list[Finding]) -> list[dict]:

@@ -4,11 +4,9 @@ two overridden keys (`--rows optimizer --cols scheduler`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from trainlab.core.errors import TrainlabError
 
@@ -16,37 +14,28 @@ SEED = "seed"
 # What each job contributes: (column, metrics.csv column, how the epochs are reduced).
 METRICS = (("final val/acc1", "val/acc1", "last"), ("best val/acc1", "val/acc1", "max"),
            ("final val/loss", "val/loss", "last"), ("best val/loss", "val/loss", "min"))
-_NOT_SETTINGS = ("resume", "overwrite")  # the command's keys, not the job's
 
 
-def settings(job: Path) -> dict[str, str]:
-    """The job's overrides as key -> value (its .hydra/overrides.yaml, as the job first started)."""
-    path = job / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    pairs = (i.split("=", 1) for i in items or [] if "=" in i and not i.startswith("hydra."))
-    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in _NOT_SETTINGS}
-
-
-def job_table(jobs: list[Path], label=lambda job: job.name) -> pd.DataFrame:
-    """One row per job: its number, its overrides (one column per key that differs between jobs), status and the
-    METRICS. A job without metrics.csv is `failed` (error.txt) or `not started`."""
-    overrides = {job: settings(job) for job in jobs}
-    keys = sorted({k for o in overrides.values() for k in o})
-    varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+def job_table(jobs: list[dict]) -> pd.DataFrame:
+    """One row per job: its label, its overrides (one column per key that differs between jobs), status and the
+    METRICS. Each job is {"job": label, "settings": {key: value}, "history": metrics.csv's frame or None,
+    "summary": summary.json's dict, "failed": bool} (record.run_dir reads them); a job without a history is `failed`
+    or `not started`."""
+    keys = sorted({k for job in jobs for k in job["settings"]})
+    varying = [k for k in keys if len({job["settings"].get(k) for job in jobs}) > 1]
     rows = []
     for job in jobs:
-        row = {"job": label(job), **{k: overrides[job].get(k, "") for k in varying}}
-        if (job / "metrics.csv").is_file():
-            history = pd.read_csv(job / "metrics.csv")
-            summary = json.loads((job / "summary.json").read_text()) if (job / "summary.json").is_file() else {}
-            row["status"] = summary.get("stopped", "running")
+        row = {"job": job["job"], **{k: job["settings"].get(k, "") for k in varying}}
+        history = job["history"]
+        if history is not None:
+            row["status"] = job["summary"].get("stopped", "running")
             row["epochs"] = int(history["epoch"].iloc[-1])
             for name, column, how in METRICS:
                 if column in history:
                     values = history[column].dropna()
                     row[name] = float(values.iloc[-1] if how == "last" else getattr(values, how)())
         else:
-            row["status"] = "failed" if (job / "error.txt").is_file() else "not started"
+            row["status"] = "failed" if job["failed"] else "not started"
         rows.append(row)
     return pd.DataFrame(rows)
 

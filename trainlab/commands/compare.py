@@ -16,10 +16,18 @@ from pathlib import Path
 import pandas as pd
 
 from trainlab.core.errors import TrainlabError
-from trainlab.core.fs import atomic_write_text, claim_out_folder, claim_run_dir, free_run_dir
+from trainlab.core.fs import atomic_write_text, claim_out_folder, free_run_dir
+from trainlab.core.options import positive, unquote
+from trainlab.record.checkpoint import checkpoint_path
+from trainlab.record.run_dir import OUTPUTS_ROOT, beside_run, claim_run_dir, read_json
 
 log = logging.getLogger(__name__)
 
+USAGE = """usage: trainlab compare <A> <B> [n=10] [out=DIR]
+
+A and B: evaluation directories (from `trainlab evaluate`), checkpoints or run directories (evaluated on
+val first). Writes disagreements.csv, per_class.csv, compare.json and disagreements.png (n images).
+"""
 TILE_INCHES, TILE_DPI = (2.4, 2.8), 100  # one labelled picture in the grid: 240 x 280 pixels
 
 
@@ -29,24 +37,29 @@ def ensure_evaluated(spec: str) -> Path:
     path = Path(spec).expanduser()
     if (path / "predictions.csv").is_file() and (path / "metrics.json").is_file():
         return path
-    from omegaconf import OmegaConf
-
-    from trainlab.commands.evaluate import checkpoint_path, default_eval_dir, evaluate
+    from trainlab.engine.evaluation import evaluate
 
     ckpt = checkpoint_path(spec)
-    out = free_run_dir(default_eval_dir(ckpt, "val"))
+    out = beside_run(ckpt, "eval", f"{ckpt.stem}-val")
     lock = claim_run_dir(out, option="the evaluation folder")
     log.info("evaluating %s on val first", ckpt)
     try:
-        evaluate(OmegaConf.create({"ckpt": str(ckpt), "split": "val"}), out, overrides=[])
+        evaluate(ckpt, "val", "model", [], out)
     finally:
         lock.release()
     return out
 
 
 def _load(eval_dir: Path) -> tuple[pd.DataFrame, dict]:
-    record = json.loads((eval_dir / "metrics.json").read_text())
-    frame = pd.read_csv(eval_dir / "predictions.csv")
+    record = read_json(eval_dir, "metrics.json")
+    try:
+        frame = pd.read_csv(eval_dir / "predictions.csv")
+    except (OSError, ValueError) as e:
+        raise TrainlabError(f"{eval_dir / 'predictions.csv'} is damaged ({' '.join(str(e).split())[:80]}): "
+                            "evaluate the checkpoint again, or pass its checkpoint to compare") from None
+    if not {"path", "pred", "pred_name", "confidence"} <= set(frame) or "split" not in record:
+        raise TrainlabError(f"{eval_dir} is not a complete evaluation (predictions.csv or metrics.json lack their "
+                            "columns): evaluate the checkpoint again, or pass its checkpoint to compare")
     if "target" not in frame:
         raise TrainlabError(f"{eval_dir} holds predictions for an unlabelled split ({record['split']}): "
                             "compare needs labels, evaluate on split=val or split=train")
@@ -102,7 +115,7 @@ def _claim_out_dir(out_dir: Path | None) -> Path:
     """`out=` must be new, empty, or an earlier comparison's folder (whose files are replaced); by default a
     fresh folder under outputs/compare."""
     if out_dir is None:
-        out_dir = free_run_dir(Path("outputs") / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
+        out_dir = free_run_dir(OUTPUTS_ROOT / "compare" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
     return claim_out_folder(out_dir, "compare.json", "comparison")
 
 
@@ -169,3 +182,14 @@ def _print(result: dict, out_dir: Path) -> None:
     console.print(movers)
     picture = f", disagreements.png ({result['shown']} images)" if result["shown"] else ""
     console.print(f"wrote disagreements.csv, per_class.csv, compare.json{picture} to {out_dir}")
+
+
+def main(args: list[str]) -> dict:
+    """`trainlab compare A B [n=10] [out=DIR]`."""
+    positional = [a for a in args if "=" not in a]
+    options = {k: unquote(v) for k, v in (a.split("=", 1) for a in args if "=" in a)}
+    if len(positional) != 2 or set(options) - {"n", "out"}:
+        raise TrainlabError(f"compare takes two evaluation dirs or checkpoints and optional n=, out= (got "
+                            f"{' '.join(args)})")
+    n = positive(options, "n", 10)
+    return compare(positional[0], positional[1], n, Path(options["out"]) if "out" in options else None)

@@ -11,19 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 import trainlab
-from trainlab.core.errors import ConfigError, TrainlabError
-from trainlab.core.fs import atomic_write_text, claim_out_folder, free_run_dir
-from trainlab.core.runtime import resolve_runtime
-from trainlab.engine.build import build_model, data_channels, input_channels
-from trainlab.record.checkpoint import OUTPUTS_ROOT, find_checkpoint
-from trainlab.record.stored_run import stored_run
+from trainlab.core.errors import ConfigError
+from trainlab.core.fs import atomic_write_text, claim_out_folder
+from trainlab.core.options import key_values
+from trainlab.engine.build import data_channels, input_channels
+from trainlab.engine.ready import plain_cpu, ready_model, stored_run
+from trainlab.record.checkpoint import find_checkpoint
+from trainlab.record.exports import SIDECAR
+from trainlab.record.run_dir import OUTPUTS_ROOT, beside_run
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ Writes the model ({', '.join(FORMATS.values())}) with model.json (architecture, 
 normalisation) into out (default: <run>/export/<checkpoint>-<format>-<time>), and checks it by running it.
 """
 CHECK_BATCH = 4
+EXPORT_OPTIONS = ("ckpt", "format", "out")
 
 
 def export_model(options: dict[str, str]) -> dict:
@@ -50,15 +52,13 @@ def export_model(options: dict[str, str]) -> dict:
         _require_onnx()
     path = find_checkpoint(options["ckpt"], OUTPUTS_ROOT, key="ckpt")
     ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
-    out = _out_dir(Path(options["out"]) if options.get("out") else None, path, fmt)
+    out = claim_out_folder(Path(options["out"]), SIDECAR, "export") if options.get("out") else \
+        claim_out_folder(beside_run(path, "export", f"{path.stem}-{fmt}"), SIDECAR, "export")
     classes = list(ckpt["classes"])
     # fp32, contiguous, on the CPU: what another program expects to load (the checkpoint may hold
     # channels-last tensors, which safetensors refuses).
-    runtime = resolve_runtime("cpu", "32", "false", "auto", False)
-    model = build_model(cfg, len(classes), classes, runtime, start_weights=False, channels=data_channels(ckpt))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    size, channels = int(cfg.dataset.image_size), input_channels(cfg, data_channels(ckpt))
+    ready = ready_model(ckpt, cfg, plain_cpu())
+    model, size, channels = ready.model, ready.size, ready.channels
     example = torch.randn(CHECK_BATCH, channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(example)
@@ -68,10 +68,10 @@ def export_model(options: dict[str, str]) -> dict:
         from safetensors.torch import load_file, save_file
 
         save_file(state, str(target), metadata={"format": "pt", "classes": str(len(classes))})
-        got = _rebuilt(cfg, classes, load_file(str(target)), data_channels(ckpt))(example)
+        got = _rebuilt(cfg, ckpt, load_file(str(target)))(example)
     elif fmt == "state_dict":
         torch.save(state, target)
-        got = _rebuilt(cfg, classes, torch.load(target, weights_only=True), data_channels(ckpt))(example)
+        got = _rebuilt(cfg, ckpt, torch.load(target, weights_only=True))(example)
     elif fmt == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracing warns that torch.jit is deprecated in favour of export
@@ -81,7 +81,7 @@ def export_model(options: dict[str, str]) -> dict:
         got = _onnx(model, example, target)
     diff = float((torch.as_tensor(got) - expected).abs().max())
     sidecar = describe(cfg, ckpt, path, fmt, target, size, diff)
-    atomic_write_text(out / "model.json", json.dumps(sidecar, indent=2) + "\n")
+    atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=2) + "\n")
     print(f"exported {path} ({fmt}) -> {target}\n  checked on a batch of {CHECK_BATCH}: largest logit difference "
           f"to the PyTorch model {diff:.2e}\n  model.json: classes, input size {size}x{size}, normalisation, "
           "and how to rebuild the network")
@@ -110,46 +110,9 @@ def describe(cfg, ckpt: dict, path: Path, fmt: str, target: Path, size: int, dif
     return sidecar
 
 
-def exported_weights(spec: str) -> Path | None:
-    """The safetensors file of a `trainlab export` named by `ckpt=` (its folder, or the file with model.json
-    beside it); None when `spec` is something else (a checkpoint, a run directory)."""
-    path = Path(spec).expanduser()
-    folder = path if path.is_dir() else path.parent
-    sidecar = folder / "model.json"
-    if not sidecar.is_file() or (path.is_file() and path.suffix != ".safetensors"):
-        return None
-    try:
-        described = json.loads(sidecar.read_text())
-    except ValueError:
-        return None
-    if described.get("format") != "safetensors":
-        raise ConfigError(f"{folder} holds a {described.get('format')} export; ckpt= reads checkpoints and "
-                          "safetensors exports (trainlab export format=safetensors)")
-    return folder / described["file"]
-
-
-def load_export(weights: Path) -> dict:
-    """A safetensors export in the shape of a checkpoint (weights, classes, normalisation, the run's config),
-    so evaluate and predict take it like one."""
-    from safetensors.torch import load_file
-
-    described = json.loads((weights.parent / "model.json").read_text())
-    if "config" not in described:
-        raise TrainlabError(f"{weights.parent} was exported before exports carried the run's config: export the "
-                            "checkpoint again")
-    return {"model": load_file(str(weights)), "classes": described["classes"],
-            "class_names": described["class_names"], "normalization": described["normalization"],
-            "config": described["config"], "choices": {}, "epoch": described["epoch"],
-            "speed": {"precision": "32", "channels_last": False}}  # exports are fp32 and contiguous
-
-
-def _rebuilt(cfg, classes: list[str], state: dict, channels: int):
+def _rebuilt(cfg, ckpt: dict, state: dict):
     """A fresh model loaded from the exported weights (what another program would do)."""
-    model = build_model(cfg, len(classes), classes, resolve_runtime("cpu", "32", "false", "auto", False),
-                        start_weights=False, channels=channels)
-    model.load_state_dict(state)
-    model.eval()
-    return torch.inference_mode()(model)
+    return torch.inference_mode()(ready_model({**ckpt, "model": state}, cfg, plain_cpu()).model)
 
 
 def _require_onnx() -> None:
@@ -175,11 +138,6 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, target: Path):
     return torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
 
 
-def _out_dir(out: Path | None, ckpt: Path, fmt: str) -> Path:
-    stamp = datetime.now()
-    if out is None:
-        run = ckpt.parent.parent
-        inside_run = ckpt.parent.name == "checkpoints" and (run / "run.json").is_file()
-        base = run / "export" if inside_run else OUTPUTS_ROOT / "export" / f"{stamp:%Y-%m-%d}"
-        out = free_run_dir(base / f"{ckpt.stem}-{fmt}-{stamp:%H-%M-%S}")
-    return claim_out_folder(out, "model.json", "export")
+def main(args: list[str]) -> dict:
+    """`trainlab export key=value ...`."""
+    return export_model(key_values("export", args, EXPORT_OPTIONS))

@@ -12,24 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from trainlab.augment import BatchAugment
-from trainlab.commands.evaluate import checkpoint_path
-from trainlab.commands.evaluate import predict as logits_of
-from trainlab.core.config import load_settings
 from trainlab.core.errors import ConfigError, DataError
-from trainlab.core.fs import atomic_write_text, claim_out_folder, free_run_dir
+from trainlab.core.fs import atomic_write_text, claim_out_folder
+from trainlab.core.options import key_values, positive
 from trainlab.core.progress import progress_iter
-from trainlab.core.runtime import resolve_runtime
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
-from trainlab.engine.build import build_model, data_channels, input_channels
-from trainlab.record.checkpoint import OUTPUTS_ROOT
-from trainlab.record.stored_run import stored_run
+from trainlab.engine.ready import ready_model, stored_run, to_gray, trained_runtime
+from trainlab.record.checkpoint import checkpoint_path
+from trainlab.record.run_dir import beside_run
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +63,6 @@ def list_inputs(spec: str) -> tuple[list[str], list[str]]:
     return images, others
 
 
-def default_out_dir(ckpt: Path, kind: str = "predict") -> Path:
-    """Beside the checkpoint's run when it sits in one (`<run>/<kind>/<time>`), else under outputs/<kind>."""
-    stamp = datetime.now()
-    run = ckpt.parent.parent
-    if ckpt.parent.name == "checkpoints" and (run / "run.json").is_file():
-        return free_run_dir(run / kind / f"{ckpt.stem}-{stamp:%Y-%m-%d_%H-%M-%S}")
-    return free_run_dir(OUTPUTS_ROOT / kind / f"{stamp:%Y-%m-%d}" / f"{ckpt.stem}-{stamp:%H-%M-%S}")
-
-
 def claim_out_dir(out: Path, input_spec: str, images: list[str]) -> Path:
     """`out=` must be new, empty, or an earlier prediction's folder, and never inside the input folder or a
     folder that holds input images."""
@@ -90,13 +76,6 @@ def claim_out_dir(out: Path, input_spec: str, images: list[str]) -> Path:
     return claim_out_folder(out, "predict.json", "prediction")
 
 
-def _positive(options: dict, key: str, default: int) -> int:
-    value = options.get(key, str(default))
-    if not str(value).isdigit() or int(value) < 1:
-        raise ConfigError(f"{key} must be a positive integer (got {value})")
-    return int(value)
-
-
 def predict_images(options: dict[str, str]) -> dict:
     """The whole command: returns what predict.json holds."""
     unknown = sorted(set(options) - set(OPTIONS))
@@ -105,60 +84,38 @@ def predict_images(options: dict[str, str]) -> dict:
     for key in ("ckpt", "input"):
         if not options.get(key):
             raise ConfigError(f"predict needs {key}=...; see trainlab predict --help")
-    top_k = _positive(options, "top_k", 5)
+    top_k = positive(options, "top_k", 5)
     path = checkpoint_path(options["ckpt"])  # a checkpoint, a run directory, or a safetensors export
     ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=False, anywhere=True)
     images_found, others = list_inputs(options["input"])  # before anything is written
     out = claim_out_dir(Path(options["out"]), options["input"], images_found) if options.get("out") \
-        else default_out_dir(path)
-    model, runtime, about = _from_checkpoint(ckpt, cfg)
-    classes, names, norm, size = about["classes"], about["class_names"], about["normalization"], about["size"]
-    top_k = min(top_k, len(classes))
-    batch = _positive(options, "batch_size", about["batch_size"])
-    pixels, bad = decode_files(images_found, size, f"{len(images_found)} input images", skip_bad=True)
+        else beside_run(path, "predict", path.stem)
+    ready = ready_model(ckpt, cfg, trained_runtime(ckpt, cfg, "predict"))
+    top_k = min(top_k, len(ready.classes))
+    batch = positive(options, "batch_size", ready.batch_size)
+    pixels, bad = decode_files(images_found, ready.size, f"{len(images_found)} input images", skip_bad=True)
     bad_paths = [images_found[i] for i in bad]
     paths = [p for i, p in enumerate(images_found) if i not in set(bad)]
     if not paths:
         raise DataError(f"none of the {len(images_found)} image files under input={options['input']} could be read")
-    if len(norm["mean"]) == 1:  # trained on grayscale: the files are read as RGB, then made gray as PIL does
+    if ready.data_channels == 1:  # trained on grayscale: the files are read as RGB, then made gray as PIL does
         pixels = to_gray(pixels)
-    normalize = BatchAugment(mean=norm["mean"], std=norm["std"], channels=about["channels"])
     chunks = [(pixels[i:i + batch], torch.full((len(pixels[i:i + batch]),), -1)) for i in range(0, len(pixels), batch)]
     start = time.perf_counter()
-    logits, _ = logits_of(model, progress_iter(chunks, f"predicting {len(paths)} images"), normalize, runtime)
+    logits, _ = ready.logits(progress_iter(chunks, f"predicting {len(paths)} images"))
     seconds = time.perf_counter() - start
+    classes, names, norm, size, runtime = ready.classes, ready.class_names, ready.normalization, ready.size, \
+        ready.runtime
     table = predictions_table(paths, logits, classes, names, top_k)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
-    record = {"checkpoint": str(path), "epoch": about["epoch"], "input": str(options["input"]), "images": len(paths),
+    record = {"checkpoint": str(path), "epoch": ready.epoch, "input": str(options["input"]), "images": len(paths),
               "skipped_not_images": len(others), "skipped_unreadable": bad_paths, "top_k": top_k,
               "image_size": size, "normalization": norm, "seconds": seconds,
               "images_per_s": len(paths) / max(seconds, 1e-9), "runtime": runtime.to_dict(), "out": str(out)}
     atomic_write_text(out / "predict.json", json.dumps(record, indent=2, default=str) + "\n")
     _print(table, record, others)
     return record
-
-
-def _from_checkpoint(ckpt: dict, cfg, command: str = "predict") -> tuple[torch.nn.Module, object, dict]:
-    settings = load_settings(cfg, require_data=False)
-    classes = list(ckpt["classes"])
-    # The precision and memory format the checkpoint was trained with: its numbers, not a new measurement.
-    speed = dict(ckpt.get("speed") or {})
-    if settings.device.type == "cpu" and speed.get("precision") == "16-mixed":
-        speed["precision"] = "32"  # fp16 autocast needs a GPU (on_this_machine said so)
-    runtime = resolve_runtime(settings.device.type, str(speed.get("precision", settings.trainer.precision)),
-                              str(speed.get("channels_last", settings.trainer.channels_last)).lower(),
-                              settings.trainer.threads, False)
-    if speed:
-        log.info("%s: precision=%s channels_last=%s, as the checkpoint was trained", command, runtime.precision,
-                 str(runtime.channels_last).lower())
-    model = build_model(cfg, len(classes), classes, runtime, start_weights=False, channels=data_channels(ckpt))
-    model.load_state_dict(ckpt["model"])
-    about = {"channels": input_channels(cfg, data_channels(ckpt)), "classes": classes,
-             "class_names": list(ckpt["class_names"]), "epoch": ckpt["epoch"],
-             "normalization": ckpt.get("normalization") or {"mean": [0.5] * 3, "std": [0.25] * 3},
-             "size": int(cfg.dataset.image_size), "batch_size": int(cfg.dataset.batch_size)}
-    return model, runtime, about
 
 
 def predictions_table(paths: list[str], logits: torch.Tensor, classes: list[str], names: list[str],
@@ -195,8 +152,6 @@ def _print(table: pd.DataFrame, record: dict, others: list[str], shown: int = 10
           + (f"; skipped {' and '.join(skipped)}" if skipped else ""))
 
 
-def to_gray(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (N, 3, H, W) -> (N, 1, H, W) with ITU-R 601 luma, rounded as PIL's convert("L")."""
-    weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
-    return ((pixels.to(torch.int32) * weights).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor") \
-        .to(torch.uint8)
+def main(args: list[str]) -> dict:
+    """`trainlab predict key=value ...`."""
+    return predict_images(key_values("predict", args, OPTIONS))

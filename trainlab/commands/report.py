@@ -7,17 +7,35 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from trainlab.analysis import groups
-from trainlab.analysis.diagnostics import diagnose_run
 from trainlab.analysis.plots import CURVES, confusion_figure, overlay_figure, plot_history, seed_band
 from trainlab.core.errors import TrainlabError
+from trainlab.core.fs import claim_out_folder, free_run_dir
+from trainlab.core.suggest import did_you_mean
+from trainlab.record.run_dir import (
+    OUTPUTS_ROOT,
+    diagnose_run,
+    is_training_run,
+    read_config,
+    read_json,
+    read_metrics,
+    read_overrides,
+    read_settings,
+    sweep_jobs,
+)
 
+USAGE = """usage: trainlab report <run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']
+       trainlab report <run_dir> <run_dir> ... [--out DIR]   (any runs side by side)
+
+A sweep's report groups the jobs that differ only in seed (mean ± std, n) and pivots two overridden keys;
+the tables are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex.
+"""
+OPTIONS = ("--rows", "--cols", "--metric", "--out")
 FILES = "report_files"
 HEADLINE = ["val/acc1", "val/acc5", "val/loss", "val/f1", "val/kappa", "val/auroc", "train/acc1", "train/loss"]
 
@@ -81,15 +99,8 @@ class Document:
         return md, page
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _config_yaml(run_dir: Path) -> str:
-    hydra_config = run_dir / ".hydra" / "config.yaml"
-    if hydra_config.is_file():
-        return hydra_config.read_text()
-    return yaml.safe_dump(_read_json(run_dir / "run.json").get("config", {}), sort_keys=False)
+    return yaml.safe_dump(read_config(run_dir), sort_keys=False)
 
 
 def report(path: Path, rows: str | None = None, cols: str | None = None,
@@ -99,16 +110,16 @@ def report(path: Path, rows: str | None = None, cols: str | None = None,
         if rows or cols:
             raise TrainlabError(f"--rows/--cols pivot the jobs of a sweep; {path} is a single run")
         return run_report(path)
-    if _jobs(path):
+    if sweep_jobs(path):
         return sweep_report(path, rows, cols, metric)
     raise TrainlabError(f"{path} holds no metrics.csv and no sweep jobs: point at a run or multirun directory")
 
 
 def run_report(run_dir: Path) -> tuple[Path, Path]:
-    history = pd.read_csv(run_dir / "metrics.csv")
-    summary = _read_json(run_dir / "summary.json")
+    history = read_metrics(run_dir)
+    summary = read_json(run_dir, "summary.json")
     doc = Document(f"trainlab report: {run_dir}", run_dir)
-    group = _read_json(run_dir / "run.json").get("distributed", {})
+    group = read_json(run_dir, "run.json").get("distributed", {})
     processes = (f" x {group['world_size']} processes ({group.get('nodes', 1)} machine(s), {group.get('backend')}, "
                  f"global batch {group.get('batch_size_global')})" if group.get("world_size", 1) > 1 else "")
     if summary:
@@ -176,17 +187,16 @@ def _confusion_sections(doc: Document, run_dir: Path) -> None:
     doc.table(accuracy.tail(k).iloc[::-1], floats="{:.3f}")
 
 
-def _jobs(sweep_dir: Path) -> list[Path]:
-    jobs = [p for p in sweep_dir.iterdir()
-            if p.is_dir() and ((p / "metrics.csv").is_file() or (p / "error.txt").is_file())] \
-        if sweep_dir.is_dir() else []
-    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
-
-
 def _overrides(job: Path) -> list[str]:
     path = job / ".hydra" / "overrides.yaml"
     items = yaml.safe_load(path.read_text()) if path.is_file() else []
     return [i for i in items or [] if not i.startswith("hydra.")]
+
+
+def _job_entry(job: Path, label: str) -> dict:
+    """What analysis.groups needs of a job, read from its folder."""
+    return {"job": label, "settings": read_settings(job), "history": read_metrics(job),
+            "summary": read_json(job, "summary.json"), "failed": (job / "error.txt").is_file()}
 
 
 def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str | None = None,
@@ -194,27 +204,28 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
     """The report of a sweep's jobs, written into `sweep_dir`; with `jobs`, of any runs (`trainlab report A B`),
     written into `sweep_dir` (the out folder), each run named by its path."""
     names = {job: str(job) for job in jobs} if jobs else None
-    jobs = jobs or _jobs(sweep_dir)
+    jobs = jobs or sweep_jobs(sweep_dir)
     name = (lambda job: names[job]) if names else (lambda job: job.name)  # noqa: E731
-    table = groups.job_table(jobs, name)
+    table = groups.job_table([_job_entry(job, name(job)) for job in jobs])
     if (pivot_rows is None) != (pivot_cols is None):
         raise TrainlabError("a pivot needs both --rows <key> and --cols <key>")
     grid = groups.pivot(table, pivot_rows, pivot_cols, metric) if pivot_rows else None  # checked before writing
     doc = Document(f"trainlab report: {len(jobs)} runs side by side" if names else
                    f"trainlab sweep report: {sweep_dir}", sweep_dir)
     rows, curves, curve_job = [], {}, {}
-    overrides = {job: _overrides(job) for job in jobs}
+    overrides = {job: read_overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     if common:
         doc.text("Every job: " + " ".join(o for o in overrides[jobs[0]] if o in common))
     for job in jobs:
         label = " ".join(o for o in overrides[job] if o not in common) or name(job)
-        if (job / "error.txt").is_file() and not (job / "metrics.csv").is_file():
+        history = read_metrics(job)
+        if history is None:
+            reason = (job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else ""
             rows.append({"job": name(job), "overrides": label,
-                         "status": "failed: " + (job / "error.txt").read_text().strip()})
+                         "status": f"failed: {reason}" if reason else "no epoch recorded"})
             continue
-        history = pd.read_csv(job / "metrics.csv")
-        summary = _read_json(job / "summary.json")
+        summary = read_json(job, "summary.json")
         curves[f"{name(job)}: {label}"] = history
         curve_job[f"{name(job)}: {label}"] = name(job)
         last = history.iloc[-1]
@@ -266,20 +277,15 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
     return doc.write()
 
 
-def _job_config(job: Path) -> dict:
-    path = job / ".hydra" / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else _read_json(job / "run.json").get("config", {})
-
-
 def scaling_table(jobs: list[Path]) -> pd.DataFrame:
     """Per job: device type, process count, global and per-process batch, images/s for the whole group and
     per device, epoch time, speed-up over the 1-device job of the same type (and the same other overrides),
     scaling efficiency and the final metrics. Failed jobs keep their reason."""
     rows = []
-    overrides = {job: _overrides(job) for job in jobs}
+    overrides = {job: read_overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     for job in jobs:
-        config, run = _job_config(job), _read_json(job / "run.json")
+        config, run = read_config(job), read_json(job, "run.json")
         group = run.get("distributed", {})
         device = config.get("device", {})
         count = int(group.get("world_size", device.get("count", 1)))
@@ -287,8 +293,8 @@ def scaling_table(jobs: list[Path]) -> pd.DataFrame:
         others = " ".join(o for o in overrides[job] if o not in common and not o.startswith(("device", "+device")))
         row = {"job": job.name, "device": device.get("type", "?"), "count": count, "others": others,
                "global batch": batch, "batch per device": batch // max(count, 1)}
-        if (job / "metrics.csv").is_file():
-            history = pd.read_csv(job / "metrics.csv")
+        history = read_metrics(job)
+        if history is not None:
             last = history.iloc[-1]
             row.update({"images/s": float(history["throughput/train_ips"].mean()),
                         "images/s per device": float(history["throughput/train_ips"].mean()) / count,
@@ -327,16 +333,38 @@ def _scaling_section(doc: Document, sweep_dir: Path, jobs: list[Path]) -> None:
     doc.figure(fig, "scaling.png", "training throughput per device configuration")
 
 
-def print_findings(path: Path) -> None:
-    """The diagnostics of a run, or of every job of a sweep."""
-    runs = [path] if (path / "metrics.csv").is_file() else [j for j in _jobs(path) if (j / "metrics.csv").is_file()]
-    if not runs:
-        raise TrainlabError(f"{path} has no metrics.csv: point at a trainlab run or multirun directory")
-    for run in runs:
-        findings = diagnose_run(run)
-        if len(runs) > 1:
-            print(f"{run}:")
-        for finding in findings:
-            print(("  " if len(runs) > 1 else "") + finding.line())
-        if not findings:
-            print(("  " if len(runs) > 1 else f"{run}: ") + "no problems found in the curves")
+def main(args: list[str]) -> None:
+    """`trainlab report <dir> [--rows KEY --cols KEY] [--metric NAME]`, or `trainlab report A B ... [--out DIR]`."""
+    options, rest, items = {}, [], iter(a2 for a in args for a2 in (a.split("=", 1) if a.startswith("--") else [a]))
+    for item in items:
+        if item.startswith("--"):
+            if item not in OPTIONS:
+                raise TrainlabError(f"unknown option {item}{did_you_mean(item, OPTIONS)} (report takes "
+                                    f"{', '.join(OPTIONS)})")
+            value = next(items, None)
+            if value is None:
+                raise TrainlabError(f"{item} needs a value, e.g. {item} optimizer")
+            options[item[2:]] = value
+        else:
+            rest.append(item)
+    pivot = (options.get("rows"), options.get("cols"), options.get("metric", "final val/acc1"))
+    if len(rest) > 1:  # any runs side by side, not only one sweep's jobs
+        md, page = _compare_runs([Path(p) for p in rest], Path(options["out"]) if "out" in options else None, pivot)
+    else:
+        path = Path(rest[0]) if rest else Path()
+        if not rest or not path.is_dir():
+            raise TrainlabError(f"{path} is not a directory: pass a trainlab run directory (outputs/<date>/<time>)")
+        md, page = report(path, *pivot)
+    print(f"wrote {page} (self-contained) and {md}")
+
+
+def _compare_runs(runs: list[Path], out: Path | None, pivot: tuple) -> tuple[Path, Path]:
+    from datetime import datetime
+
+    for run_dir in runs:
+        if not is_training_run(run_dir):
+            raise TrainlabError(f"{run_dir} holds no run (no run.json): `trainlab report A B ...` compares run "
+                                "directories; for a whole sweep pass its multirun directory alone")
+    out = claim_out_folder(out or free_run_dir(OUTPUTS_ROOT / "report" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}"),
+                           "report.md", "report")
+    return sweep_report(out, *pivot, jobs=runs)

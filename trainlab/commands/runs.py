@@ -5,16 +5,25 @@ It only reads: a run still being written is recognised by the lock trainlab hold
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from trainlab.core.errors import TrainlabError
 from trainlab.core.fs import LOCK_NAME
+from trainlab.record.run_dir import (
+    ERROR_TXT,
+    RUN_JSON,
+    SUMMARY_JSON,
+    find_runs,
+    read_json,
+    read_metrics,
+    read_overrides,
+    read_settings,
+)
 
 USAGE = """usage: trainlab runs [DIR ...] [--sort COLUMN] [--filter KEY=VALUE ...] [--seeds] [--csv]
 
@@ -48,70 +57,53 @@ def running(run_dir: Path) -> bool:
     return False
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def find_runs(folders: list[Path]) -> list[Path]:
-    """Folders holding a training run (trainlab's run.json) or a sweep job that failed before writing one."""
-    found = set()
-    for folder in folders:
-        for marker in ("run.json", "error.txt"):
-            for path in folder.rglob(marker):
-                run_dir = path.parent
-                if marker == "run.json" and "trainlab_version" not in _json(path):
-                    continue
-                if marker == "error.txt" and not (run_dir / ".hydra").is_dir():
-                    continue
-                found.add(run_dir)
-    return sorted(found)
-
-
 def describe(run_dir: Path) -> dict:
-    summary = _json(run_dir / "summary.json")
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [o for o in (yaml.safe_load(overrides_file.read_text()) or []) if not o.startswith("hydra.")] \
-        if overrides_file.is_file() else []
+    """The run's row; a run whose files cannot be read is shown as `damaged`, with the reason, not skipped."""
+    try:
+        summary, overrides, history = read_json(run_dir, SUMMARY_JSON), read_overrides(run_dir), read_metrics(run_dir)
+    except TrainlabError as e:
+        summary, overrides, history, damaged = {}, [], None, str(e)
+    else:
+        damaged = None
     started = run_dir / ".hydra" / "config.yaml"
-    started = started if started.is_file() else run_dir / "run.json" if (run_dir / "run.json").is_file() else run_dir
+    started = started if started.is_file() else run_dir / RUN_JSON if (run_dir / RUN_JSON).is_file() else run_dir
     if running(run_dir):
         status = "running"
-    elif (run_dir / "error.txt").is_file() and not summary:
+    elif damaged:
+        status = "damaged"
+    elif (run_dir / ERROR_TXT).is_file() and not summary:
         status = "failed"
     else:
         status = summary.get("stopped") or "killed"  # no summary and nobody writing: killed (kill -9, power)
     row = {"started": datetime.fromtimestamp(started.stat().st_mtime).strftime("%Y-%m-%d %H:%M"),
            "run": str(run_dir), "overrides": " ".join(o for o in overrides if not o.startswith("resume=")),
            "status": status}
-    if (run_dir / "metrics.csv").is_file():
-        history = pd.read_csv(run_dir / "metrics.csv")
-        if len(history):
-            row["epochs"] = int(history["epoch"].iloc[-1])
-            for column, best in (("val/acc1", "max"), ("val/loss", "min")):
-                if column in history:
-                    row[f"best {column}"] = float(getattr(history[column], best)())
-                    row[f"final {column}"] = float(history[column].iloc[-1])
-            if "throughput/train_ips" in history:
-                row["images/s"] = float(history["throughput/train_ips"].mean())
+    if damaged:
+        row["_damaged"] = damaged
+    if history is not None:
+        row["epochs"] = int(history["epoch"].iloc[-1])
+        for column, best in (("val/acc1", "max"), ("val/loss", "min")):
+            if column in history:
+                row[f"best {column}"] = float(getattr(history[column], best)())
+                row[f"final {column}"] = float(history[column].iloc[-1])
+        if "throughput/train_ips" in history:
+            row["images/s"] = float(history["throughput/train_ips"].mean())
     if summary.get("total_time_s") is not None:
         row["minutes"] = float(summary["total_time_s"]) / 60
-    pairs = (o.split("=", 1) for o in overrides if "=" in o)
-    row["_overrides"] = {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in ("resume", "overwrite")}
+    row["_overrides"] = read_settings(run_dir) if not damaged else {}
     return row
 
 
 def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] = (),
                seeds: bool = False) -> pd.DataFrame:
     rows = [describe(d) for d in find_runs(folders)]
+    damaged = [r["_damaged"] for r in rows if "_damaged" in r]
     for spec in filters:
         if "=" not in spec:
             raise TrainlabError(f"--filter takes KEY=VALUE (got {spec!r}), e.g. --filter status=completed")
         key, value = spec.split("=", 1)
         rows = [r for r in rows if str(r.get(key, r["_overrides"].get(key))) == value]
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_overrides"} for r in rows])
+    table = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
     if table.empty:
         return table
     if seeds:
@@ -124,8 +116,10 @@ def runs_table(folders: list[Path], sort: str | None = None, filters: list[str] 
 
         raise TrainlabError(f"--sort: no column {column!r}{did_you_mean(column, table.columns)}; the columns: "
                             f"{', '.join(table.columns)}")
-    return table.sort_values(column, ascending=column in ("run", "overrides", "status") or
-                             column.endswith("loss"), kind="stable", na_position="last")
+    table = table.sort_values(column, ascending=column in ("run", "overrides", "status") or
+                              column.endswith("loss"), kind="stable", na_position="last")
+    table.attrs["damaged"] = damaged
+    return table
 
 
 def seed_groups(rows: list[dict]) -> pd.DataFrame:
@@ -136,7 +130,7 @@ def seed_groups(rows: list[dict]) -> pd.DataFrame:
     keys = sorted({k for r in rows for k in r["_overrides"]})
     varying = [k for k in keys if k != groups.SEED and len({r["_overrides"].get(k) for r in rows}) > 1]
     frame = pd.DataFrame([{**{k: r["_overrides"].get(k, "") for k in varying},
-                           **{k: v for k, v in r.items() if k != "_overrides"}} for r in rows])
+                           **{k: v for k, v in r.items() if not k.startswith("_")}} for r in rows])
     return groups.seed_table(frame, varying)
 
 
@@ -184,6 +178,8 @@ def list_runs(args: list[str]) -> None:
 
         table = shown(table)
     print(text_table(table))
+    for reason in table.attrs.get("damaged", []):  # the table still lists them; what is wrong goes to stderr
+        print(f"trainlab: {reason}", file=sys.stderr)
 
 
 def text_table(table: pd.DataFrame) -> str:
@@ -195,3 +191,7 @@ def text_table(table: pd.DataFrame) -> str:
     lines = ["  ".join(cells[c][i].rjust(widths[c]) if c in numeric else cells[c][i].ljust(widths[c])
                        for c in table.columns).rstrip() for i in range(len(table) + 1)]
     return "\n".join(lines)
+
+
+def main(args: list[str]) -> None:
+    list_runs(args)

@@ -14,9 +14,10 @@ from torchinfo import summary as torchinfo_summary
 from trainlab.core.config import load_settings
 from trainlab.core.errors import DataError
 from trainlab.core.fs import atomic_write_text
-from trainlab.core.runtime import Runtime
-from trainlab.engine.build import build, build_model, data_channels, input_channels
-from trainlab.record.stored_run import stored_run
+from trainlab.engine.build import build, build_model, input_channels
+from trainlab.engine.ready import plain_cpu, ready_model, stored_run
+from trainlab.record.checkpoint import checkpoint_path
+from trainlab.record.recorder import RunRecorder
 
 log = logging.getLogger(__name__)
 OWN_KEYS = ("ckpt", "num_classes", "depth")
@@ -35,23 +36,26 @@ def _classes(cfg: DictConfig, num_classes) -> list[str]:
     return data.classes
 
 
+CONFIG = "summary"  # its primary config (conf/summary.yaml)
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> str:
+    return model_summary(cfg, run_dir, overrides)
+
+
 def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     if cfg.get("ckpt"):
-        from trainlab.commands.evaluate import checkpoint_path
-
         ckpt, run_cfg, _ = stored_run(checkpoint_path(str(cfg.ckpt)), overrides, OWN_KEYS, needs_data=False)
-        classes, channels = ckpt["classes"], data_channels(ckpt)
+        ready = ready_model(ckpt, run_cfg, plain_cpu())
+        model, classes, channels = ready.model, ready.classes, ready.channels
     else:
-        run_cfg, ckpt = cfg, None
+        run_cfg = cfg
         load_settings(run_cfg, require_data=not cfg.get("num_classes"))
         classes = _classes(run_cfg, cfg.get("num_classes"))
         channels = int(run_cfg.model.get("in_channels") or 3)
-    runtime = Runtime("cpu", "32", False, torch.get_num_threads(), False, {})
-    model = build_model(run_cfg, len(classes), classes, runtime, start_weights=False, channels=channels)
-    channels = input_channels(run_cfg, channels)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    model.eval()
+        model = build_model(run_cfg, len(classes), classes, plain_cpu(), start_weights=False, channels=channels)
+        channels = input_channels(run_cfg, channels)
+        model.eval()
     size, batch = int(run_cfg.dataset.image_size), int(run_cfg.dataset.batch_size)
     stats = torchinfo_summary(model, input_size=(batch, channels, size, size), depth=int(cfg.get("depth", 10)),
                               col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",),
@@ -60,8 +64,6 @@ def model_summary(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.txt", text)
     from torch.utils.tensorboard import SummaryWriter
-
-    from trainlab.record.recorder import RunRecorder
 
     writer = SummaryWriter(str(out_dir / "tensorboard"))
     RunRecorder.add_graph(writer, model, torch.zeros(1, channels, size, size))

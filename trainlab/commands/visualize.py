@@ -20,12 +20,12 @@ from trainlab.analysis.activations import (
     statistics,
     watched_layers,
 )
-from trainlab.augment import BatchAugment
-from trainlab.commands.evaluate import checkpoint_path
-from trainlab.commands.predict import _from_checkpoint, _positive, default_out_dir, to_gray
 from trainlab.core.errors import ConfigError, DataError
 from trainlab.core.fs import atomic_write_text, claim_out_folder
-from trainlab.record.stored_run import stored_run
+from trainlab.core.options import key_values, positive
+from trainlab.engine.ready import ReadyModel, ready_model, stored_run, to_gray, trained_runtime
+from trainlab.record.checkpoint import checkpoint_path
+from trainlab.record.run_dir import beside_run
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Writes into out (default: <run>/visualize/<time>).
 OPTIONS = ("ckpt", "image", "split", "layers", "channels", "out")
 
 
-def _image(options: dict, cfg, about: dict) -> tuple[torch.Tensor, str]:
+def _image(options: dict, cfg, ready: ReadyModel) -> tuple[torch.Tensor, str]:
     """uint8 (C, H, W) with the checkpoint's data channels, and a name for it."""
     spec = options.get("image", "0")
     if spec.lstrip("-").isdigit():
@@ -63,10 +63,10 @@ def _image(options: dict, cfg, about: dict) -> tuple[torch.Tensor, str]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise DataError(f"image={spec} is neither a file nor an index: pass an image file or e.g. image=0")
-    pixels, bad = decode_files([str(path)], about["size"], "1 image", skip_bad=True)
+    pixels, bad = decode_files([str(path)], ready.size, "1 image", skip_bad=True)
     if bad:
         raise DataError(f"cannot decode image {path}: pass a readable image file")
-    if len(about["normalization"]["mean"]) == 1:
+    if ready.data_channels == 1:
         pixels = to_gray(pixels)
     return pixels[0], path.name
 
@@ -80,21 +80,18 @@ def visualize(options: dict[str, str]) -> dict:
                           f"takes {', '.join(OPTIONS)}")
     if not options.get("ckpt"):
         raise ConfigError("visualize needs ckpt=<file.ckpt | run_dir>; see trainlab visualize --help")
-    channels = _positive(options, "channels", 16)
+    channels = positive(options, "channels", 16)
     path = checkpoint_path(options["ckpt"])
     needs_data = not Path(options.get("image", "0")).expanduser().is_file()
     ckpt, cfg, _ = stored_run(path, [], ("ckpt",), needs_data=needs_data, anywhere=True)
-    model, runtime, about = _from_checkpoint(ckpt, cfg, "visualize")
-    model.eval()
+    ready = ready_model(ckpt, cfg, trained_runtime(ckpt, cfg, "visualize"))
+    model, runtime = ready.model, ready.runtime
     layers = check_layers(model, [s for s in options["layers"].split(",") if s]) if options.get("layers") \
         else watched_layers(model)
-    image, name = _image(options, cfg, about)
+    image, name = _image(options, cfg, ready)
     out = claim_out_folder(Path(options["out"]).expanduser(), "visualize.json", "visualisation") \
-        if options.get("out") else default_out_dir(path, "visualize")
-    normalize = BatchAugment(mean=about["normalization"]["mean"], std=about["normalization"]["std"],
-                             channels=about["channels"])
-    x = normalize.normalize(image[None].to(runtime.torch_device))
-    x = x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+        if options.get("out") else beside_run(path, "visualize", path.stem)
+    x = ready.input(image[None])
     outputs = capture(model, x, layers)
     maps = spatial(outputs)
     if not maps:
@@ -107,7 +104,7 @@ def visualize(options: dict[str, str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib.pyplot as plt
 
-    predicted = f"predicted {about['class_names'][top]} ({float(probabilities[top]):.2f})"
+    predicted = f"predicted {ready.class_names[top]} ({float(probabilities[top]):.2f})"
     files = {"input": "input.png"}
     fig = input_figure(image.cpu(), f"{name}\n{predicted}")
     fig.savefig(out / "input.png", dpi=120)
@@ -128,7 +125,7 @@ def visualize(options: dict[str, str]) -> dict:
     for layer, values in maps.items():
         writer.add_image(f"feature_maps/{layer}", channel_grid(values[0], channels), 0)
     writer.close()
-    record = {"checkpoint": str(path), "epoch": about["epoch"], "image": name, "predicted": about["class_names"][top],
+    record = {"checkpoint": str(path), "epoch": ready.epoch, "image": name, "predicted": ready.class_names[top],
               "confidence": float(probabilities[top]), "layers": layers, "channels_shown": channels,
               "shapes": {k: list(v.shape[1:]) for k, v in outputs.items()}, "statistics": statistics(outputs),
               "files": files, "out": str(out)}
@@ -140,3 +137,8 @@ def visualize(options: dict[str, str]) -> dict:
               f"{stats['zero_fraction']:.1%}")
     print(f"wrote input.png, {len(maps)} feature-map grid(s), visualize.json and tensorboard/ to {out}")
     return record
+
+
+def main(args: list[str]) -> dict:
+    """`trainlab visualize key=value ...`."""
+    return visualize(key_values("visualize", args, OPTIONS))

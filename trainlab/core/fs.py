@@ -1,6 +1,6 @@
-"""Where trainlab writes, and the rules that keep it away from everything else: the user cache folder,
-atomic writes, a lock per folder being written, and the claim on a run directory (new, empty, or a run
-of trainlab's own: never a folder of the user's).
+"""How trainlab writes, and the rules that keep it away from everything else: the user cache folder, atomic writes,
+one line for a failed write, a lock per folder being written, and free folder names. What a run folder is, and the
+claim on one, is record.run_dir's.
 
 The rule, also stated in the README: trainlab never deletes, moves or writes into anything it did not
 create. It writes runs into new or empty folders (or trainlab run folders with `resume=`/`overwrite=true`),
@@ -10,10 +10,8 @@ caches into `.trainlab_cache/` or the cache folder, and the demo data into an em
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,13 +20,6 @@ from trainlab.core.errors import TrainlabError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".trainlab.lock"
-# What a run, an evaluation or a summary leaves in its directory: the names `overwrite=true` may remove.
-RUN_ENTRIES = ("run.json", "summary.json", "metrics.csv", "classes.csv", "train.log", "evaluate.log", "summary.log",
-               "error.txt", "checkpoints", "tensorboard", "confusion", "plots", ".hydra", "report.md",
-               "report.html", "report_files", "metrics.json", "predictions.csv", "confusion.csv", "summary.txt",
-               "requirements.txt", "activations.csv", "lr_find.csv", "lr_find.json", "lr_find.png", "lr_find.log")
-# Any of these means "a trainlab run (or evaluation, or summary) lives here".
-RUN_MARKERS = ("run.json", "checkpoints", "metrics.csv", "metrics.json", "summary.txt", ".hydra")
 # errno values that mean "the user's disk or permissions", not a bug: one line, not a traceback.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -111,74 +102,9 @@ class FolderLock:
         self.release()
 
 
-def holds_run(folder: Path) -> bool:
-    """A trainlab run (or evaluation, or summary) lives here: the folder has a run's files *and* trainlab's mark
-    on it (the lock file trainlab leaves in every folder it claims, or a run.json trainlab wrote). Another
-    tool's output folder (Hydra's .hydra/, Lightning's checkpoints/) is not one, so overwrite=true never
-    removes anything from it."""
-    folder = Path(folder)
-    if not any((folder / name).exists() for name in RUN_MARKERS):
-        return False
-    if (folder / LOCK_NAME).exists():
-        return True
-    try:
-        return "trainlab_version" in json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _contents(folder: Path) -> list[str]:
+def contents(folder: Path) -> list[str]:
+    """The names in `folder`, trainlab's lock file left out."""
     return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
-
-
-def claim_run_dir(folder: Path, mode: str = "new", option: str = "hydra.run.dir") -> FolderLock:
-    """Make `folder` this process's run directory and lock it for the process's lifetime.
-
-    mode "new": the folder must be missing or empty; "resume": it continues the run already there;
-    "overwrite": a trainlab run there is replaced (its files removed first; nothing else is touched).
-    A folder of the user's (not empty, no trainlab run in it) is never accepted."""
-    folder = Path(folder).expanduser()
-    ours = holds_run(folder)  # decided before the lock file is made in it
-    if folder.is_dir() and _contents(folder) and not ours:
-        raise _not_a_run(folder, _contents(folder), option)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = FolderLock(folder)
-        free = lock.acquire()
-    except OSError as e:
-        raise TrainlabError(f"cannot create the run directory {folder}: {e.strerror or e}; "
-                            f"pick a writable {option}=<folder>") from None
-    if not free:
-        raise TrainlabError(f"{folder} is in use: {lock.holder()} of trainlab is writing into it; wait for it to "
-                            f"finish or pick another {option}=<folder>")
-    contents = _contents(folder)
-    if contents and mode != "resume":
-        if not ours:
-            lock.release()
-            raise _not_a_run(folder, contents, option)
-        if mode == "new":
-            lock.release()
-            raise TrainlabError(f"{folder} already holds a trainlab run: continue it with resume={folder}, pick "
-                                f"another {option}=<folder>, or pass overwrite=true to replace it")
-        remove_run_entries(folder)
-    return lock
-
-
-def _not_a_run(folder: Path, contents: list[str], option: str) -> TrainlabError:
-    return TrainlabError(f"{folder} is not empty and holds no trainlab run ({', '.join(contents[:3])}"
-                         f"{', ...' if len(contents) > 3 else ''}): trainlab writes only into new or empty folders; "
-                         f"pick another {option}=<folder>")
-
-
-def remove_run_entries(folder: Path, keep: tuple[str, ...] = ()) -> None:
-    """`overwrite=true`: remove what an earlier trainlab run wrote into `folder` (the names in RUN_ENTRIES,
-    nothing else), so its checkpoints and event files cannot mix with the new run's."""
-    removed = [name for name in RUN_ENTRIES if name not in keep and (folder / name).exists()]
-    for name in removed:
-        target = folder / name
-        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-    if removed:
-        log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), folder)
 
 
 def free_run_dir(folder: Path) -> Path:
@@ -186,7 +112,7 @@ def free_run_dir(folder: Path) -> Path:
     run directories trainlab names itself (two runs started in the same second get the same name)."""
     folder = Path(folder)
     candidate, k = folder, 0
-    while candidate.is_dir() and (_contents(candidate) or not _unlocked(candidate)):
+    while candidate.is_dir() and (contents(candidate) or not _unlocked(candidate)):
         k += 1
         candidate = folder.with_name(f"{folder.name}_{k}")
     return candidate

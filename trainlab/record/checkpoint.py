@@ -19,11 +19,12 @@ import torch
 
 import trainlab
 from trainlab.core.errors import CheckpointError, TrainlabError
+from trainlab.record.exports import exported_weights
+from trainlab.record.run_dir import OUTPUTS_ROOT
 
 FORMAT = "trainlab-checkpoint-v1"
 RESUME_NAMES = ("interrupted.ckpt", "last.ckpt")  # a run resumes from the newer of these
 EVALUATE_NAMES = ("best.ckpt", "last.ckpt")        # a run is evaluated with the first of these that exists
-OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; `latest` and dates look here
 
 
 @dataclass
@@ -118,6 +119,28 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a trainlab checkpoint (it lacks the '{FORMAT}' marker)")
     return payload
+
+
+_read: dict = {}  # the one checkpoint this process has read for a resume, by (path, size, mtime)
+
+
+def read_once(path: Path) -> dict[str, Any]:
+    """`load_checkpoint`, at most once per process for the same unchanged file: a resume consults its checkpoint
+    in the CLI (the run's group options), the preflight, the command and the fit. `forget_checkpoint` drops it."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return load_checkpoint(path)  # its own one-line error
+    if key not in _read:
+        _read.clear()
+        _read[key] = load_checkpoint(path)
+    return _read[key]
+
+
+def forget_checkpoint() -> None:
+    _read.clear()
 
 
 # What only continuing the training needs (a checkpoint without them still evaluates, predicts and exports).
@@ -220,3 +243,9 @@ def find_checkpoint(spec: str, outputs_root: Path, key: str = "resume") -> Path:
         newest_run = max(candidates, key=lambda p: p.stat().st_mtime_ns).parent.parent
         return run_checkpoint(newest_run, names)
     raise CheckpointError(f"{key}={spec}: no such checkpoint file or run directory; {usage}")
+
+
+def checkpoint_path(spec: str) -> Path:
+    """`ckpt=` (evaluate, predict, visualize, summary, compare): a .ckpt file, a run directory (its best.ckpt, else
+    last.ckpt), `latest` or a date, or a safetensors export (its folder or file)."""
+    return exported_weights(str(spec)) or find_checkpoint(str(spec), OUTPUTS_ROOT, key="ckpt")

@@ -6,12 +6,11 @@ with model.weights=<file.ckpt>)."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.core.errors import CheckpointError, DataError
+from trainlab.core.errors import CheckpointError
 from trainlab.core.suggest import has_key, unknown_key
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
@@ -97,37 +96,3 @@ def on_this_machine(saved_config: dict) -> list[str]:
     logging.getLogger(__name__).info("no GPU here: the checkpoint's model runs on the CPU%s",
                                      " in fp32 (it trained with fp16 autocast)" if precision == "16-mixed" else "")
     return ["device.type=cpu", "device.count=1"] + (["trainer.precision=32"] if precision == "16-mixed" else [])
-
-
-def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...],
-               needs_data: bool = True, anywhere: bool = False) -> tuple[dict, DictConfig, list[str]]:
-    """The one way from a checkpoint to a run (train's resume, evaluate, compare, summary): (checkpoint, config
-    to run with, changed overrides), checked before anything is written: the stored config with the command
-    line applied, its settings validated, the hardware present and (`needs_data`) its data folder there."""
-    from trainlab.core.config import load_settings
-    from trainlab.core.runtime import check_hardware
-    from trainlab.data import check_root
-    from trainlab.engine.build import check_components
-    from trainlab.record.checkpoint import load_checkpoint
-
-    if path.suffix == ".safetensors":
-        from trainlab.commands.export import load_export
-
-        ckpt = load_export(path)
-    else:
-        ckpt = load_checkpoint(path)
-    if anywhere:  # a command that only runs the model (predict, export): a GPU-trained checkpoint works on a CPU
-        overrides = on_this_machine(ckpt["config"]) + list(overrides)
-    cfg, changed = config_from_checkpoint(ckpt["config"], overrides, ckpt.get("choices", {}), own_keys=own_keys)
-    settings = load_settings(cfg)
-    check_hardware(settings.device.type, settings.trainer.precision)
-    check_components(cfg, settings, start_weights=False)  # the checkpoint's own weights replace the starting point
-    root = OmegaConf.select(cfg, "dataset.root") if needs_data else None
-    if root and not Path(str(root)).expanduser().exists():
-        if any(c.startswith("dataset.root=") for c in changed):
-            raise DataError(f"dataset.root={root} does not exist: pass the folder that holds the data")
-        raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
-                        "dataset.root=<where the data is now>")
-    if needs_data:
-        check_root(cfg.dataset)
-    return ckpt, cfg, changed

@@ -1,0 +1,102 @@
+"""The `trainlab` command: a table of subcommands. Each is imported only when it runs, so `trainlab --help` stays
+torch-free and fast; Hydra parses the rest of the command line of those that take a config.
+
+User errors (bad config, data, paths) print one line on stderr and exit with status 2; set TRAINLAB_DEBUG=1 (or
+HYDRA_FULL_ERROR=1) to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+import trainlab
+from trainlab.cli.output import debug, fail
+from trainlab.core.errors import TrainlabError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str        # trainlab.commands.<module>
+    help: str
+    hydra: bool        # a Hydra config (CONFIG, check, run) rather than its own arguments (USAGE, main)
+    needs_args: bool = True
+
+
+COMMANDS = {
+    "train": Command("train", "train a model from composed configs: `trainlab train +experiment=quickstart`", True),
+    "evaluate": Command("evaluate", "metrics, predictions.csv and confusion.csv of a checkpoint: "
+                        "`trainlab evaluate ckpt=<file|run_dir>`", True),
+    "predict": Command("predict", "top-k classes of new, unlabelled images: "
+                       "`trainlab predict ckpt=<file|run_dir> input=<folder>`", False),
+    "export": Command("export", "the model for other programs (safetensors, torchscript, onnx): "
+                      "`trainlab export ckpt=... format=...`", False),
+    "compare": Command("compare", "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
+                       False),
+    "visualize": Command("visualize", "feature maps and activation statistics of one image: "
+                         "`trainlab visualize ckpt=... image=0`", False),
+    "summary": Command("summary", "every layer with its output shape and parameters: "
+                       "`trainlab summary +experiment=resnet18_tiny`", True),
+    "lr-find": Command("lr_find", "the learning-rate range test, a curve and a suggested optimizer.lr: "
+                       "`trainlab lr-find +experiment=...`", True),
+    "diagnose": Command("diagnose", "what the curves of a run say (over-fitting, plateau, ...): "
+                        "`trainlab diagnose <run_dir>`", False),
+    "report": Command("report", "report.html + report.md of a run or a sweep: "
+                      "`trainlab report <run_dir | multirun_dir>`", False),
+    "runs": Command("runs", "every run and sweep job in one table (status, metrics, speed): "
+                    "`trainlab runs [dir ...] [--sort ...]`", False, needs_args=False),
+}
+USAGE = f"""usage: trainlab <command> [overrides ...]
+
+A command-line experiment runner for PyTorch image classification (trainlab {trainlab.__version__}).
+
+commands:
+{chr(10).join(f"  {name:<10} {command.help}" for name, command in COMMANDS.items())}
+
+`trainlab <command> --help` shows that command's config groups and Hydra's flags
+(-m/--multirun, --cfg job, hydra.run.dir=...). Set TRAINLAB_DEBUG=1 to see tracebacks.
+"""
+
+
+def _plain(name: str, module, args: list[str]) -> None:
+    """A command that takes its own arguments: its usage, or its main with console logging and user errors as one
+    line."""
+    if (not args and COMMANDS[name].needs_args) or (args and args[0] in ("-h", "--help")):
+        print(module.USAGE, end="")
+        sys.exit(0 if args else 2)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", force=True)
+    try:
+        module.main(args)
+    except TrainlabError as e:
+        if debug():
+            raise
+        fail(str(e))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"trainlab {trainlab.__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from trainlab.cli.compose import choose
+        from trainlab.core.suggest import did_you_mean
+
+        fail(f"unknown command '{name}'" + choose(did_you_mean(name, COMMANDS), COMMANDS) + " (see trainlab --help)")
+    try:
+        module = importlib.import_module(f"trainlab.commands.{COMMANDS[name].module}")
+        if COMMANDS[name].hydra:
+            from trainlab.cli.hydra_job import run_hydra
+
+            run_hydra(name, module, rest, COMMANDS)
+        else:
+            _plain(name, module, rest)
+    except KeyboardInterrupt:
+        print("trainlab: interrupted", file=sys.stderr)
+        sys.exit(130)
