@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from trainlab.data.base import Split
-from trainlab.engine.autotune import Candidate, measure_step
+from trainlab.engine.autotune import Candidate, Workload, measure_step
 from trainlab.models import resnet
 from trainlab.record.environment import cpu_name
 
@@ -91,9 +91,10 @@ def fixed_batch_ips(classes: int, size: int, small_stem: bool, batch: int, steps
     """The model alone: one batch already on the device, the same precision, memory format and optimizer as
     trainlab's run (SGD, fused on a GPU), nothing else per step (autotune's own timing)."""
     fused = {"fused": True} if device.type == "cuda" else {}
-    return measure_step(lambda: resnet18(classes, small_stem), Candidate(precision, True), device, (3, size, size),
-                        classes, batch, steps=steps, warmup=3, make_optimizer=lambda params: torch.optim.SGD(
-                            params, lr=0.1, momentum=0.9, weight_decay=1e-4, **fused))
+    return measure_step(lambda: resnet18(classes, small_stem), Candidate(precision, True), device,
+                        Workload((3, size, size), classes, batch, steps=steps, warmup=3),
+                        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                                                      **fused))
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainlab.engine import autotune
-from trainlab.engine.autotune import Candidate, candidates, decide, pick
+from trainlab.engine.autotune import Candidate, Workload, candidates, decide, pick
 from trainlab.engine.fit import train
 from trainlab.models import small_cnn
 
@@ -30,9 +30,12 @@ def make_model():
     return small_cnn(num_classes=3, width=8, init="default", dropout=0.0, weights=None, freeze=None)
 
 
+WORK = Workload((3, 16, 16), 3, 8)  # the timed workload of the tests below
+
+
 def timings(speeds: dict[Candidate, float], calls: list | None = None):
     """A stand-in for measure_step that reports the given images/s (and records what it was asked)."""
-    def measure(make, candidate, device, shape, num_classes, batch, best=0.0):
+    def measure(make, candidate, device, work, best=0.0):
         if calls is not None:
             calls.append(candidate)
         return speeds[candidate]
@@ -60,13 +63,13 @@ def test_the_decision_is_cached_per_model_and_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path))
     calls: list = []
     measure = timings({FP32: 100, FP32_CL: 180}, calls)
-    first = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], (3, 16, 16), 3, 8, measure=measure)
+    first = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], WORK, measure=measure)
     assert first.choice == FP32_CL and not first.cached and calls == [FP32, FP32_CL]
-    again = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], (3, 16, 16), 3, 8, measure=measure)
+    again = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], WORK, measure=measure)
     assert again.choice == FP32_CL and again.cached and len(calls) == 2  # no new measurement
-    decide(make_model, {**MODEL, "width": 16}, torch.device("cpu"), [FP32, FP32_CL], (3, 16, 16), 3, 8,
+    decide(make_model, {**MODEL, "width": 16}, torch.device("cpu"), [FP32, FP32_CL], WORK,
            measure=measure)
-    decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], (3, 16, 16), 3, 4, measure=measure)
+    decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], Workload((3, 16, 16), 3, 4), measure=measure)
     assert len(calls) == 6  # another model, another batch: measured again
     stored = json.loads((tmp_path / "autotune.json").read_text())
     assert len(stored) == 3 and all(e["choice"] == FP32_CL.label for e in stored.values())
@@ -76,7 +79,7 @@ def test_a_real_measurement_leaves_the_random_streams_alone(tmp_path, monkeypatc
     monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path))
     torch.manual_seed(7)
     before = torch.get_rng_state()
-    decision = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], (3, 16, 16), 3, 8)
+    decision = decide(make_model, MODEL, torch.device("cpu"), [FP32, FP32_CL], WORK)
     assert torch.equal(torch.get_rng_state(), before)
     assert set(decision.speeds) == {FP32.label, FP32_CL.label} and all(v > 0 for v in decision.speeds.values())
 

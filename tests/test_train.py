@@ -137,7 +137,7 @@ def test_cli_trains_real_resnet18_on_the_tiny_imagenet_layout(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     root = write_tiny_imagenet(tmp_path / "tiny-imagenet-200", wnids=("n03", "n01", "n02", "n04", "n05"),
-                               train_per_class=8, val_per_class=4, grayscale={("n01", 1)}, cmyk={("n02", 2)})
+                               train_per_class=8, val_per_class=4, modes={("n01", 1): "L", ("n02", 2): "CMYK"})
     run_dir = tmp_path / "run"
     result = run_cli("train", "+experiment=resnet18_tiny", f"dataset.root={root}", "trainer.epochs=2",
                      "dataset.batch_size=16", "lr_schedule.warmup_epochs=1", "trainer.log_every_n_steps=1",

@@ -62,10 +62,10 @@ class LRSchedule:
     `after_epoch(metrics)` every epoch; only the one matching `interval` advances the schedule."""
 
     def __init__(self, make: Callable[..., object], optimizer: torch.optim.Optimizer, *, interval: str,
-                 warmup_epochs: int, epochs: int, steps_per_epoch: int, monitor: str | None = None,
-                 unset: tuple[str, ...] = ()):
-        """`unset`: the scheduler's length arguments the config leaves null (T_max, total_steps), filled
-        here from the run's length."""
+                 warmup_epochs: int, length: tuple[int, int], monitor: str | None = None, unset: tuple[str, ...] = ()):
+        """`length`: the run's (epochs, optimizer steps per epoch). `unset`: the scheduler's length arguments the
+        config leaves null (T_max, total_steps), filled here from the run's length."""
+        epochs, steps_per_epoch = length
         require(interval in ("epoch", "step"), f"lr_schedule.interval must be epoch or step (got {interval!r})")
         self.interval, self.monitor = interval, monitor
         self.optimizer = optimizer

@@ -25,11 +25,14 @@ from trainlab.cli.output import debug, fail, log_to_files
 from trainlab.core.errors import RunStopped, TrainlabError
 from trainlab.core.options import unquote
 from trainlab.record import sweep
+from trainlab.record.run_dir import default_folder
 from trainlab.record.sweep import is_sweep_dir
 
 # Resolved inside each job (also in a launcher's own process): where Hydra puts that job's files.
 OmegaConf.register_new_resolver("trainlab.output_subdir", sweep.output_subdir, replace=True)
 OmegaConf.register_new_resolver("trainlab.job_number", sweep.job_number, replace=True)
+# The default run and sweep folders (conf/*.yaml's hydra.run.dir and hydra.sweep.dir), decided in record.run_dir.
+OmegaConf.register_new_resolver("trainlab.outputs", default_folder, replace=True)
 
 _failed_jobs: list[str] = []
 

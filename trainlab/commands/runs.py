@@ -16,8 +16,10 @@ from trainlab.core.errors import TrainlabError
 from trainlab.core.fs import LOCK_NAME
 from trainlab.record.run_dir import (
     ERROR_TXT,
+    OUTPUTS_ROOT,
     RUN_JSON,
     SUMMARY_JSON,
+    SWEEPS_ROOT,
     find_runs,
     read_json,
     read_metrics,
@@ -35,7 +37,7 @@ first: started, run, overrides, status, epochs, best/final val/acc1 and val/loss
   --seeds             one row per setting: the runs that differ only in `seed` as mean ± std (n), failed counted
   --csv               print CSV instead of the table
 """
-DEFAULT_DIRS = ("outputs", "multirun")
+DEFAULT_DIRS = (OUTPUTS_ROOT, SWEEPS_ROOT)
 
 
 def running(run_dir: Path) -> bool:

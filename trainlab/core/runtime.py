@@ -73,12 +73,13 @@ def check_hardware(device_type: str, precision: str) -> None:
 
 
 def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: str,
-                    local_rank: int = 0, processes_per_node: int = 1, autotune: bool = False) -> Runtime:
-    """`local_rank`, `processes_per_node`: this process's place among the training processes on its machine
-    (which GPU it drives, how many cores it may use). `autotune`: an `auto` precision or memory format is
+                    place: tuple[int, int] = (0, 1), autotune: bool = False) -> Runtime:
+    """`place`: this process's (local rank, training processes on its machine): which GPU it drives, how many cores
+    it may use. `autotune`: an `auto` precision or memory format is
     measured later (`trainlab.engine.build.tune_runtime`); what is set here is only the stand-in until then.
     `compile`: auto | true | false (`auto` is a measured candidate on a GPU, off on a CPU)."""
     reasons = {}
+    local_rank, processes_per_node = place
     check_hardware(device_type, precision)
     if device_type == "cuda":
         device = f"cuda:{local_rank}"

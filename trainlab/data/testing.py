@@ -10,10 +10,10 @@ from PIL import Image
 
 
 def write_tiny_imagenet(root: Path, wnids=("n02", "n01", "n03"), train_per_class=6, val_per_class=3,
-                        test_images=4, size=64, grayscale=(), cmyk=(), seed=0) -> Path:
+                        test_images=4, size=64, modes: dict | None = None) -> Path:
     """A miniature tiny-imagenet-200 tree. wnids.txt is written unsorted on purpose (the real one is too).
-    `grayscale`/`cmyk` name train files (wnid, k) to write in those modes. Each class has its own colour."""
-    rng = np.random.default_rng(seed)
+    `modes`: {(wnid, k): "L" or "CMYK"}, train files to write in those PIL modes. Each class has its own colour."""
+    rng = np.random.default_rng(0)  # the same tree every time
     root.mkdir(parents=True, exist_ok=True)
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     words = [f"{w}\tname of {w}, alias" for w in wnids] + ["n99\tunused class"]
@@ -30,10 +30,8 @@ def write_tiny_imagenet(root: Path, wnids=("n02", "n01", "n03"), train_per_class
         (root / "train" / w / f"{w}_boxes.txt").write_text("")
         for k in range(train_per_class):
             im = image(w)
-            if (w, k) in grayscale:
-                im = im.convert("L")
-            if (w, k) in cmyk:
-                im = im.convert("CMYK")
+            if (w, k) in (modes or {}):
+                im = im.convert(modes[w, k])
             im.save(folder / f"{w}_{k}.JPEG", quality=95)
     (root / "val" / "images").mkdir(parents=True)
     lines, n = [], 0
@@ -55,7 +53,7 @@ def write_mnist(root: Path, train: int = 200, test: int = 50, size: int = 28, se
     expects them after gunzip; each class a bright bar in its own place plus noise. Returns (images, labels)."""
     import struct
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # the same tree every time
     n = train + test
     labels = (np.arange(n) % 10).astype(np.uint8)
     images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
@@ -77,7 +75,7 @@ def write_cifar10(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0
     Returns (all images as (N, 3, 32, 32), labels) in file order, training batches first."""
     import pickle
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)  # the same tree every time
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     everything, all_labels = [], []

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -64,21 +64,31 @@ def pick(speeds: dict[Candidate, float]) -> Candidate:
     return min(close, key=lambda c: (c.compile, SAFETY[c.precision], c.channels_last))
 
 
-def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, device: torch.device,
-                 input_shape: tuple[int, int, int], num_classes: int, batch: int, best: float = 0.0,
-                 steps: int = STEPS, warmup: int = WARMUP_STEPS,
-                 make_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> float:
+@dataclass(frozen=True)
+class Workload:
+    """What is timed: batches of `batch` random inputs of `input_shape` with `num_classes` labels, `steps` timed
+    steps after `warmup` untimed ones."""
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch: int
+    steps: int = STEPS
+    warmup: int = WARMUP_STEPS
+
+
+def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, device: torch.device, work: Workload,
+                 best: float = 0.0, make_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> float:
     """Training images/s of a fresh copy of the model under `candidate` (forward, backward, SGD step) on one
-    fixed random batch, over `steps` steps after `warmup` untimed ones. `best`: the fastest rate measured so
+    fixed random batch, over `work.steps` steps after `work.warmup` untimed ones. `best`: the fastest rate measured so
     far; a CPU candidate hopelessly slower than it is not timed further (emulated bf16 runs at a tenth of
     fp32's speed, and would take most of the calibration time). `make_optimizer(params)`: plain SGD if None."""
+    batch, steps, warmup = work.batch, work.steps, work.warmup
     fmt = torch.channels_last if candidate.channels_last else torch.contiguous_format
     model = make_model().to(device, memory_format=fmt).train()
     optimizer = (make_optimizer or (lambda params: torch.optim.SGD(params, lr=1e-3)))(model.parameters())
     if candidate.compile:  # the first steps compile (forward, then backward): excluded from the rate, logged
         model, warmup = torch.compile(model), warmup + 1
-    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, num_classes, (batch,), device=device)
+    x = torch.randn(batch, *work.input_shape, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, work.num_classes, (batch,), device=device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(candidate.precision)
     criterion = nn.CrossEntropyLoss()
     start = first = time.perf_counter()
@@ -159,15 +169,14 @@ class Decision:
 
 
 def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torch.device, options: list[Candidate],
-           input_shape: tuple[int, int, int], num_classes: int, batch: int,
-           measure: Callable[..., float] | None = None, try_compile: bool = False) -> Decision:
+           work: Workload, measure: Callable[..., float] | None = None, try_compile: bool = False) -> Decision:
     """The cached decision for this machine, model and input, or a fresh measurement of every option.
     `try_compile`: then also time the fastest option under torch.compile (one compilation, not one per option:
     compiling takes tens of seconds); it wins only by more than TIE. `measure` is injectable (tests make one
     candidate artificially slower)."""
     measure = measure or measure_step
-    batch = min(batch, BATCH)
-    key = cache_key(str(device), model_config, input_shape, batch, options, try_compile)
+    work = replace(work, batch=min(work.batch, BATCH))
+    key = cache_key(str(device), model_config, work.input_shape, work.batch, options, try_compile)
     entry = _read_cache().get(key)
     known = options + ([Candidate(o.precision, o.channels_last, True) for o in options] if try_compile else [])
     labels = {c.label: c for c in known}
@@ -179,13 +188,11 @@ def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torc
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for option in options:
-            speeds[option] = measure(make_model, option, device, input_shape, num_classes, batch,
-                                     best=max(speeds.values(), default=0.0))
+            speeds[option] = measure(make_model, option, device, work, best=max(speeds.values(), default=0.0))
         if try_compile:
             fastest = pick(speeds)
             compiled = Candidate(fastest.precision, fastest.channels_last, True)
-            speeds[compiled] = measure(make_model, compiled, device, input_shape, num_classes, batch,
-                                       best=max(speeds.values()))
+            speeds[compiled] = measure(make_model, compiled, device, work, best=max(speeds.values()))
     choice = pick(speeds)
     decision = Decision(choice, {c.label: round(ips, 1) for c, ips in speeds.items()}, False,
                         time.perf_counter() - start)

@@ -60,8 +60,8 @@ def build_schedule(cfg: DictConfig, settings: Settings, optimizer: torch.optim.O
                    steps_per_epoch: int) -> LRSchedule:
     """The `scheduler` group's torch scheduler, driven as the `lr_schedule` block says."""
     unset = tuple(key for key, value in cfg.scheduler.items() if value is None)
-    return LRSchedule(build(cfg.scheduler, "scheduler"), optimizer, epochs=settings.trainer.epochs,
-                      steps_per_epoch=steps_per_epoch, unset=unset, **vars(settings.lr_schedule))
+    return LRSchedule(build(cfg.scheduler, "scheduler"), optimizer, length=(settings.trainer.epochs, steps_per_epoch),
+                      unset=unset, **vars(settings.lr_schedule))
 
 
 def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = True) -> None:
@@ -143,8 +143,9 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
         return build_partial(cfg.model, "model", num_classes=data.num_classes, weights=None, in_channels=channels)
 
     shape = (channels, data.image_size, data.image_size)
-    decision = autotune.decide(make_model, model_config, runtime.torch_device, options, shape, data.num_classes,
-                               data.batch_size, try_compile=try_compile) if group.is_main else None
+    decision = autotune.decide(make_model, model_config, runtime.torch_device, options,
+                               autotune.Workload(shape, data.num_classes, data.batch_size),
+                               try_compile=try_compile) if group.is_main else None
     if group.world_size > 1:
         decision = group.broadcast(decision)  # every rank trains as rank 0 measured
     choice = decision.choice

@@ -52,9 +52,9 @@ class Outcome:
     signum: int | None = None
 
 
-def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, stopper: EarlyStopping,
+def _state(cfg: DictConfig, run: Run, epoch: int, step: int, monitors: tuple[BestTracker, EarlyStopping],
            history: list[dict], elapsed: float) -> TrainingState:
-    s = run.stepper
+    s, (best, stopper) = run.stepper, monitors
     return TrainingState(
         epoch=epoch, step=step, model=s.model.state_dict(), optimizer=s.optimizer.state_dict(),
         scheduler=s.schedule.state_dict(), scaler=s.scaler.state_dict(), best=best.state_dict(),
@@ -156,7 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     settings = load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
     runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
-                              trainer.compile, group.local_rank, group.local_world_size, trainer.autotune)
+                              trainer.compile, (group.local_rank, group.local_world_size), trainer.autotune)
     seed_everything(settings.seed)
     resume = TrainingState.from_payload(read_once(Path(resumed_from)), Path(resumed_from)) if resumed_from else None
     forget_checkpoint()  # its tensors now live in `resume` only
@@ -183,7 +183,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             # Agreed between the ranks (one may have seen the signal or the NaN first): all take the same branch.
             first_bad, stopping = int(group.max(tally.first_bad)), group.any(stop.requested)
             if stopping and tally.batches < run.n_train and first_bad < 0:
-                state = _state(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
+                state = _state(cfg, run, epoch - 1, step, (best, stopper), recorder.history, elapsed())
                 mine = {"tally": tally.state_dict(), "generator": generator.get_state(),
                         "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
                 state.position = {"epoch": epoch, "ranks": group.gather(mine)}
@@ -202,7 +202,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             improved = best.update(row)
             stopper.update(row)
             log.info(epoch_line(row, trainer.epochs, improved))
-            state = _state(cfg, run, epoch, step, best, stopper, recorder.history, elapsed())
+            state = _state(cfg, run, epoch, step, (best, stopper), recorder.history, elapsed())
             checkpointer.save_epoch(state.payload(), epoch, improved)
             if group.any(stop.requested):
                 return Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; saved "
@@ -214,7 +214,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
 
     with StopRequest() as stop:
         outcome = run_epochs(stop)
-    return _finish(recorder, cfg, runtime, run_dir, best, outcome, elapsed(), settings.target)
+    return _finish(recorder, cfg, runtime, best, outcome, elapsed(), settings.target)
 
 
 def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
@@ -257,9 +257,9 @@ def _target_line(found: dict) -> str:
             f"{found['train_s']:.1f} s of training")
 
 
-def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, run_dir: Path, best: BestTracker,
-            outcome: Outcome, elapsed: float, target: TargetSettings) -> dict:
-    history = recorder.history
+def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, best: BestTracker, outcome: Outcome,
+            elapsed: float, target: TargetSettings) -> dict:
+    history, run_dir = recorder.history, recorder.run_dir
     found = time_to_target(history, target)
     summary = {
         "stopped": outcome.kind, "stop_reason": outcome.reason, "epochs_run": len(history),

@@ -20,6 +20,7 @@ from trainlab.core.fs import LOCK_NAME, FolderLock, contents, free_run_dir
 log = logging.getLogger(__name__)
 
 OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; `latest` and dates look here
+SWEEPS_ROOT = Path("multirun")  # where hydra.sweep.dir puts sweeps by default
 RUN_JSON, SUMMARY_JSON, METRICS_CSV, ERROR_TXT = "run.json", "summary.json", "metrics.csv", "error.txt"
 # What a run, an evaluation or a summary leaves in its directory: the names `overwrite=true` may remove.
 RUN_ENTRIES = (RUN_JSON, SUMMARY_JSON, METRICS_CSV, "classes.csv", "train.log", "evaluate.log", "summary.log",
@@ -212,6 +213,15 @@ def find_runs(folders: list[Path]) -> list[Path]:
     """The training runs (and failed sweep jobs) at any depth under `folders`."""
     found = {path.parent for folder in folders for marker in (RUN_JSON, ERROR_TXT) for path in folder.rglob(marker)}
     return sorted(d for d in found if is_training_run(d))
+
+
+def default_folder(kind: str) -> str:
+    """The default folder of a new run (`run`), sweep (`sweep`) or other output (`eval`, `summary`, `lr_find`, ...):
+    `outputs/<date>/<time>`, `multirun/<date>/<time>`, `outputs/<kind>/<date>/<time>`. conf/ reads it as
+    `${trainlab.outputs:<kind>}`."""
+    stamp = datetime.now()
+    root = SWEEPS_ROOT if kind == "sweep" else OUTPUTS_ROOT if kind == "run" else OUTPUTS_ROOT / kind
+    return str(root / f"{stamp:%Y-%m-%d}" / f"{stamp:%H-%M-%S}")
 
 
 def beside_run(ckpt: Path, kind: str, label: str) -> Path:
