@@ -73,7 +73,7 @@ def _validate(overrides: list[str], drift: bool, group=SINGLE) -> dict:
     """Validate freshly seeded weights on the val split; with `drift`, rank 1 starts with different BatchNorm
     statistics, as it would after training on its own shards."""
     cfg = compose(overrides)
-    runtime = resolve_runtime("cpu", "32", "false", "1", False, group.local_rank, group.local_world_size)
+    runtime = resolve_runtime("cpu", "32", "false", "1", False, (group.local_rank, group.local_world_size))
     seed_everything(0)
     run = build_run(cfg, load_settings(cfg), runtime, group)
     if drift and group.rank == 1:

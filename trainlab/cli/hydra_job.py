@@ -21,7 +21,7 @@ from trainlab.cli.compose import (
     option,
     preflight,
 )
-from trainlab.cli.output import debug, fail, log_to_files
+from trainlab.cli.output import OWN_FULL_ERROR, debug, fail, log_to_files, one_line
 from trainlab.core.errors import RunStopped, TrainlabError
 from trainlab.core.options import unquote
 from trainlab.record import sweep
@@ -258,7 +258,7 @@ def run_hydra(name: str, command, args: list[str], commands) -> None:
     sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
     before = _job_errors(sweep_dir)
     try:
-        task()
+        _run_task(task)
     finally:
         while _held:
             _held.pop().release()
@@ -275,6 +275,30 @@ def run_hydra(name: str, command, args: list[str], commands) -> None:
         failed = list(_failed_jobs)
         _failed_jobs.clear()
         fail(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", code=1)
+
+
+def _run_task(task: Callable) -> None:
+    """Hydra's own writes before the job (.hydra/config.yaml, ...) failing on a full disk are one line too: Hydra
+    would print them as a traceback, so it is asked to pass its exceptions on (HYDRA_FULL_ERROR, for this call)."""
+    from trainlab.core.fs import WRITE_ERRNOS, write_error
+
+    own = "HYDRA_FULL_ERROR" not in os.environ
+    if own:
+        os.environ["HYDRA_FULL_ERROR"], os.environ[OWN_FULL_ERROR] = "1", "1"
+    try:
+        task()
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS or debug():
+            raise
+        fail(str(write_error(Path(e.filename or "?"), e)))
+    except Exception as e:  # what Hydra itself would have printed (a bug, or a Hydra error the preflight missed)
+        if debug():
+            raise
+        fail(one_line(f"{type(e).__name__}: {e}"), code=1, prefix="")
+    finally:
+        if own:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop(OWN_FULL_ERROR, None)
 
 
 def _job_errors(sweep_dir: Path | None) -> dict[Path, int]:

@@ -73,6 +73,12 @@ def _plain(name: str, module, args: list[str]) -> None:
         if debug():
             raise
         fail(str(e))
+    except OSError as e:  # a full disk or a read-only folder met by a library's own writer (matplotlib, pandas)
+        from trainlab.core.fs import WRITE_ERRNOS, write_error
+
+        if e.errno not in WRITE_ERRNOS or debug():
+            raise
+        fail(str(write_error(e.filename or "a file", e)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 
+OWN_FULL_ERROR = "_TRAINLAB_SET_HYDRA_FULL_ERROR"  # trainlab set HYDRA_FULL_ERROR itself (hydra_job), not the user
+
 
 def debug() -> bool:
-    return os.environ.get("TRAINLAB_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    return os.environ.get("TRAINLAB_DEBUG", "") not in ("", "0") or (
+        os.environ.get("HYDRA_FULL_ERROR") == "1" and OWN_FULL_ERROR not in os.environ)
 
 
 def fail(message: str, code: int = 2, prefix: str = "error: ") -> None:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 import trainlab
 from trainlab.core.errors import ConfigError
-from trainlab.core.fs import atomic_write_text, claim_out_folder
+from trainlab.core.fs import atomic_write_text, atomic_write_with, claim_out_folder
 from trainlab.core.options import key_values
 from trainlab.engine.build import data_channels, input_channels
 from trainlab.engine.ready import plain_cpu, ready_model, stored_run
@@ -65,17 +65,19 @@ def export_model(options: dict[str, str]) -> dict:
     target = out / FORMATS[fmt]
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
 
-        save_file(state, str(target), metadata={"format": "pt", "classes": str(len(classes))})
+        data = save(state, metadata={"format": "pt", "classes": str(len(classes))})
+        atomic_write_with(target, lambda f: f.write(data))
         got = _rebuilt(cfg, ckpt, load_file(str(target)))(example)
     elif fmt == "state_dict":
-        torch.save(state, target)
+        atomic_write_with(target, lambda f: torch.save(state, f))
         got = _rebuilt(cfg, ckpt, torch.load(target, weights_only=True))(example)
     elif fmt == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracing warns that torch.jit is deprecated in favour of export
-            torch.jit.trace(model, example).save(str(target))
+            traced = torch.jit.trace(model, example)
+            atomic_write_with(target, lambda f: torch.jit.save(traced, f))
             got = torch.jit.load(str(target))(example)
     else:
         got = _onnx(model, example, target)

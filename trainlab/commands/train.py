@@ -4,6 +4,7 @@ resumed run's checkpoint (once per process), and starts the training processes (
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,17 +16,26 @@ from trainlab.engine import distributed
 from trainlab.engine.build import check_components
 from trainlab.engine.fit import train
 from trainlab.engine.ready import stored_run
+from trainlab.engine.resume import check_length
 from trainlab.record.checkpoint import find_checkpoint, forget_checkpoint, read_once
 from trainlab.record.run_dir import OUTPUTS_ROOT, best_value
 from trainlab.record.sweep import is_sweep_dir
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config"  # its primary config (conf/config.yaml)
 OWN_KEYS = ("resume",)
 
 
-def _resumed(spec: str, overrides: list[str]) -> tuple[Path, dict, DictConfig, list[str]]:
+def _resumed(spec: str, overrides: list[str], say: bool = False) -> tuple[Path, dict, DictConfig, list[str]]:
+    """The checkpoint a resume continues, its config with these overrides, and what they change; a longer run
+    whose schedule cannot continue is refused here (engine.resume). `say`: log what its learning rate does (in the
+    job, where the run's log is open; the preflight only checks)."""
     path = find_checkpoint(spec, OUTPUTS_ROOT)
     ckpt, cfg, changed = stored_run(path, overrides, OWN_KEYS, ckpt=read_once(path))
+    length = check_length(ckpt, cfg, path) if "position" in ckpt or "optimizer" in ckpt else None
+    if length and say:
+        log.info("resume: %s", length)
     return path, ckpt, cfg, changed
 
 
@@ -47,7 +57,7 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
     resolved config."""
     resumed_from, changed = None, ()
     if cfg.get("resume"):
-        path, ckpt, cfg, changed = _resumed(str(cfg.resume), overrides)
+        path, ckpt, cfg, changed = _resumed(str(cfg.resume), overrides, say=True)
         cfg.resume, run_dir, resumed_from, choices = str(path), path.parent.parent, str(path), ckpt.get("choices")
         del ckpt
     settings = load_settings(cfg)

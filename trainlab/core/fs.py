@@ -13,7 +13,9 @@ import errno
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from trainlab.core.errors import TrainlabError
 
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".trainlab.lock"
 # errno values that mean "the user's disk or permissions", not a bug: one line, not a traceback.
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def cache_home() -> Path:
@@ -34,23 +37,62 @@ def cache_home() -> Path:
 
 def write_error(path: Path, error: OSError, fix: str = "") -> TrainlabError:
     """The one line for a failed write: what could not be written, why, and what to do."""
-    hint = fix or ("free some disk space" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-                   else "check the folder's permissions")
+    hint = fix or ("free some disk space (or raise the quota or file-size limit)" if error.errno in _FULL
+                   else "check the disk" if error.errno == errno.EIO else "check the folder's permissions")
     return TrainlabError(f"cannot write {path}: {error.strerror or error}; {hint}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file of a unique name beside `path`, then rename: readers (and a second process
-    writing the same file) never see a half-written file, and a failure leaves the old file as it was."""
+class _Watched:
+    """A file whose failed writes are kept: torch's zip writer (torch.save) turns the OSError of a full disk into
+    RuntimeError('[enforce fail at inline_container.cc] . unexpected pos ...'), which names neither file nor cause."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], durable: bool = False) -> None:
+    """`write(f)` into a temporary file of a unique name beside `path`, then rename: readers (and a second process
+    writing the same file) never see a half-written file. A failed write of any kind (a full disk, a quota or
+    file-size limit, a read-only folder, however the library that writes reports it) is one line naming the file
+    and the cause, the old file is left as it was and the temporary file is removed. `durable`: fsync before the
+    rename (checkpoints)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    watched = None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            watched = _Watched(f)
+            write(watched)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, e) from None
+        cause = watched.error if watched is not None and watched.error is not None else e
+        if isinstance(cause, OSError):
+            raise write_error(path, cause) from None
+        raise
+    except BaseException:  # KeyboardInterrupt, a signal's exception: no half-written file stays behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

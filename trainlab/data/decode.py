@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from trainlab.core.errors import DataError, TrainlabError
-from trainlab.core.fs import FolderLock, atomic_write_text, cache_home
+from trainlab.core.fs import FolderLock, atomic_write_text, atomic_write_with, cache_home
 from trainlab.core.progress import progress_iter
 
 log = logging.getLogger(__name__)
@@ -149,17 +148,13 @@ def load_or_decode(paths: list[str], size: int, split: str, cache_dir: Path | No
         images, bad = decode_files(paths, size, f"{len(paths)} {split} images (once, into {cache_dir})", skip_bad)
         meta = {"format": CACHE_FORMAT, "file": str(array_path), "source": source, "split": split, "size": size,
                 "skipped": bad}
-        fd, tmp = tempfile.mkstemp(prefix=f".{array_path.name}.", suffix=".tmp", dir=cache_dir)
         try:  # write then rename: a killed run never leaves a half-written array under the real name
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images.numpy())
-            meta["bytes"] = os.path.getsize(tmp)
-            os.replace(tmp, array_path)
+            atomic_write_with(array_path, lambda f: np.save(f, images.numpy()))
+            meta["bytes"] = os.path.getsize(array_path)
             write_meta(array_path, meta)
-        except (OSError, TrainlabError) as e:
-            Path(tmp).unlink(missing_ok=True)
+        except TrainlabError as e:  # the one line of a failed write, with the cache's own fix
             array_path.unlink(missing_ok=True)
-            reason = e.strerror if isinstance(e, OSError) else str(e)
+            reason = str(e).split(": ", 1)[-1].split(";")[0]
             raise DataError(f"cannot write the decoded-image cache {array_path}: {reason}; {fix}") from None
         _remove_outdated(cache_dir, array_path, meta)
         return images, meta

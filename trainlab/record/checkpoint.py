@@ -3,8 +3,6 @@ and found again by `resume=<run_dir | file.ckpt | latest | YYYY-MM-DD>`."""
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import random
 import re
@@ -19,6 +17,7 @@ import torch
 
 import trainlab
 from trainlab.core.errors import CheckpointError, TrainlabError
+from trainlab.core.fs import atomic_write_with
 from trainlab.record.exports import exported_weights
 from trainlab.record.run_dir import OUTPUTS_ROOT
 
@@ -69,38 +68,27 @@ class TrainingState:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash at any instant leaves
-    the previous file intact and loadable."""
+    """Write to a temporary file in the same folder, fsync, then rename: a crash at any instant leaves the previous
+    file intact and loadable, and a failed write (a full disk, a quota) is one line with the temporary file gone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "trainlab_version": trainlab.__version__, "torch_version": str(torch.__version__),
                **payload}
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) \
-            else "check the folder's permissions"
-        raise TrainlabError(f"could not write checkpoint {path}: {e.strerror}; {hint} "
-                            "(the previous checkpoint is intact)") from None
+        atomic_write_with(path, lambda f: torch.save(payload, f), durable=True)
+    except TrainlabError as e:
+        raise TrainlabError(f"{e} (the previous checkpoints are intact)") from None
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
+    def copy(dst) -> None:
+        with open(source, "rb") as src:
             shutil.copyfileobj(src, dst, length=16 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TrainlabError(f"could not write checkpoint {target}: {e.strerror} (the previous one is intact)") from None
+
+    try:
+        atomic_write_with(target, copy, durable=True)
+    except TrainlabError as e:
+        raise TrainlabError(f"{e} (the previous checkpoints are intact)") from None
 
 
 def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:

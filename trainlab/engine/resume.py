@@ -1,0 +1,98 @@
+"""A resumed run given another length (`trainlab train resume=<run> trainer.epochs=N`): what its learning-rate
+schedule does from there, decided before anything is written.
+
+A schedule fitted to the run's length (scheduler=cosine's T_max and scheduler=onecycle's total_steps, when the
+config leaves them null to be filled from trainer.epochs) cannot be stretched without restarting (torch's cosine is
+periodic past its length) or failing (one-cycle counts its steps): a longer resume is refused with the way to train
+longer, a new run from the run's weights. Every other schedule continues as configured; the learning rate it gives
+the new epochs is computed by stepping a copy of it, logged, and a schedule that would train at lr 0 is refused."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from trainlab.core.config import load_settings
+from trainlab.core.errors import ConfigError
+from trainlab.engine.build import build_schedule
+from trainlab.record.run_dir import read_overrides
+
+FITTED = ("T_max", "total_steps")  # the scheduler arguments trainlab fills from the run's length when null
+_NOT_SGD = ("params", "fused", "foreach", "capturable", "differentiable")
+
+
+def _stand_in(groups: list[dict]) -> torch.optim.Optimizer:
+    """An optimizer of one scalar per parameter group with the checkpoint's group settings (lr, initial_lr, ...):
+    enough to step a copy of the schedule without the model or its optimizer state."""
+    params = [{**{k: v for k, v in g.items() if k not in _NOT_SGD}, "params": [torch.zeros(1, requires_grad=True)]}
+              for g in groups]
+    return torch.optim.SGD(params, lr=groups[0]["lr"])
+
+
+def epoch_lrs(ckpt: dict, cfg: DictConfig) -> list[float]:
+    """The learning rate at the start of each epoch after the checkpoint's last one, up to cfg's trainer.epochs,
+    as the resumed run will have it (the same schedule built for the new length, loaded with the checkpoint's
+    state, stepped as the loop steps it)."""
+    settings = load_settings(cfg)
+    history = ckpt.get("history") or []
+    steps_per_epoch = max(1, int(history[-1]["step"]) // max(int(history[-1]["epoch"]), 1)) if history else 1
+    groups = ckpt["optimizer"]["param_groups"]
+    optimizer = _stand_in(groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": nothing is trained here
+        schedule = build_schedule(cfg, settings, optimizer, steps_per_epoch)
+        for group, saved in zip(optimizer.param_groups, groups):
+            group.update({k: v for k, v in saved.items() if k not in _NOT_SGD})
+        schedule.load_state_dict(copy.deepcopy(ckpt["scheduler"]))  # torch's CyclicLR pops keys from what it loads
+        lrs = []
+        for _ in range(int(ckpt["epoch"]) + 1, settings.trainer.epochs + 1):
+            lrs.append(schedule.lr)
+            if schedule.plateau:  # lowered only when the monitored metric stalls: stays as it is until then
+                continue
+            for _ in range(steps_per_epoch if schedule.interval == "step" else 1):
+                try:
+                    schedule.scheduler.step()
+                except ValueError as e:  # one-cycle with a total_steps of its own, shorter than the new run
+                    raise ConfigError(f"scheduler: {e}") from None
+    return lrs
+
+
+def _shown(lrs: list[float]) -> str:
+    values = [f"{lr:.3g}" for lr in lrs]
+    return ", ".join(values if len(values) <= 6 else values[:3] + ["..."] + values[-2:])
+
+
+def check_length(ckpt: dict, cfg: DictConfig, path: Path) -> str | None:
+    """None when the resumed run keeps its length; otherwise the line to log about its learning rate from here,
+    or a ConfigError (one line saying how to train longer) when its schedule cannot continue."""
+    old, new = int(ckpt["config"]["trainer"]["epochs"]), int(cfg.trainer.epochs)
+    if new == old:
+        return None
+    name = (ckpt.get("choices") or {}).get("scheduler") or str(cfg.scheduler.get("_target_", "?")).rsplit(".")[-1]
+    last = Path(path).parent / "last.ckpt"
+    given = [o for o in read_overrides(Path(path).parent.parent)
+             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", "trainer.epochs", "model.weights")]
+    longer = (f"to train longer, start a new run from its weights: trainlab train {' '.join(given + [''])}"
+              f"trainer.epochs={new} model.weights={last}")
+    fitted = [key for key in FITTED if key in cfg.scheduler and cfg.scheduler[key] is None]
+    if fitted and new > old:
+        raise ConfigError(f"resume with trainer.epochs={new}: scheduler={name} is fitted to the run's {old} epochs "
+                          f"({fitted[0]} comes from trainer.epochs), so it cannot go past them without restarting "
+                          f"its schedule; resume with trainer.epochs={old}, or {longer}")
+    try:
+        lrs = epoch_lrs(ckpt, cfg)
+    except ConfigError as e:
+        raise ConfigError(f"resume with trainer.epochs={new}: {e}; {longer}") from None
+    first = int(ckpt["epoch"]) + 1
+    zero = next((first + i for i, lr in enumerate(lrs) if lr <= 0), None)
+    if zero is not None:
+        raise ConfigError(f"resume with trainer.epochs={new}: scheduler={name} would train epoch {zero} at lr 0 (it "
+                          f"reached the end of its schedule); {longer}")
+    if not lrs:
+        return f"trainer.epochs {old} -> {new}: the run has trained {first - 1} epochs, so it ends now"
+    return (f"trainer.epochs {old} -> {new}: scheduler={name} continues as configured; the learning rate of epochs "
+            f"{first}-{new}: {_shown(lrs)}")
