@@ -33,3 +33,21 @@ def test_bench_script_prints_ratios(script, args, ratios):
     found = dict(pair.split("=") for ln in lines for pair in ln.split()[1:])
     assert sorted(found) == sorted(ratios)
     assert all(re.fullmatch(r"\d+\.\d{3}", v) and float(v) > 0 for v in found.values())
+
+
+def test_gpu_check_skips_the_gpu_parts_cleanly_without_a_gpu(tmp_path):
+    import json
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine this is the real check (scripts/gpu_check.sh)")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no CUDA GPU visible to torch: skipped the cuda tests, bench_gpu and DDP" in result.stdout
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert record["gpus"] == 0 and record["skipped"] == ["cuda tests", "bench_gpu", "ddp"]
+    assert record["tests"]["exit"] is None and record["ddp"] is None
