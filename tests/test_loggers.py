@@ -37,7 +37,8 @@ def test_mlflow_gets_params_metrics_and_artifacts_and_a_resume_continues_its_run
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # trainlab sets it for the file store; undone after
     store = tmp_path / "mlruns"
-    args = [*FAST, "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}", "optimizer.lr=0.07"]
+    args = [*FAST, "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}", "optimizer.lr=0.07",
+            "scheduler=step"]  # a schedule that may train longer on resume
     code, _, err = run(capsys, "train", *args, "trainer.epochs=1", "hydra.run.dir=run")
     assert code == 0, err
     code, _, err = run(capsys, "train", "resume=run", "trainer.epochs=2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+import pandas as pd
 import pytest
 
 from trainlab.commands.report import report
@@ -79,3 +80,23 @@ def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path, capsys, 
     assert "failed: cannot build the optimizer: Invalid learning rate: -1.0" in text
 
 
+
+
+def test_per_epoch_axes_have_integer_ticks(tmp_path, monkeypatch):
+    """A two-epoch run's curves are ticked at epochs, not at 1.0, 1.2, ..., 2.0."""
+    import matplotlib.pyplot as plt
+
+    from trainlab.analysis import plots
+
+    ticks = []
+    real_savefig = plt.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        ticks.extend(t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1])
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    history = pd.DataFrame({"epoch": [1, 2], "train/loss": [1.0, 0.5], "val/loss": [1.1, 0.7],
+                            "train/acc1": [0.5, 0.7], "val/acc1": [0.4, 0.6]})
+    assert plots.plot_history(history, tmp_path)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -235,7 +235,7 @@ def test_kill_9_never_damages_a_checkpoint(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_checkpoints_without_optimizer_are_smaller_and_last_still_resumes(tmp_path):
     cfg = compose(FAST + ["trainer.epochs=2", "checkpoint.every_n_epochs=1", "checkpoint.save_optimizer=false",
-                          "optimizer=adam"])  # adam: optimizer state as large as the weights
+                          "optimizer=adam", "scheduler=step"])  # adam: optimizer state as large as the weights
     train(cfg, tmp_path)
     folder = tmp_path / "checkpoints"
     last, best, periodic = (torch.load(folder / n, weights_only=True)

@@ -67,6 +67,7 @@ def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
         for column in present:
             ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=column)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # a two-epoch run has ticks 1 and 2, not 1.0, 1.2, ...
         ax.set_xlabel("epoch")
         values = history[present].to_numpy(dtype=float)
         values = values[(values > 0) & (values < float("inf"))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -287,13 +288,12 @@ def _run_task(task: Callable) -> None:
         os.environ["HYDRA_FULL_ERROR"], os.environ[OWN_FULL_ERROR] = "1", "1"
     try:
         task()
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS or debug():
-            raise
-        fail(str(write_error(Path(e.filename or "?"), e)))
-    except Exception as e:  # what Hydra itself would have printed (a bug, or a Hydra error the preflight missed)
-        if debug():
-            raise
+    except Exception as e:  # what Hydra would have printed (a bug, or a Hydra error the preflight missed)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not debug():
+            fail(str(write_error(Path(e.filename or "?"), e)))
+        if debug():  # the whole traceback, as Hydra prints it with HYDRA_FULL_ERROR=1
+            traceback.print_exc()
+            sys.exit(1)
         fail(one_line(f"{type(e).__name__}: {e}"), code=1, prefix="")
     finally:
         if own:
