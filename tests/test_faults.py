@@ -197,3 +197,10 @@ def test_a_compare_of_a_damaged_evaluation_is_one_line(small_run, tmp_path, caps
 def test_read_metrics_accepts_what_the_recorder_wrote(small_run):
     history = read_metrics(small_run)
     assert history["epoch"].tolist() == [1, 2] and json.loads((small_run / "summary.json").read_text())
+
+
+def test_a_damaged_export_description_is_one_line(small_run, tmp_path, capsys):
+    code, _, err = run(capsys, "export", f"ckpt={small_run}", "format=safetensors", f"out={tmp_path / 'export'}")
+    assert code == 0, err
+    (tmp_path / "export" / "model.json").write_text('{"format": "safet')
+    assert_one_line(*run(capsys, "evaluate", f"ckpt={tmp_path / 'export'}"), "model.json", "damaged")

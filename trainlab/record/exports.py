@@ -22,7 +22,10 @@ def exported_weights(spec: str) -> Path | None:
     try:
         described = json.loads(sidecar.read_text())
     except ValueError:
-        return None
+        raise TrainlabError(f"{sidecar} is damaged (not valid JSON): export the checkpoint again, or pass the "
+                            "checkpoint itself") from None
+    if not isinstance(described, dict) or "file" not in described:
+        raise TrainlabError(f"{sidecar} is not an export's description (no 'file'): export the checkpoint again")
     if described.get("format") != "safetensors":
         raise ConfigError(f"{folder} holds a {described.get('format')} export; ckpt= reads checkpoints and "
                           "safetensors exports (trainlab export format=safetensors)")
@@ -34,8 +37,12 @@ def load_export(weights: Path) -> dict:
     so evaluate and predict take it like one."""
     from safetensors.torch import load_file
 
-    described = json.loads((weights.parent / SIDECAR).read_text())
-    if "config" not in described:
+    try:
+        described = json.loads((weights.parent / SIDECAR).read_text())
+    except (OSError, ValueError) as e:
+        raise TrainlabError(f"{weights.parent / SIDECAR} is damaged (not valid JSON: {' '.join(str(e).split())[:60]}): "
+                            "export the checkpoint again") from None
+    if not isinstance(described, dict) or "config" not in described:
         raise TrainlabError(f"{weights.parent} was exported before exports carried the run's config: export the "
                             "checkpoint again")
     return {"model": load_file(str(weights)), "classes": described["classes"],
