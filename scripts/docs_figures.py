@@ -7,7 +7,7 @@ the docs is older than the code that draws it. About 10 minutes on 2 CPU cores.
 
   docs/report.png          the quickstart's report: its curves, confusion matrix and per-class figures, one page
   docs/lr_find.png         trainlab lr-find +experiment=quickstart
-  docs/feature_maps.png    trainlab visualize of the quickstart's best checkpoint (layer1's maps of val image 0)
+  docs/feature_maps.png    trainlab visualize of the quickstart's best checkpoint (the stem's maps of val image 0)
   docs/disagreements.png   trainlab compare of a 2-epoch and the 5-epoch quickstart
   docs/seeds_val_acc1.png  a sweep of two learning rates x two seeds: val/acc1 mean ± std per learning rate
 """
@@ -62,7 +62,7 @@ def main() -> None:
     trainlab("lr-find", "+experiment=quickstart", f"hydra.run.dir={work / 'lr_find'}", cwd=work)
     shutil.copy(work / "lr_find" / "lr_find.png", DOCS / "lr_find.png")
     trainlab("visualize", f"ckpt={quick}", "image=0", f"out={work / 'visualize'}", cwd=work)
-    shutil.copy(work / "visualize" / "layer1.png", DOCS / "feature_maps.png")
+    shutil.copy(work / "visualize" / "relu.png", DOCS / "feature_maps.png")
     trainlab("compare", str(short), str(quick), "n=12", f"out={work / 'compare'}", cwd=work)
     shutil.copy(work / "compare" / "disagreements.png", DOCS / "disagreements.png")
     sweep = work / "sweep"

@@ -50,3 +50,14 @@ def test_lr_find_writes_the_curve_and_suggests_an_lr(tmp_path, capsys):
 def test_lr_find_options_are_checked(capsys):
     assert_one_line(*run(capsys, "lr-find", *FAST, "lr_find.min_lr=1", "lr_find.max_lr=0.1"), "lr_find.min_lr")
     assert_one_line(*run(capsys, "lr-find", *FAST, "lr_find.step=3"), "lr_find.num_steps")
+
+
+def test_a_fall_after_the_divergence_is_no_suggestion():
+    """The loss falls, bottoms out at lr 1e-2, diverges and falls again at ~1 (a diverged model bouncing back):
+    the suggestion is the steepest descent before the minimum."""
+    lrs = np.geomspace(1e-6, 3.0, 81)
+    x = np.log10(lrs)
+    smoothed = 2.0 - np.tanh(x + 4) + np.clip(3 * (x + 2), 0, 3) - np.where(x > -0.5, 10 * (x + 0.5), 0).clip(0, 2.5)
+    assert smoothed[x > -0.5].min() > smoothed.min() and np.gradient(smoothed, x)[x > -0.5].min() < -5  # it bounces
+    pick = suggest(lrs, smoothed)
+    assert abs(np.log10(lrs[pick]) + 4) < 0.2

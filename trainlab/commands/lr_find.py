@@ -31,12 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip: float = 0.1) -> int | None:
-    """Index of the steepest descent of the smoothed loss against log(lr), leaving out the first `skip` of the
-    points (the average is still settling there); None when the curve has too few points to have a slope."""
-    start = int(len(lrs) * skip)
-    if len(lrs) - start < 3:
+    """Index of the steepest descent of the smoothed loss against log(lr) before its minimum, leaving out the first
+    `skip` of the points (the average is still settling there); None when the curve has too few points to have a
+    slope. Past the minimum the loss has diverged: a fall there (a diverged model bouncing back) is no suggestion."""
+    start, lowest = int(len(lrs) * skip), int(np.argmin(smoothed))
+    end = max(lowest + 1, start + 3)
+    if min(end, len(lrs)) - start < 3:
         return None
-    slope = np.gradient(smoothed[start:], np.log(lrs[start:]))
+    slope = np.gradient(smoothed[start:end], np.log(lrs[start:end]))
     return start + int(np.argmin(slope))
 
 
@@ -93,7 +95,8 @@ def lr_find_command(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "lr_find.csv", table.to_csv(index=False))
     record = {"suggested_lr": suggested, "min_loss_lr": lowest, "steps": len(table), "stopped": stopped,
-              "rule": "steepest descent of the smoothed loss against log(lr), first 10% of the points left out",
+              "rule": "steepest descent of the smoothed loss against log(lr) before its minimum, first 10% of the "
+                      "points left out",
               "min_lr": min_lr, "max_lr": max_lr, "smoothing": beta, "stop_factor": stop_factor,
               "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True), "runtime": runtime.to_dict(),
               "config": OmegaConf.to_container(cfg, resolve=True)}
