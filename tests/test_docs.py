@@ -105,6 +105,7 @@ def test_the_docs_show_commands():
     assert len(ALL_LINES) > 60 and {d for d, _ in ALL_LINES} >= {"README.md", "commands.md", "sweeps.md"}
 
 
+@pytest.mark.slow  # ~100 compositions, half a minute: in CI, not in the editing subset (the checks' own test is)
 @pytest.mark.parametrize("doc, line", ALL_LINES, ids=[f"{d}:{i}" for i, (d, _) in enumerate(ALL_LINES)])
 def test_every_documented_command_composes(doc, line, tmp_path, capsys):
     found = problem(line, tmp_path)
