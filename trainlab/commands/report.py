@@ -187,12 +187,6 @@ def _confusion_sections(doc: Document, run_dir: Path) -> None:
     doc.table(accuracy.tail(k).iloc[::-1], floats="{:.3f}")
 
 
-def _overrides(job: Path) -> list[str]:
-    path = job / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return [i for i in items or [] if not i.startswith("hydra.")]
-
-
 def _job_entry(job: Path, label: str) -> dict:
     """What analysis.groups needs of a job, read from its folder."""
     return {"job": label, "settings": read_settings(job), "history": read_metrics(job),

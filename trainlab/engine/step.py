@@ -36,6 +36,10 @@ class Stepper:
     accumulate: int = 1               # batches per optimizer step (trainer.accumulate_grad_batches)
     ema: torch.optim.swa_utils.AveragedModel | None = None  # trainer.ema_decay's moving average of the weights
 
+    def __post_init__(self) -> None:
+        # The parameters the optimizer steps (model.freeze leaves the others out), listed once, not every step.
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
 
 def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
     device = runtime.torch_device
@@ -61,7 +65,7 @@ def train_step(s: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     accumulate_grad_batches: its loss is the mean over its own batches, as one batch that size would have it).
     `lr`: this step's learning rate instead of the schedule's (lr-find), and the schedule is not stepped.
     Returns the last micro-batch's loss and the gradient norm before clipping, both on the device (no host sync)."""
-    params = [p for p in s.model.parameters() if p.requires_grad]
+    params = s.trainable
     if lr is not None:
         for group in s.optimizer.param_groups:
             group["lr"] = float(lr)

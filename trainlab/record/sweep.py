@@ -141,19 +141,18 @@ def job_number(num, offset) -> str:
 def job_state(job_dir: Path) -> str:
     """finished | interrupted (has a checkpoint to continue from) | failed (start again) | new."""
     from trainlab.record.checkpoint import run_checkpoint  # torch: not imported for `trainlab --help`
+    from trainlab.record.run_dir import ERROR_TXT, SUMMARY_JSON, earlier_record, read_json
 
-    summary = job_dir / "summary.json"
-    stopped = None
-    if summary.is_file():
-        try:
-            stopped = json.loads(summary.read_text()).get("stopped")
-        except (OSError, ValueError):
-            stopped = None
-    if stopped in FINISHED and not (job_dir / "error.txt").exists():
+    try:
+        stopped = read_json(job_dir, SUMMARY_JSON).get("stopped")
+    except TrainlabError:  # a summary written only in part: the job did not finish
+        stopped = None
+    failed = (job_dir / ERROR_TXT).exists()
+    if stopped in FINISHED and not failed:
         return "finished"
-    if run_checkpoint(job_dir) is not None and not (job_dir / "error.txt").exists():
+    if run_checkpoint(job_dir) is not None and not failed:
         return "interrupted"  # a signal (summary says so) or a kill (no summary): the newest checkpoint continues
-    if any((job_dir / name).exists() for name in ("run.json", "metrics.csv", "error.txt", "checkpoints")):
+    if failed or earlier_record(job_dir):
         return "failed"
     return "new"
 
