@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from trainlab.core.config import component
 from trainlab.core.runtime import resolve_runtime
-from trainlab.data import TinyImageNet
 
 from benchlib import alternate, bare_train_ips, imagefolder_delivery_ips, report, tiny_tree, trainlab_delivery_ips
 
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = tiny_tree(Path(tmp) / "tiny-imagenet-200", per_class=args.per_class)
-        data = TinyImageNet(root=str(root), image_size=64, batch_size=args.batch_size, cache=True,
+        data = component("dataset", "tiny_imagenet", root=str(root), batch_size=args.batch_size, cache=True,
                             cache_dir=str(Path(tmp) / "cache"))
         data.setup(("train",))  # builds the decode-once cache (not timed: it happens once per data set)
         runtime = resolve_runtime("cpu", "auto", "auto", "auto", False)

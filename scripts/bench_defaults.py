@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainlab.data import TinyImageNet
+from trainlab.core.config import component
 
 from benchlib import alternate, bare_train_ips, report, textbook_train_ips, tiny_tree, trainlab_train_ips
 
@@ -55,7 +55,7 @@ def main() -> None:
                     "trainer.epochs=1", "lr_schedule.warmup_epochs=0", f"trainer.limit_train_batches={args.steps}",
                     "trainer.limit_val_batches=1", "trainer.histogram_every_n_epochs=0",
                     f"dataset.cache_dir={Path(tmp) / 'cache'}"]
-        data = TinyImageNet(root=str(root), image_size=64, batch_size=args.batch_size, cache=True,
+        data = component("dataset", "tiny_imagenet", root=str(root), batch_size=args.batch_size, cache=True,
                             cache_dir=str(Path(tmp) / "cache"))
         data.setup(("train",))
         images, labels = data.splits["train"].images, data.splits["train"].labels

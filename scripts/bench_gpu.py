@@ -28,16 +28,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from trainlab.core.config import component
 from trainlab.data.base import Split
 from trainlab.engine.autotune import Candidate, Workload, measure_step
 from trainlab.models import resnet
 from trainlab.record.environment import cpu_name
 
-from benchlib import IMAGENET_MEAN, IMAGENET_STD, RandomImages, alternate, report, trainlab_train_row
+from benchlib import IMAGENET_MEAN, IMAGENET_STD, alternate, report, trainlab_train_row
 
 
 def resnet18(num_classes: int, small_stem: bool) -> nn.Module:
-    return resnet(num_classes, "resnet18", small_stem, init="default", dropout=0.0, weights=None, freeze=None)
+    return resnet(num_classes, "resnet18", small_stem, dropout=0.0, weights=None, in_channels=3)
 
 class PILImages(Dataset):
     """What torchvision's ImageFolder hands its transforms (a PIL image per item), minus the file decoding."""
@@ -131,7 +132,8 @@ def main() -> None:
                      f"trainer.precision={precision}", "trainer.channels_last=true", "trainer.compile=false",
                      "trainer.histogram_every_n_epochs=0", "trainer.activations_every_n_epochs=0",
                      "trainer.log_every_n_steps=1000000", "logger=[]"]
-    train_split = RandomImages(args.classes, n_train, n_val, args.image_size, 1)
+    train_split = component("dataset", "fake", _target_="benchlib.RandomImages", num_classes=args.classes,
+                            train_size=n_train, val_size=n_val, image_size=args.image_size, batch_size=1)
     train_split.setup(("train",))
     evaluation: dict[str, float] = {}
 

@@ -14,9 +14,9 @@ import time
 import torch
 import torchvision
 
-from trainlab.augment import BatchAugment
+from trainlab.augment import Normalize
+from trainlab.core.config import component
 from trainlab.core.runtime import resolve_runtime
-from trainlab.data import FakeData
 from trainlab.engine.ready import predict_logits as predict
 
 from benchlib import (
@@ -40,7 +40,7 @@ def main() -> None:
     runtime = resolve_runtime("cpu", "auto", "auto", "auto", False)
     precision, cl = runtime.precision, runtime.channels_last
     n, bs = args.steps * args.batch_size, args.batch_size
-    data = FakeData(num_classes=200, train_size=n, val_size=bs, image_size=64, batch_size=bs)
+    data = component("dataset", "fake", num_classes=200, train_size=n, val_size=bs, image_size=64, batch_size=bs)
     data.setup(("train",))
     images, labels = data.splits["train"].images, data.splits["train"].labels
     trainlab = ["dataset=fake", "dataset.num_classes=200", f"dataset.train_size={n}", f"dataset.val_size={bs}",
@@ -57,10 +57,11 @@ def main() -> None:
 
     fmt = torch.channels_last if cl else torch.contiguous_format
     model = torchvision.models.resnet18(num_classes=200).to(memory_format=fmt)
-    eval_data = FakeData(num_classes=200, train_size=16, val_size=args.eval_batches * bs, image_size=64, batch_size=bs)
+    eval_data = component("dataset", "fake", num_classes=200, train_size=16, val_size=args.eval_batches * bs,
+                          image_size=64, batch_size=bs)
     eval_data.setup(("val",))
     eval_images = eval_data.splits["val"].images
-    normalize = BatchAugment(IMAGENET_MEAN, IMAGENET_STD)
+    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
     def trainlab_eval() -> float:
         start = time.perf_counter()

@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from trainlab.augment import BatchAugment
-from trainlab.core.config import compose
+from trainlab.augment import Normalize
+from trainlab.core.config import component, compose
 from trainlab.data import FakeData
 from trainlab.data.base import Split, channel_stats
 from trainlab.data.testing import write_tiny_imagenet
@@ -121,7 +121,7 @@ def bare_train_ips(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                    precision: str, channels_last: bool, in_memory: bool = False) -> float:
     """The leanest loop on decoded uint8 images: batched augmentation, autocast, resnet18, SGD, nothing
     else (no metrics, no gradient norm, no logging). `in_memory`: one fixed batch, no data pipeline at all."""
-    augment = BatchAugment(IMAGENET_MEAN, IMAGENET_STD, crop_padding=4, flip=True)
+    augment = component("augment", "standard", mean=IMAGENET_MEAN, std=IMAGENET_STD, channels=None)
     model = torchvision.models.resnet18(num_classes=num_classes)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -150,7 +150,7 @@ def bare_train_ips(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 @torch.inference_mode()
 def bare_eval_ips(model: nn.Module, images: torch.Tensor, batch_size: int, precision: str) -> float:
     """A bare inference_mode loop at the given precision: normalise, forward, nothing else."""
-    augment = BatchAugment(IMAGENET_MEAN, IMAGENET_STD)
+    augment = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     model.eval()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     start = time.perf_counter()
@@ -174,7 +174,7 @@ def imagefolder_delivery_ips(root: Path, batch_size: int, batches: int, workers:
 
 def trainlab_delivery_ips(data, batch_size: int, batches: int) -> float:
     """Images per second from trainlab's loader over the decoded cache, augmented and normalised."""
-    augment = BatchAugment(data.mean, data.std, crop_padding=4, flip=True)
+    augment = component("augment", "standard", mean=data.mean, std=data.std, channels=None)
     loader = data.loader("train")
     g = torch.Generator().manual_seed(0)
     seen, start = 0, time.perf_counter()

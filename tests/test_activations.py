@@ -19,15 +19,15 @@ from helpers import FAST, assert_one_line, run
 
 
 def test_watched_layers_are_a_resnets_stages_and_other_models_relus():
-    assert watched_layers(resnet(10, "resnet18", False, "default", 0.0, None, None)) == [
+    assert watched_layers(resnet(10, "resnet18", False, 0.0, None, 3)) == [
         "relu", "layer1", "layer2", "layer3", "layer4"]
-    assert watched_layers(small_cnn(10, 8, "default", 0.0, None, None)) == ["0.2", "2.2", "4.2", "6.2"]
-    assert watched_layers(mlp(10, 8, [16, 8], "default", 0.0, None, None)) == ["2", "5"]
+    assert watched_layers(small_cnn(10, 8, 0.0, None, 3)) == ["0.2", "2.2", "4.2", "6.2"]
+    assert watched_layers(mlp(10, 8, [16, 8], 0.0, None, 3)) == ["2", "5"]
 
 
 def test_captured_outputs_and_their_statistics():
     torch.manual_seed(0)
-    model = small_cnn(4, 8, "default", 0.0, None, None).train()
+    model = small_cnn(4, 8, 0.0, None, 3).train()
     x = torch.randn(3, 3, 16, 16)
     outputs = capture(model, x, ["0.2", "2.2"])
     assert model.training  # put back as it was

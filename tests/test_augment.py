@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from trainlab.augment import BatchAugment, _crop_flip_gather, random_color_jitter, random_crop_flip, random_rotate
+from trainlab.augment import _crop_flip_gather, random_color_jitter, random_crop_flip, random_rotate
+from trainlab.core.config import component
 
 
 def test_crop_and_flip_match_per_image_torchvision_ops():
@@ -42,7 +43,7 @@ def test_rotation_by_zero_degrees_is_identity_and_jitter_stays_in_range():
 
 
 def test_normalisation_uses_dataset_mean_and_std():
-    aug = BatchAugment(mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.25])
+    aug = component("augment", "none", mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.25], channels=None)
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     expected = TF.normalize(images.float() / 255, [0.1, 0.2, 0.3], [0.5, 0.5, 0.25])
     assert torch.allclose(aug.normalize(images), expected, atol=1e-6)
@@ -50,7 +51,7 @@ def test_normalisation_uses_dataset_mean_and_std():
 
 
 def test_same_generator_seed_gives_the_same_batch():
-    aug = BatchAugment(mean=[0.5] * 3, std=[0.25] * 3, crop_padding=4, flip=True, rotation=10, color_jitter=0.2)
+    aug = component("augment", "strong", mean=[0.5] * 3, std=[0.25] * 3, channels=None, rotation=10, color_jitter=0.2)
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     a = aug.train(images, torch.Generator().manual_seed(7))
     b = aug.train(images, torch.Generator().manual_seed(7))

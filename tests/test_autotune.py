@@ -27,7 +27,7 @@ def own_decisions(tmp_path, monkeypatch):
 
 
 def make_model():
-    return small_cnn(num_classes=3, width=8, init="default", dropout=0.0, weights=None, freeze=None)
+    return small_cnn(num_classes=3, width=8, dropout=0.0, weights=None, in_channels=3)
 
 
 WORK = Workload((3, 16, 16), 3, 8)  # the timed workload of the tests below

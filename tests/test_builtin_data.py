@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainlab.augment import BatchAugment
+from trainlab.core.config import component
 from trainlab.core.errors import DataError
-from trainlab.data import TorchvisionData
 from trainlab.data.builtin import _stratified
 from trainlab.data.testing import write_cifar10, write_mnist
 
@@ -22,7 +21,7 @@ from helpers import assert_one_line, run
 
 def test_mnist_idx_files_become_one_channel_tensors_with_a_stratified_val_split(tmp_path):
     images, labels = write_mnist(tmp_path, train=200, test=50)
-    data = TorchvisionData("mnist", str(tmp_path), image_size=28, batch_size=16, val_fraction=0.1)
+    data = component("dataset", "mnist", root=str(tmp_path), image_size=28, batch_size=16, val_fraction=0.1)
     data.setup(("train", "val", "test"))
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
     assert data.channels == 1 and train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
@@ -42,13 +41,13 @@ def test_mnist_idx_files_become_one_channel_tensors_with_a_stratified_val_split(
 
 def test_cifar10_pickled_batches_and_resizing(tmp_path):
     images, labels = write_cifar10(tmp_path, per_batch=20, test=30)
-    data = TorchvisionData("cifar10", str(tmp_path), image_size=32, batch_size=8, val_fraction=0.0)
+    data = component("dataset", "cifar10", root=str(tmp_path), image_size=32, batch_size=8, val_fraction=0.0)
     data.setup(("train", "val", "test"))
     assert data.channels == 3 and data.classes[0] == "airplane"
     assert torch.equal(data.splits["train"].images, torch.from_numpy(images[:100]))
     assert data.splits["val"] is data.splits["test"]  # val_fraction=0: val is the test part
     assert data.splits["test"].labels.tolist() == labels[100:]
-    bigger = TorchvisionData("cifar10", str(tmp_path), image_size=48, batch_size=8)
+    bigger = component("dataset", "cifar10", root=str(tmp_path), image_size=48, batch_size=8)
     bigger.setup(("train",))
     assert bigger.splits["train"].images.shape[1:] == (3, 48, 48)
 
@@ -63,7 +62,7 @@ def test_a_set_without_plain_arrays_is_read_image_by_image(tmp_path):
         def __getitem__(self, i):
             return Image.fromarray(np.full((10, 10), 60 * i, dtype=np.uint8), mode="L"), i % 2
 
-    data = TorchvisionData("mnist", str(tmp_path), image_size=10, batch_size=2)
+    data = component("dataset", "mnist", root=str(tmp_path), image_size=10, batch_size=2)
     images, labels = data._tensors(Pictures())
     assert images.shape == (4, 1, 10, 10) and images[3].unique().tolist() == [180] and labels.tolist() == [0, 1, 0, 1]
 
@@ -78,7 +77,7 @@ def test_stratified_split_is_seeded_and_per_class():
 def test_missing_files_name_what_to_put_where(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"put data_batch_1, .* into .*cifar-10-batches-py") as error:
-        TorchvisionData("cifar10", str(tmp_path / "empty"), image_size=32, batch_size=8).setup()
+        component("dataset", "cifar10", root=str(tmp_path / "empty"), image_size=32, batch_size=8).setup()
     assert "download=True" not in str(error.value)  # torchvision's argument, not a trainlab key
     line = assert_one_line(*run(capsys, "train", "+experiment=mnist_mlp", f"dataset.root={tmp_path / 'none'}"),
                            "train-images-idx3-ubyte", "MNIST/raw", "dataset.download=true")
@@ -89,14 +88,14 @@ def test_missing_files_name_what_to_put_where(tmp_path, capsys):
 
 def test_grayscale_batches_are_repeated_for_an_rgb_model_only():
     gray = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
-    one = BatchAugment(mean=[0.5], std=[0.25], color_jitter=0.2)
-    three = BatchAugment(mean=[0.5], std=[0.25], channels=3)
+    one = component("augment", "none", mean=[0.5], std=[0.25], channels=None, color_jitter=0.2)
+    three = component("augment", "none", mean=[0.5], std=[0.25], channels=3)
     assert one.train(gray, torch.Generator().manual_seed(0)).shape == (4, 1, 8, 8)
     x = three.normalize(gray)
     assert x.shape == (4, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
     assert torch.allclose(x[:, 0], (gray[:, 0].float() / 255 - 0.5) / 0.25, atol=1e-5)
     with pytest.raises(Exception, match="model.in_channels=null"):
-        BatchAugment(mean=[0.5, 0.5, 0.5], std=[0.2] * 3, channels=1)
+        component("augment", "none", mean=[0.5, 0.5, 0.5], std=[0.2] * 3, channels=1)
 
 
 @pytest.mark.slow

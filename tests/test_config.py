@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from trainlab.core.config import Settings, TrainSchema, load_settings
 from trainlab.core.errors import ConfigError
-from trainlab.engine.build import build, build_partial, build_schedule, check_components
+from trainlab.engine.build import COMMON_MODEL_KEYS, build, build_partial, build_schedule, check_components
 from trainlab.optim import build_optimizer
 
 from helpers import assert_one_line, compose, run
@@ -80,7 +80,7 @@ def test_other_groups_build(group):
         if group == "loss":
             assert isinstance(instantiate(cfg.loss), torch.nn.Module)
         elif group == "augment":
-            aug = build(cfg.augment, "augment", mean=[0.5] * 3, std=[0.2] * 3)
+            aug = build(cfg.augment, "augment", mean=[0.5] * 3, std=[0.2] * 3, channels=None)
             out = aug.train(torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
             assert out.shape == (4, 3, 16, 16) and out.dtype == torch.float32
         elif group == "metrics":
@@ -169,6 +169,8 @@ def test_component_nodes_hold_only_their_constructors_arguments(group):
             accepted |= set(params)
             if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 break  # **kwargs goes on to the parent class
+        if group == "model":  # the keys every model has are applied by the runner (engine.build.architecture)
+            accepted |= set(COMMON_MODEL_KEYS)
         keys = [k for k in node if not k.startswith("_")]
         assert keys and set(keys) <= set(accepted), (name, set(keys) - set(accepted))
 

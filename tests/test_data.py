@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from trainlab.core.config import component
 from trainlab.core.errors import DataError
-from trainlab.data import Digits, EpochBatches, FakeData, ImageFolderData, TinyImageNet
+from trainlab.data import EpochBatches
 
 from helpers import write_tiny_imagenet
 
 
 def tiny(root, **kw):
-    defaults = dict(image_size=64, batch_size=4, cache=False)
-    return TinyImageNet(root=str(root), **{**defaults, **kw})
+    return component("dataset", "tiny_imagenet", root=str(root), **{"batch_size": 4, "cache": False, **kw})
 
 
 def test_reader_labels_classes_and_names(tmp_path):
@@ -118,7 +118,7 @@ def test_image_folder_train_val_and_stratified_split(tmp_path):
         (root / cls).mkdir(parents=True)
         for k in range(n):
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / cls / f"{k}.png")
-    data = ImageFolderData(root=str(root), image_size=32, batch_size=4, cache=False, val_fraction=0.2, split_seed=1)
+    data = component("dataset", "image_folder", root=str(root), image_size=32, batch_size=4, cache=False, split_seed=1)
     data.setup()
     assert data.classes == ["cat", "dog"]
     assert data.splits["train"].images.shape[1:] == (3, 32, 32)  # resized and centre-cropped
@@ -127,7 +127,7 @@ def test_image_folder_train_val_and_stratified_split(tmp_path):
     split_root = tmp_path / "split"
     for split in ("train", "val"):
         shutil.copytree(root, split_root / split)
-    explicit = ImageFolderData(root=str(split_root), image_size=32, batch_size=4, cache=False)
+    explicit = component("dataset", "image_folder", root=str(split_root), image_size=32, batch_size=4, cache=False)
     explicit.setup()
     assert len(explicit.splits["train"]) == 15 and len(explicit.splits["val"]) == 15
 
@@ -135,12 +135,13 @@ def test_image_folder_train_val_and_stratified_split(tmp_path):
 def test_image_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no class folders"):
-        ImageFolderData(root=str(tmp_path / "empty"), image_size=32, batch_size=4, cache=False).setup()
+        component("dataset", "image_folder", root=str(tmp_path / "empty"), image_size=32, batch_size=4,
+                  cache=False).setup()
 
 
 def test_digits_are_real_images_in_the_tiny_layout(tmp_path):
     root = tmp_path / "digits"
-    data = Digits(root=str(root), image_size=64, batch_size=32, cache=False)
+    data = component("dataset", "digits", root=str(root), image_size=64, batch_size=32, cache=False)
     data.setup(("train", "val", "test"))
     assert (root / "wnids.txt").is_file() and (root / "val" / "val_annotations.txt").is_file()
     assert data.num_classes == 10 and data.class_names[3] == "three"
@@ -150,7 +151,7 @@ def test_digits_are_real_images_in_the_tiny_layout(tmp_path):
 
 
 def test_loaders_shuffle_train_by_epoch_and_keep_val_order():
-    data = FakeData(num_classes=4, train_size=50, val_size=10, image_size=8, batch_size=8)
+    data = component("dataset", "fake", num_classes=4, train_size=50, val_size=10, image_size=8, batch_size=8)
     data.setup()
     train = data.loader("train", seed=3)
     first = torch.cat([labels for _, labels in train])

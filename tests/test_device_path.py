@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainlab.core.config import load_settings
+from trainlab.core.config import component, load_settings
 from trainlab.core.errors import ConfigError
 from trainlab.core.runtime import resolve_runtime
 from trainlab.data import FakeData
@@ -49,7 +49,7 @@ class SyncSpy(TorchDispatchMode):
 
 
 def fake(**kw) -> FakeData:
-    data = FakeData(num_classes=5, train_size=70, val_size=23, image_size=16, batch_size=8, **kw)
+    data = component("dataset", "fake", num_classes=5, train_size=70, val_size=23, image_size=16, batch_size=8, **kw)
     data.setup(("train", "val"))
     return data
 

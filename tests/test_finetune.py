@@ -13,7 +13,7 @@ from trainlab.core.errors import CheckpointError, ConfigError
 from trainlab.core.runtime import resolve_runtime
 from trainlab.engine.build import build_model
 from trainlab.engine.fit import train
-from trainlab.models import small_cnn
+from trainlab.models import frozen, small_cnn
 
 from helpers import FAST, assert_one_line, compose, run
 
@@ -39,7 +39,7 @@ def test_a_plain_state_dict_of_another_class_count_starts_a_resnet(tmp_path, cap
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_the_same_class_count_keeps_the_head_and_other_layers_must_fit(tmp_path, suffix):
-    net = small_cnn(num_classes=10, width=8, init="default", dropout=0.0, weights=None, freeze=None)
+    net = small_cnn(num_classes=10, width=8, dropout=0.0, weights=None, in_channels=3)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     path = tmp_path / f"w{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
@@ -69,7 +69,7 @@ def test_files_that_are_not_weights_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_frozen_backbone_stays_bit_identical(tmp_path):
-    start = small_cnn(num_classes=10, width=8, init="default", dropout=0.0, weights=None, freeze=None)
+    start = small_cnn(num_classes=10, width=8, dropout=0.0, weights=None, in_channels=3)
     torch.save(start.state_dict(), tmp_path / "start.pt")
     train(compose(SMALL + ["model.width=8", f"model.weights={tmp_path / 'start.pt'}", "model.freeze=backbone",
                            "optimizer.lr=0.1"]), tmp_path / "run")
@@ -81,11 +81,11 @@ def test_a_frozen_backbone_stays_bit_identical(tmp_path):
 
 
 def test_freezing_by_prefix_and_a_wrong_prefix(tmp_path):
-    model = small_cnn(num_classes=4, width=8, init="default", dropout=0.0, weights=None, freeze=["0", "2"])
-    frozen = sorted({n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad})
-    assert frozen == ["0", "2"]
+    model = frozen(small_cnn(num_classes=4, width=8, dropout=0.0, weights=None, in_channels=3), ["0", "2"])
+    still = sorted({n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad})
+    assert still == ["0", "2"]
     with pytest.raises(ConfigError, match=r"model.freeze: no parameters under layer9; .* \(0, 2, 4, 6, 10\)"):
-        small_cnn(num_classes=4, width=8, init="default", dropout=0.0, weights=None, freeze=["layer9"])
+        frozen(small_cnn(num_classes=4, width=8, dropout=0.0, weights=None, in_channels=3), ["layer9"])
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_normalize_weights_uses_what_the_starting_weights_expect(tmp_path, capsy
     from trainlab.engine.build import IMAGENET_NORMALIZATION
 
     monkeypatch.chdir(tmp_path)
-    start = small_cnn(num_classes=10, width=8, init="default", dropout=0.0, weights=None, freeze=None)
+    start = small_cnn(num_classes=10, width=8, dropout=0.0, weights=None, in_channels=3)
     torch.save(start.state_dict(), tmp_path / "start.pt")
     args = [*SMALL, "model.width=8", "dataset.normalize=weights"]
     code, _, err = run(capsys, "train", *args, f"model.weights={tmp_path / 'start.pt'}", "hydra.run.dir=plain")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trainlab.augment import BatchAugment, random_erase
+from trainlab.augment import random_erase
+from trainlab.core.config import component
 
 from helpers import FAST, TIMING, assert_one_line, run
 
@@ -21,7 +22,7 @@ def _batch(n=8, c=3, size=16, seed=0):
 
 def test_mixup_blends_images_and_targets_by_the_same_lambda():
     x, y = _batch()
-    aug = BatchAugment(mean=[0.5] * 3, std=[0.2] * 3, mixup_alpha=0.4)
+    aug = component("augment", "none", mean=[0.5] * 3, std=[0.2] * 3, channels=None, mixup_alpha=0.4)
     torch.manual_seed(0)
     mixed, soft = aug.mix(x, y, 5, torch.Generator().manual_seed(1))
     assert torch.allclose(soft.sum(1), torch.ones(8))
@@ -32,7 +33,7 @@ def test_mixup_blends_images_and_targets_by_the_same_lambda():
 
 def test_cutmix_pastes_one_box_whose_area_is_the_targets_share():
     x, y = _batch(size=32)
-    aug = BatchAugment(mean=[0.5] * 3, std=[0.2] * 3, cutmix_alpha=1.0)
+    aug = component("augment", "none", mean=[0.5] * 3, std=[0.2] * 3, channels=None, cutmix_alpha=1.0)
     torch.manual_seed(3)
     mixed, soft = aug.mix(x, y, 5, torch.Generator().manual_seed(2))
     from_other = (mixed != x).any(1)  # pixels taken from the rolled batch (random values never coincide)
@@ -62,8 +63,8 @@ def test_random_erasing_zeroes_one_rectangle_per_chosen_image():
 @pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
 def test_auto_augment_changes_images_repeatably(policy):
     images = torch.randint(0, 256, (16, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    aug = BatchAugment(mean=[0.5] * 3, std=[0.2] * 3, auto_augment=policy)
-    plain = BatchAugment(mean=[0.5] * 3, std=[0.2] * 3).train(images)
+    aug = component("augment", "none", mean=[0.5] * 3, std=[0.2] * 3, channels=None, auto_augment=policy)
+    plain = component("augment", "none", mean=[0.5] * 3, std=[0.2] * 3, channels=None).train(images)
     torch.manual_seed(5)
     a = aug.train(images)
     torch.manual_seed(5)

@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 from trainlab import cli
+from trainlab.core.config import component
 from trainlab.core.errors import DataError
 from trainlab.core.fs import FolderLock, free_run_dir
-from trainlab.data import ImageFolderData, TinyImageNet, decode
+from trainlab.data import decode
 from trainlab.data.digits import MARKER, ensure_digits_tree
 from trainlab.data.testing import write_tiny_imagenet
 
@@ -172,7 +173,7 @@ def test_odd_but_valid_files_are_read(tmp_path):
     (root / "hund" / "notes.txt").write_text("not an image")
     (root / "chat noir" / ".DS_Store").write_bytes(b"\0\1")
     before = hashes(root)
-    data = ImageFolderData(root=str(root), image_size=32, batch_size=4, val_fraction=0.25)
+    data = component("dataset", "image_folder", root=str(root), image_size=32, batch_size=4, val_fraction=0.25)
     data.setup()
     assert sum(len(s) for s in data.splits.values()) == 11
     assert data.splits["train"].images.shape[1:] == (3, 32, 32)
@@ -194,7 +195,7 @@ def test_read_only_data_folder_caches_in_the_cache_folder(tmp_path, monkeypatch)
     before = hashes(root)
     real_access = os.access
     monkeypatch.setattr(decode.os, "access", lambda p, mode: False if Path(p) == root else real_access(p, mode))
-    data = TinyImageNet(root=str(root), image_size=64, batch_size=4)
+    data = component("dataset", "tiny_imagenet", root=str(root), batch_size=4)
     data.setup()
     assert Path(data.cache_info["dir"]).is_relative_to(tmp_path / "cache")
     assert_untouched(before, root, new_allowed="-none-")

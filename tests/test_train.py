@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 from sklearn import metrics as sk
 
 from trainlab.core.columns import COLUMNS
 from trainlab.core.config import TargetSettings
 from trainlab.core.errors import RunStopped
-from trainlab.data import FakeData
 from trainlab.engine.fit import time_to_target, train
 from trainlab.models import small_cnn
 
@@ -65,10 +65,10 @@ def test_checkpoint_reproduces_the_recorded_val_metrics(tmp_path):
     train(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"][0] == "class000" and ckpt["config"]["seed"] == 0
-    model = small_cnn(num_classes=10, width=cfg.model.width, init="default", dropout=0.0, weights=None, freeze=None)
+    model = small_cnn(num_classes=10, width=cfg.model.width, dropout=0.0, weights=None, in_channels=3)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    data = FakeData(**{k: v for k, v in cfg.dataset.items() if k != "_target_"})
+    data = instantiate(cfg.dataset)
     data.setup()
     mean = torch.tensor(data.mean).view(1, 3, 1, 1)
     std = torch.tensor(data.std).view(1, 3, 1, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,33 +18,12 @@ from trainlab.core.errors import require
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 
 
-class BatchAugment:
-    """Everything that happens to a training batch between the loader and the model, in torchvision's order:
-    crop/flip, RandAugment or TrivialAugment (uint8), rotation and colour jitter, normalisation, random
-    erasing (normalised), then MixUp/CutMix (`mix`, which also makes the soft targets)."""
+class Normalize:
+    """uint8 batches to the model's input: (x/255 - mean) / std per channel, a grayscale batch repeated into the
+    3 channels an RGB model takes (`channels`: what the model takes; None: the data's). What evaluation and
+    prediction apply; training adds `BatchAugment`'s policy on top."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, flip: bool = False,
-                 rotation: float = 0.0, color_jitter: float = 0.0, auto_augment: str = "none",
-                 random_erasing: float = 0.0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 channels: int | None = None):
-        """`channels`: what the model takes; a grayscale batch (one channel) is repeated into 3 for an RGB model."""
-        require(int(crop_padding) >= 0, f"augment.crop_padding must be >= 0 (got {crop_padding})")
-        require(0.0 <= float(color_jitter) < 1.0, f"augment.color_jitter must be in [0, 1) (got {color_jitter})")
-        require(auto_augment in AUTO_AUGMENTS,
-                f"augment.auto_augment must be one of {', '.join(AUTO_AUGMENTS)} (got {auto_augment!r})")
-        require(0.0 <= float(random_erasing) <= 1.0,
-                f"augment.random_erasing is a probability in [0, 1] (got {random_erasing})")
-        require(float(mixup_alpha) >= 0 and float(cutmix_alpha) >= 0,
-                f"augment.mixup_alpha and augment.cutmix_alpha must be >= 0 (got {mixup_alpha}, {cutmix_alpha})")
-        self.crop_padding, self.flip = int(crop_padding), bool(flip)
-        self.rotation, self.color_jitter = float(rotation), float(color_jitter)
-        self.auto_augment, self.random_erasing = auto_augment, float(random_erasing)
-        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
-        self._policy = None
-        if auto_augment != "none":
-            from torchvision.transforms import v2
-
-            self._policy = v2.RandAugment() if auto_augment == "randaugment" else v2.TrivialAugmentWide()
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int | None = None):
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.channels = int(channels) if channels else len(self._mean.flatten())
@@ -65,6 +45,49 @@ class BatchAugment:
                                            (-self._mean / self._std).to(images.device))
         scale, shift = self._affine[images.device]
         return self._to_model((images.float() * scale).add_(shift))
+
+
+@dataclass(eq=False, kw_only=True)
+class BatchAugment(Normalize):
+    """Everything that happens to a training batch between the loader and the model, in torchvision's order:
+    crop/flip, RandAugment or TrivialAugment (uint8), rotation and colour jitter, normalisation, random
+    erasing (normalised), then MixUp/CutMix (`mix`, which also makes the soft targets).
+
+    One field per key of conf/augment/*.yaml, where their values and meanings are written (no defaults here:
+    each value lives once, in conf/); `mean`, `std` and `channels` come from the runner (see `Normalize`)."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    channels: int | None
+    crop_padding: int
+    flip: bool
+    rotation: float
+    color_jitter: float
+    auto_augment: str
+    random_erasing: float
+    mixup_alpha: float
+    cutmix_alpha: float
+
+    def __post_init__(self):
+        require(int(self.crop_padding) >= 0, f"augment.crop_padding must be >= 0 (got {self.crop_padding})")
+        require(0.0 <= float(self.color_jitter) < 1.0,
+                f"augment.color_jitter must be in [0, 1) (got {self.color_jitter})")
+        require(self.auto_augment in AUTO_AUGMENTS,
+                f"augment.auto_augment must be one of {', '.join(AUTO_AUGMENTS)} (got {self.auto_augment!r})")
+        require(0.0 <= float(self.random_erasing) <= 1.0,
+                f"augment.random_erasing is a probability in [0, 1] (got {self.random_erasing})")
+        require(float(self.mixup_alpha) >= 0 and float(self.cutmix_alpha) >= 0, "augment.mixup_alpha and "
+                f"augment.cutmix_alpha must be >= 0 (got {self.mixup_alpha}, {self.cutmix_alpha})")
+        self.crop_padding, self.flip = int(self.crop_padding), bool(self.flip)
+        self.rotation, self.color_jitter = float(self.rotation), float(self.color_jitter)
+        self.random_erasing = float(self.random_erasing)
+        self.mixup_alpha, self.cutmix_alpha = float(self.mixup_alpha), float(self.cutmix_alpha)
+        self._policy = None
+        if self.auto_augment != "none":
+            from torchvision.transforms import v2
+
+            self._policy = v2.RandAugment() if self.auto_augment == "randaugment" else v2.TrivialAugmentWide()
+        Normalize.__init__(self, self.mean, self.std, self.channels)
 
     def train(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a uint8 batch and normalise it."""

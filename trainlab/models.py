@@ -1,6 +1,8 @@
 """Model builders: torchvision ResNets (with the optional 64x64 stem), a small CNN and an MLP.
 
-`num_classes` always comes from the data set; the configs leave it out. Nothing is downloaded unless
+`num_classes` and `in_channels` come from the runner (the data set; see engine.build.input_channels). The keys
+every model has, `init` and `freeze`, are applied by the runner to whatever a builder returns (`initialize`,
+`frozen`), so the builders only make the architecture. Nothing is downloaded unless
 `weights` names torchvision pretrained weights.
 """
 
@@ -19,20 +21,19 @@ ARCHS = ("resnet18", "resnet34", "resnet50")
 INITS = ("default", "kaiming", "xavier")
 
 
-def _check(init: str, dropout: float) -> None:
-    require(init in INITS, f"model.init must be one of {', '.join(INITS)} (got {init!r})")
+def _check(dropout: float) -> None:
     require(0.0 <= float(dropout) < 1.0, f"model.dropout must be in [0, 1) (got {dropout})")
 
 
-def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: float, weights: str | None,
-           freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
+def resnet(num_classes: int, arch: str, small_stem: bool, dropout: float, weights: str | None,
+           in_channels: int) -> nn.Module:
     """The values come from conf/model/resnet*.yaml. `in_channels=3` (torchvision's): a grayscale data set
     is repeated into 3 channels by the runner; 1 builds a one-channel conv1 (from random weights only)."""
-    in_channels = int(in_channels or 3)
+    in_channels = int(in_channels)
     require(in_channels == 3 or not weights, f"model.in_channels={in_channels} cannot start from pretrained RGB "
                                              "weights: use model.in_channels=3 (grayscale is repeated into 3)")
     require(arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)} (got {arch!r})")
-    _check(init, dropout)
+    _check(dropout)
     builder = getattr(torchvision.models, arch)
     if weights:
         # Pretrained weights have a 1000-way head: load them as they are, then replace the head.
@@ -49,7 +50,7 @@ def resnet(num_classes: int, arch: str, small_stem: bool, init: str, dropout: fl
     in_features = model.fc.in_features
     head = nn.Linear(in_features, num_classes) if (weights or dropout) else model.fc
     model.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout else head
-    return frozen(initialize(model, init, skip_pretrained=bool(weights)), freeze)
+    return model
 
 
 def _pretrained(arch: str, name: str):
@@ -78,10 +79,9 @@ def _no_pretrained(name: str, weights: str | None) -> None:
                          "trainlab checkpoint (.ckpt) or null")
 
 
-def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: str | None,
-              freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
+def small_cnn(num_classes: int, width: int, dropout: float, weights: str | None, in_channels: int) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
-    _check(init, dropout)
+    _check(dropout)
     _no_pretrained("small_cnn", weights)
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
@@ -89,30 +89,30 @@ def small_cnn(num_classes: int, width: int, init: str, dropout: float, weights: 
 
     w = int(width)
     model = nn.Sequential(
-        block(int(in_channels or 3), w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
+        block(int(in_channels), w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w),
         nn.MaxPool2d(2),
         block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes),
     )
-    return frozen(initialize(model, init), freeze)
+    return model
 
 
-def mlp(num_classes: int, image_size: int, hidden: Sequence[int], init: str, dropout: float,
-        weights: str | None, freeze: str | Sequence[str] | None, in_channels: int | None = 3) -> nn.Module:
+def mlp(num_classes: int, image_size: int, hidden: Sequence[int], dropout: float, weights: str | None,
+        in_channels: int) -> nn.Module:
     """`weights`: only a trainlab checkpoint (loaded by the runner after the model is built)."""
-    _check(init, dropout)
+    _check(dropout)
     _no_pretrained("mlp", weights)
     layers: list[nn.Module] = [nn.Flatten()]
-    width = int(in_channels or 3) * int(image_size) ** 2
+    width = int(in_channels) * int(image_size) ** 2
     for h in hidden:
         layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         width = int(h)
     layers.append(nn.Linear(width, num_classes))
-    return frozen(initialize(nn.Sequential(*layers), init), freeze)
+    return nn.Sequential(*layers)
 
 
 def frozen(model: nn.Module, freeze: str | Sequence[str] | None) -> nn.Module:
-    """`model.freeze`: `backbone` (every parameter but the classifier, the last Linear layer) or a list of
-    parameter-name prefixes (`[conv1, bn1, layer1]`) stop learning: no gradient, no update, no weight decay.
+    """`model.freeze`, every model's: `backbone` (every parameter but the classifier, the last Linear layer) or a
+    list of parameter-name prefixes (`[conv1, bn1, layer1]`) stop learning: no gradient, no update, no weight decay.
     (BatchNorm running statistics still follow the data in training mode.)"""
     if not freeze:
         return model
@@ -134,7 +134,9 @@ def frozen(model: nn.Module, freeze: str | Sequence[str] | None) -> nn.Module:
 
 
 def initialize(model: nn.Module, init: str, skip_pretrained: bool = False) -> nn.Module:
-    """Re-initialise conv and linear weights (biases to zero); `default` keeps PyTorch's own init."""
+    """`model.init`, every model's: re-initialise conv and linear weights (biases to zero); `default` keeps
+    PyTorch's own init, and pretrained weights are kept as they are."""
+    require(init in INITS, f"model.init must be one of {', '.join(INITS)} (got {init!r})")
     if init == "default" or skip_pretrained:
         return model
     for m in model.modules():

@@ -239,5 +239,14 @@ def compose(overrides=(), config_name: str = "config") -> DictConfig:
         return hydra_compose(config_name, overrides=list(overrides))
 
 
+def component(group: str, option: str, **values):
+    """One config group's object as conf/<group>/<option>.yaml builds it, with `values` in place of its keys
+    (tests, benchmarks: the constructors have no defaults, conf/ holds each value once). The runner's own
+    arguments go in `values` too: `component("augment", "standard", mean=m, std=s, channels=None)`."""
+    from hydra.utils import instantiate
+
+    return instantiate(compose([f"{group}={option}"])[group], **values)
+
+
 def settings_dict(settings: Settings) -> dict:
     return dataclasses.asdict(settings)

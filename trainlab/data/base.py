@@ -159,14 +159,23 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+@dataclass(eq=False, kw_only=True)
 class ImageData:
-    """Base of every data set: subclasses fill `classes`, `class_names` and `splits` in `setup()`."""
+    """Base of every data set: subclasses fill `classes`, `class_names` and `splits` in `setup()`.
 
-    def __init__(self, image_size: int, batch_size: int, num_workers: int = 0, normalize: str = "data"):
-        """`normalize`: `data` (this data set's per-channel mean/std) or `weights` (what the starting weights,
-        model.weights, were trained with; set by the runner)."""
+    The fields are the keys of conf/dataset/*.yaml, where their values and meanings are written (no defaults
+    here: each value lives once, in conf/). `normalize`: `data` (this data set's per-channel mean/std) or
+    `weights` (what the starting weights, model.weights, were trained with; set by the runner)."""
+
+    image_size: int
+    batch_size: int
+    num_workers: int
+    normalize: str
+
+    def __post_init__(self):
+        normalize, batch_size, image_size, num_workers = self.normalize, self.batch_size, self.image_size, \
+            self.num_workers
         require(normalize in ("data", "weights"), f"dataset.normalize must be data or weights (got {normalize!r})")
-        self.normalize = normalize
         require(int(batch_size) >= 1, f"dataset.batch_size must be >= 1 (got {batch_size})")
         require(int(image_size) >= 8, f"dataset.image_size must be >= 8 (got {image_size})")
         require(int(num_workers) >= 0, f"dataset.num_workers must be >= 0 (got {num_workers})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +70,23 @@ def missing_files_hint(cls_name: str, root: Path) -> str:
     return f"put {cls_name}'s files where torchvision.datasets.{cls_name} looks for them under {root}"
 
 
+@dataclass(eq=False, kw_only=True)
 class TorchvisionData(ImageData):
     """`dataset=mnist|fashion_mnist|cifar10|cifar100`, or `dataset=torchvision dataset.name=<class>`."""
 
-    def __init__(self, name: str, root: str, image_size: int, batch_size: int, download: bool = False,
-                 val_fraction: float = 0.1, split_seed: int = 0, num_workers: int = 0, normalize: str = "data"):
-        super().__init__(image_size, batch_size, num_workers, normalize)
-        require(0.0 <= float(val_fraction) < 1.0, f"dataset.val_fraction must be in [0, 1) (got {val_fraction})")
-        self.cls = torchvision_class(name)
-        self.name, self.root, self.download = self.cls.__name__, Path(str(root)).expanduser(), bool(download)
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+    name: str
+    root: str | Path
+    download: bool
+    val_fraction: float
+    split_seed: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0.0 <= float(self.val_fraction) < 1.0,
+                f"dataset.val_fraction must be in [0, 1) (got {self.val_fraction})")
+        self.cls = torchvision_class(self.name)
+        self.name, self.root, self.download = self.cls.__name__, Path(str(self.root)).expanduser(), bool(self.download)
+        self.val_fraction, self.split_seed = float(self.val_fraction), int(self.split_seed)
 
     def _open(self, train: bool):
         cls = _without_checksums(self.cls)

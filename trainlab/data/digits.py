@@ -119,8 +119,9 @@ class Digits(TinyImageNet):
     """scikit-learn's 1,797 scanned digits as a Tiny-ImageNet tree; `root=None` puts it in trainlab's cache
     folder (`$TRAINLAB_CACHE_DIR`, `$XDG_CACHE_HOME/trainlab` or `~/.cache/trainlab`)."""
 
-    def __init__(self, root: str | None = None, **kwargs):
-        super().__init__(root=str(root) if root else str(default_root()), **kwargs)
+    def __post_init__(self):
+        self.root = self.root or default_root()
+        super().__post_init__()
 
     def index(self):
         ensure_digits_tree(self.root)

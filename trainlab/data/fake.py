@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import InitVar, dataclass, field
+
 import torch
 
 from trainlab.data.base import ImageData, Split, channel_stats
 
 
+@dataclass(eq=False, kw_only=True)
 class FakeData(ImageData):
-    def __init__(self, num_classes: int, train_size: int, val_size: int, image_size: int, batch_size: int,
-                 num_workers: int = 0, seed: int = 0, normalize: str = "data"):
-        super().__init__(image_size, batch_size, num_workers, normalize)
-        self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(val_size)}
-        self.seed = int(seed)
+    num_classes: InitVar[int] = field()  # makes `classes`; field(): not the inherited property as a default
+    train_size: int
+    val_size: int
+    seed: int
+
+    def __post_init__(self, num_classes: int):
+        super().__post_init__()
+        self.sizes = {"train": int(self.train_size), "val": int(self.val_size), "test": int(self.val_size)}
+        self.seed = int(self.seed)
         self.classes = [f"class{k:03d}" for k in range(int(num_classes))]
         self.class_names = list(self.classes)
 

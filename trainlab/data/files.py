@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,15 +25,19 @@ def _images_in(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+@dataclass(eq=False, kw_only=True)
 class FileImageData(ImageData):
     """Decodes the files listed by `index()` (with the cache) and computes the train mean/std once."""
 
-    def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0,
-                 cache: bool = True, cache_dir: str | None = None, skip_bad_images: bool = False,
-                 normalize: str = "data"):
-        super().__init__(image_size, batch_size, num_workers, normalize)
-        self.root = Path(str(root)).expanduser()
-        self.cache, self.cache_dir, self.skip_bad_images = bool(cache), cache_dir, bool(skip_bad_images)
+    root: str | Path | None
+    cache: bool
+    cache_dir: str | None
+    skip_bad_images: bool
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.root = Path(str(self.root)).expanduser()
+        self.cache, self.skip_bad_images = bool(self.cache), bool(self.skip_bad_images)
         self.skipped: dict[str, list[str]] = {}
 
     def index(self) -> dict[str, tuple[list[str], list[int] | None]]:
@@ -153,15 +158,17 @@ class TinyImageNet(FileImageData):
         return paths, labels
 
 
+@dataclass(eq=False, kw_only=True)
 class ImageFolderData(FileImageData):
     """A user's own images: root/train/<class>/* and root/val/<class>/*, or root/<class>/* split into
     train and val per class (stratified) by `val_fraction` and `split_seed`."""
 
-    def __init__(self, root: str, image_size: int, batch_size: int, num_workers: int = 0, cache: bool = True,
-                 cache_dir: str | None = None, val_fraction: float = 0.2, split_seed: int = 0,
-                 skip_bad_images: bool = False, normalize: str = "data"):
-        super().__init__(root, image_size, batch_size, num_workers, cache, cache_dir, skip_bad_images, normalize)
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+    val_fraction: float
+    split_seed: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.val_fraction, self.split_seed = float(self.val_fraction), int(self.split_seed)
 
     def index(self):
         root = self.root

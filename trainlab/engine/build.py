@@ -23,6 +23,7 @@ from trainlab.data.base import DeviceBatches, data_placement
 from trainlab.engine.distributed import SINGLE, Group, check_batch
 from trainlab.engine.step import Stepper
 from trainlab.metrics import ClassificationMetrics
+from trainlab.models import frozen, initialize
 from trainlab.optim import LRSchedule, WeightEMA, build_optimizer, fused_choice
 from trainlab.record.checkpoint import TrainingState, load_checkpoint
 
@@ -70,11 +71,11 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     data = build(cfg.dataset, "dataset")
     if data.normalize == "weights" and not cfg.model.get("weights"):
         weights_normalization(None)  # the one-line refusal
-    build(cfg.augment, "augment", mean=data.mean, std=data.std)
+    build(cfg.augment, "augment", mean=data.mean, std=data.std, channels=None)
     weights = cfg.model.get("weights")
     with torch.device("meta"):
-        model = build_partial(cfg.model, "model", num_classes=2, in_channels=cfg.model.get("in_channels") or 3,
-                              **({"weights": None} if _weights_file(weights) or not start_weights else {}))
+        model = architecture(cfg, 2, int(cfg.model.get("in_channels") or 3),
+                             pretrained=start_weights and not _weights_file(weights))
     if start_weights and _weights_file(weights):  # readable, and fits but for the classifier
         _misfits(model, read_weights(str(weights))[0], str(weights))
     param = torch.nn.Parameter(torch.zeros(1))
@@ -140,7 +141,7 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     channels = input_channels(cfg, data.channels)
 
     def make_model() -> torch.nn.Module:
-        return build_partial(cfg.model, "model", num_classes=data.num_classes, weights=None, in_channels=channels)
+        return architecture(cfg, data.num_classes, channels, pretrained=False)
 
     shape = (channels, data.image_size, data.image_size)
     decision = autotune.decide(make_model, model_config, runtime.torch_device, options,
@@ -186,12 +187,26 @@ def build_model(cfg: DictConfig, num_classes: int, classes: list[str], runtime: 
     weights = cfg.model.get("weights")
     from_file = _weights_file(weights)
     # A file is loaded below; a torchvision weight name is the factory's own business.
-    model = build_partial(cfg.model, "model", num_classes=num_classes, in_channels=input_channels(cfg, channels),
-                          **({"weights": None} if from_file or not start_weights else {}))
+    model = architecture(cfg, num_classes, input_channels(cfg, channels), pretrained=start_weights and not from_file)
     if from_file and start_weights:
         start_from(model, str(weights), classes)
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     return model.to(runtime.torch_device, memory_format=memory_format)
+
+
+COMMON_MODEL_KEYS = ("init", "freeze")  # every model's, applied here to what the `_target_` builds
+
+
+def architecture(cfg: DictConfig, num_classes: int, in_channels: int, pretrained: bool) -> torch.nn.Module:
+    """The `model` group's `_target_` called with what only the runner knows, then `model.init` and
+    `model.freeze` applied. `pretrained`: pass a torchvision weight name in `model.weights` on to the builder
+    (otherwise the weights are loaded from a file afterwards, or not at all)."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    init, freeze = (node.pop(key) for key in COMMON_MODEL_KEYS)
+    if not pretrained:
+        node["weights"] = None
+    model = build_partial(OmegaConf.create(node), "model", num_classes=num_classes, in_channels=in_channels)
+    return frozen(initialize(model, init, skip_pretrained=bool(node.get("weights"))), freeze)
 
 
 def start_from(model: torch.nn.Module, weights: str, classes: list[str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.augment import BatchAugment
+from trainlab.augment import Normalize
 from trainlab.core.config import load_settings
 from trainlab.core.errors import ConfigError, DataError
 from trainlab.core.runtime import Runtime, check_hardware, resolve_runtime
@@ -100,7 +100,7 @@ class ReadyModel:
     """A checkpoint's model in eval mode on its device, with what it takes and what it tells apart."""
     model: torch.nn.Module
     runtime: Runtime
-    normalize: BatchAugment     # scales uint8 images and normalises them as the training data were
+    normalize: Normalize     # scales uint8 images and normalises them as the training data were
     classes: list[str]
     class_names: list[str]
     normalization: dict         # {"mean": [...], "std": [...]}
@@ -119,13 +119,13 @@ class ReadyModel:
         return predict_logits(self.model, batches, self.normalize, self.runtime)
 
 
-def model_input(images: torch.Tensor, normalize: BatchAugment, runtime: Runtime) -> torch.Tensor:
+def model_input(images: torch.Tensor, normalize: Normalize, runtime: Runtime) -> torch.Tensor:
     x = normalize.normalize(images.to(runtime.torch_device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, batches, normalize: BatchAugment,
+def predict_logits(model: torch.nn.Module, batches, normalize: Normalize,
                    runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits as float32 on the CPU, labels) for every (uint8 images, labels) batch, batched, at the runtime's
     precision and memory format."""
@@ -146,7 +146,7 @@ def ready_model(ckpt: dict, cfg: DictConfig, runtime: Runtime, weights: str = "m
     model.eval()
     norm = ckpt.get("normalization") or DEFAULT_NORMALIZATION
     wanted = input_channels(cfg, channels)
-    return ReadyModel(model, runtime, BatchAugment(mean=norm["mean"], std=norm["std"], channels=wanted), classes,
+    return ReadyModel(model, runtime, Normalize(norm["mean"], norm["std"], channels=wanted), classes,
                       list(ckpt["class_names"]), norm, channels, wanted, int(cfg.dataset.image_size),
                       int(cfg.dataset.batch_size), int(ckpt.get("epoch", 0)))
 

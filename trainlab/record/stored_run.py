@@ -71,6 +71,10 @@ def upgrade_config(saved: dict) -> dict:
     saved.setdefault("checkpoint", {}).setdefault("save_optimizer", True)
     saved.setdefault("target", {"metric": "val/acc1", "mode": "max", "value": None})
     saved.setdefault("model", {}).setdefault("freeze", None)
+    dataset = saved.setdefault("dataset", {})
+    dataset.setdefault("normalize", "data")
+    if "cache" in dataset:  # a data set read from files
+        dataset.setdefault("skip_bad_images", False)
     saved.setdefault("logger", {"tensorboard": {"_target_": "trainlab.loggers.TensorBoardLogger",
                                                 "subdir": "tensorboard"}})
     return saved
