@@ -56,7 +56,7 @@ class TensorBoardLogger(Logger):
 
     name = "tensorboard"
 
-    def __init__(self, subdir: str = "tensorboard"):
+    def __init__(self, subdir: str):
         if not subdir or Path(subdir).is_absolute() or ".." in Path(subdir).parts:
             raise ConfigError(f"logger.tensorboard.subdir must be a folder name inside the run (got {subdir!r})")
         self.subdir = subdir
@@ -71,8 +71,8 @@ class MLflowLogger(Logger):
 
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                 log_checkpoint: bool = False):
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None,
+                 log_checkpoint: bool):
         try:
             import mlflow  # noqa: F401
         except ImportError:
@@ -146,7 +146,7 @@ class WandbLogger(Logger):
 
     name = "wandb"
 
-    def __init__(self, project: str, mode: str, entity: str | None = None, name: str | None = None):
+    def __init__(self, project: str, mode: str, entity: str | None, name: str | None):
         try:
             import wandb  # noqa: F401
         except ImportError:
