@@ -150,7 +150,7 @@ def test_broken_tiny_imagenet_is_one_line(tmp_path, capsys, how, message):
 
 @pytest.mark.parametrize("dataset, make, message", [
     ("tiny_imagenet", lambda p: None, "does not exist; get tiny-imagenet-200.zip"),
-    ("tiny_imagenet", lambda p: p.write_text("a file"), "is a file, not a folder"),
+    ("tiny_imagenet", lambda p: p.write_text("a file"), "is a file but not an archive trainlab reads"),
     ("tiny_imagenet", lambda p: p.mkdir(), "wnids.txt is missing"),
     ("image_folder", lambda p: p.mkdir(), "has no class folders"),
     ("image_folder", lambda p: (p / "cats").mkdir(parents=True), "cats holds no images"),

@@ -21,6 +21,7 @@ from trainlab.core.errors import ConfigError, DataError
 from trainlab.core.fs import atomic_write_text, claim_out_folder
 from trainlab.core.options import key_values, positive
 from trainlab.core.progress import progress_iter
+from trainlab.data.archive import ArchivePath, is_archive, open_archive
 from trainlab.data.decode import IMAGE_EXTENSIONS, decode_files
 from trainlab.engine.ready import ready_model, stored_run, to_gray, trained_runtime
 from trainlab.record.checkpoint import checkpoint_path
@@ -39,11 +40,15 @@ OPTIONS = ("ckpt", "input", "out", "top_k", "batch_size")
 
 def list_inputs(spec: str) -> tuple[list[str], list[str]]:
     """(image files, other files) named by `input=`: a folder (recursively, hidden entries and trainlab's
-    caches left out), an image file, or a .txt file with one path per line (relative to the list's folder)."""
+    caches left out), an archive of images (.zip, .tar, .tar.gz, .tgz: read as it is, nothing unpacked), an
+    image file, or a .txt file with one path per line (relative to the list's folder)."""
     path = Path(spec).expanduser()
     if not path.exists():
-        raise DataError(f"input={spec} does not exist: pass a folder of images, an image file or a .txt list")
-    if path.is_dir():
+        raise DataError(f"input={spec} does not exist: pass a folder of images, an archive of them, an image file "
+                        "or a .txt list")
+    if is_archive(path):
+        files = sorted(ArchivePath(open_archive(path)).files())
+    elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
     elif path.suffix.lower() == ".txt":

@@ -26,11 +26,18 @@ def check_root(node) -> None:
         if root and not node.get("download") and not Path(str(root)).expanduser().is_dir():
             raise DataError(f"dataset.root {root} does not exist: {missing_files_hint(cls.__name__, Path(str(root)))},"
                             " or pass dataset.download=true on a machine with network")
-    elif root and not Path(str(root)).expanduser().exists():
-        from trainlab.data.files import TINY_HINT
+    elif root:
+        from trainlab.data.archive import archive_root, is_archive
+        from trainlab.data.files import TINY_HINT, require_folder
 
-        hint = TINY_HINT if target.endswith(".TinyImageNet") else "point it at the folder that holds the data"
-        raise DataError(f"dataset.root {root} does not exist; {hint}")
+        tiny = target.endswith(".TinyImageNet")
+        path = Path(str(root)).expanduser()
+        require_folder(path, TINY_HINT if tiny else "point it at the folder (or a .zip, .tar, .tar.gz or .tgz) that "
+                                                    "holds the data")
+        if is_archive(path):  # readable, and (Tiny-ImageNet) in its layout: indexed once, before any folder exists
+            top = archive_root(path, "wnids.txt")
+            if tiny and not (top / "wnids.txt").is_file():
+                raise DataError(f"{top} is not in the tiny-imagenet-200 layout: wnids.txt is missing; {TINY_HINT}")
 
 
 __all__ = ["check_root", "Digits", "EpochBatches", "FakeData", "ImageData", "ImageFolderData", "Split", "TinyImageNet",

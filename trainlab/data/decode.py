@@ -8,6 +8,7 @@ modification time: when any file changes, the fingerprint changes and the array 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from trainlab.core.errors import DataError, TrainlabError
 from trainlab.core.fs import FolderLock, atomic_write_text, atomic_write_with, cache_home
 from trainlab.core.progress import progress_iter
+from trainlab.data.archive import read_bytes, reading_order, split_member, stat_key
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +31,34 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def decode_file(path: str, size: int) -> torch.Tensor:
-    """One image file as uint8 (3, size, size) RGB: grayscale and CMYK become RGB; other sizes are
-    resized on the shorter side and centre-cropped."""
+    """One image file (or archive member, `<archive>/<member>`) as uint8 (3, size, size) RGB: grayscale and
+    CMYK become RGB; other sizes are resized on the shorter side and centre-cropped."""
     try:
-        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-        image = decode_image(data, mode=ImageReadMode.RGB)
+        raw = read_bytes(path)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from None
+    try:
+        image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
-        image = _decode_with_pil(path)
+        image = _decode_with_pil(path, raw)
     if tuple(image.shape[-2:]) != (size, size):
         image = TF.resize(image, size, antialias=True)
         image = TF.center_crop(image, [size, size])
     return image
 
 
-def _decode_with_pil(path: str) -> torch.Tensor:
+def _decode_with_pil(path: str, raw: bytes) -> torch.Tensor:
     # torchvision.io covers JPEG/PNG/GIF/WEBP; PIL covers the rest (BMP, TIFF) and is the second opinion
     # before a file is declared corrupt.
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(raw)) as im:
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot decode image {path}: {e}; replace or delete the file") from None
+        why = "not an image torchvision or PIL can read" if isinstance(e, UnidentifiedImageError) else e
+        fix = "pack the archive again without it" if split_member(path) else "replace or delete the file"
+        raise DataError(f"cannot decode image {path}: {why}; {fix}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -60,35 +67,39 @@ def decode_files(paths: list[str], size: int, what: str, skip_bad: bool = False)
     A bad file is an error naming it, unless `skip_bad`."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     bad: list[int] = []
-    for i, path in enumerate(progress_iter(paths, f"decoding {what}")):
+    for i in progress_iter(reading_order(paths), f"decoding {what}"):
         try:
-            out[i - len(bad)] = decode_file(path, size)
+            out[i] = decode_file(paths[i], size)
         except DataError as e:
             if not skip_bad:
                 raise DataError(f"{e}, or set dataset.skip_bad_images=true to leave such files out") from None
             log.warning("skipping %s", e)
             bad.append(i)
-    return out[:len(paths) - len(bad)], bad
+    if not bad:
+        return out, bad
+    keep = torch.ones(len(paths), dtype=torch.bool)
+    keep[bad] = False
+    return out[keep], sorted(bad)
 
 
 def fingerprint(paths: list[str], size: int) -> str:
     h = hashlib.sha1(f"v1 {size}\n".encode())
     for p in paths:
         try:
-            st = os.stat(p)
+            key = stat_key(p)
         except OSError as e:
             raise DataError(f"cannot read image {p}: {e.strerror}") from None
-        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{p}\t{key}\n".encode())
     return h.hexdigest()[:16]
 
 
 def resolve_cache_dir(root: Path, cache_dir: str | None) -> Path:
     """`cache_dir` if given, else `<root>/.trainlab_cache` (when it exists or the data folder is writable),
-    else (read-only data) a per-root folder in trainlab's cache folder."""
+    else (read-only data, or an archive: its folder is the user's) a per-root folder in trainlab's cache folder."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     beside = root / ".trainlab_cache"
-    if beside.is_dir() or os.access(root, os.W_OK):
+    if root.is_dir() and (beside.is_dir() or os.access(root, os.W_OK)):
         return beside
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     return cache_home() / "decoded" / f"{root.name}-{digest}"

@@ -12,17 +12,27 @@ from pathlib import Path
 import torch
 
 from trainlab.core.errors import DataError, TrainlabError
+from trainlab.data.archive import SUFFIXES, ArchivePath, archive_root, check_official_tiny, is_archive
 from trainlab.data.base import ImageData, Split, channel_stats
 from trainlab.data.decode import IMAGE_EXTENSIONS, load_or_decode, resolve_cache_dir, write_meta
 
 log = logging.getLogger(__name__)
 
-TINY_HINT = ("get tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), unzip it and pass "
-             "dataset.root=/path/to/tiny-imagenet-200")
+TINY_HINT = ("get tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) and pass "
+             "dataset.root=/path/to/tiny-imagenet-200.zip (no need to unzip) or the unzipped folder")
 
 
-def _images_in(folder: Path) -> list[str]:
+def _images_in(folder: Path | ArchivePath) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def require_folder(root: Path, hint: str) -> None:
+    if root.is_dir() or is_archive(root):
+        return
+    if root.exists():
+        raise DataError(f"dataset.root {root} is a file but not an archive trainlab reads ({', '.join(SUFFIXES)}); "
+                        f"{hint}")
+    raise DataError(f"dataset.root {root} does not exist; {hint}")
 
 
 @dataclass(eq=False, kw_only=True)
@@ -44,10 +54,19 @@ class FileImageData(ImageData):
         """Fill `classes`/`class_names`; return split -> (paths, labels or None)."""
         raise NotImplementedError
 
+    def tree(self, marker: str | None = None) -> Path | ArchivePath:
+        """Where the data set's folders are: `root` itself, or inside the archive `root` names (`marker`: a
+        file its top folder holds, to tell the data set's top from a wrapping folder)."""
+        return archive_root(self.root, marker) if is_archive(self.root) else self.root
+
+    def check_source(self, cache_dir: Path | None) -> None:
+        """Checks of the source as a whole, logged before decoding (Tiny-ImageNet: the official archive?)."""
+
     def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
         listing = self.index()
         cache_dir = resolve_cache_dir(self.root, self.cache_dir) if self.cache else None
         self.cache_info = {"enabled": self.cache, "dir": str(cache_dir) if cache_dir else None}
+        self.check_source(cache_dir)
         log.info("data cache: %s", f"decoded images cached in {cache_dir}" if cache_dir else
                  "off (dataset.cache=false): images are decoded at every start")
         for name in splits:
@@ -86,25 +105,28 @@ class TinyImageNet(FileImageData):
     """Tiny-ImageNet-200: class index = position in the sorted wnids; val labels from val_annotations.txt."""
 
     def index(self):
-        root = self.root
-        if not root.is_dir():
-            raise DataError(f"dataset.root {root} {'is a file, not a folder' if root.exists() else 'does not exist'}; "
-                            f"{TINY_HINT}")
+        require_folder(self.root, TINY_HINT)
+        root = self.tree("wnids.txt")
         wnids_file = root / "wnids.txt"
         if not wnids_file.is_file():
             raise DataError(f"{root} is not in the tiny-imagenet-200 layout: wnids.txt is missing; {TINY_HINT}")
         wnids = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
         if not wnids:
             raise DataError(f"{wnids_file} lists no classes; {TINY_HINT}")
-        self.classes, self.class_names = wnids, self._names(wnids)
+        self.classes, self.class_names = wnids, self._names(root, wnids)
         label_of = {w: i for i, w in enumerate(wnids)}
-        listing = {"train": self._train(wnids), "val": self._val(label_of)}
+        listing = {"train": self._train(root, wnids), "val": self._val(root, label_of)}
         if (root / "test" / "images").is_dir():
             listing["test"] = (_images_in(root / "test" / "images"), None)
         return listing
 
-    def _names(self, wnids: list[str]) -> list[str]:
-        words = self.root / "words.txt"
+    def check_source(self, cache_dir: Path | None) -> None:
+        if is_archive(self.root):
+            check_official_tiny(self.root, cache_dir)
+
+    @staticmethod
+    def _names(root: Path | ArchivePath, wnids: list[str]) -> list[str]:
+        words = root / "words.txt"
         if not words.is_file():
             log.warning("%s is missing: class names fall back to the wnids", words)
             return list(wnids)
@@ -114,8 +136,9 @@ class TinyImageNet(FileImageData):
             table[wnid.strip()] = name.strip()
         return [table.get(w) or w for w in wnids]
 
-    def _train(self, wnids: list[str]) -> tuple[list[str], list[int]]:
-        train = self.root / "train"
+    @staticmethod
+    def _train(root: Path | ArchivePath, wnids: list[str]) -> tuple[list[str], list[int]]:
+        train = root / "train"
         if not train.is_dir():
             raise DataError(f"{train} is missing: the layout needs train/<wnid>/images/*.JPEG; {TINY_HINT}")
         paths, labels = [], []
@@ -131,9 +154,10 @@ class TinyImageNet(FileImageData):
             labels += [label] * len(files)
         return paths, labels
 
-    def _val(self, label_of: dict[str, int]) -> tuple[list[str], list[int]]:
-        images = self.root / "val" / "images"
-        annotations = self.root / "val" / "val_annotations.txt"
+    @staticmethod
+    def _val(root: Path | ArchivePath, label_of: dict[str, int]) -> tuple[list[str], list[int]]:
+        images = root / "val" / "images"
+        annotations = root / "val" / "val_annotations.txt"
         if not images.is_dir():
             raise DataError(f"{images} is missing: the layout needs val/images/*.JPEG and val/val_annotations.txt; "
                             f"{TINY_HINT}")
@@ -171,10 +195,8 @@ class ImageFolderData(FileImageData):
         self.val_fraction, self.split_seed = float(self.val_fraction), int(self.split_seed)
 
     def index(self):
-        root = self.root
-        if not root.is_dir():
-            raise DataError(f"dataset.root {root} {'is a file, not a folder' if root.exists() else 'does not exist'}; "
-                            "point it at a folder of class folders")
+        require_folder(self.root, "point it at a folder (or a .zip, .tar, .tar.gz or .tgz) of class folders")
+        root = self.tree()
         if (root / "train").is_dir() and (root / "val").is_dir():
             self.classes = self._class_dirs(root / "train")
             train = self._files(root / "train", allow_missing=False)
@@ -185,7 +207,7 @@ class ImageFolderData(FileImageData):
         self.classes = self._class_dirs(root)
         return self._split(*self._files(root, allow_missing=False))
 
-    def _class_dirs(self, folder: Path) -> list[str]:
+    def _class_dirs(self, folder: Path | ArchivePath) -> list[str]:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise DataError(f"{folder} has no class folders: expected {folder}/<class>/<image> "
@@ -193,7 +215,7 @@ class ImageFolderData(FileImageData):
         self.class_names = list(classes)
         return classes
 
-    def _files(self, folder: Path, allow_missing: bool) -> tuple[list[str], list[int]]:
+    def _files(self, folder: Path | ArchivePath, allow_missing: bool) -> tuple[list[str], list[int]]:
         paths, labels = [], []
         for label, name in enumerate(self.classes):
             sub = folder / name
