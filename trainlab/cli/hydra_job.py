@@ -39,6 +39,22 @@ _failed_jobs: list[str] = []
 
 _held: list = []  # the locks on this command's output directories, released when it ends
 
+_running: list[str] = []  # the command module this process runs (a launcher's job processes run it too)
+
+
+def running_command() -> str:
+    return _running[-1]
+
+
+def report_failed(job_dir: str) -> None:
+    """A job a launcher could not run: named with the sweep's other failures at its end."""
+    _failed_jobs.append(job_dir)
+
+
+def release_held() -> None:
+    while _held:
+        _held.pop().release()
+
 _ADDED_GROUPS = ("experiment", "debug", "hparams_search")  # not in config.yaml's defaults: picked with `+`
 
 def resume_args(args: list[str]) -> list[str]:
@@ -144,7 +160,7 @@ def _default_dir(command, args: list[str]) -> Path | None:
         fail(str(e))
 
 
-def _job(run: Callable, cfg) -> object:
+def job(run: Callable, cfg) -> object:
     """Run one Hydra job; a user error ends this job with one line (and, in a sweep, lets the others run)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -232,12 +248,26 @@ def _claim_job_dir(run_dir: Path, cfg) -> str:
     remove_run_entries(run_dir, keep=(".hydra", log_name))
     return "new"
 
+def _find_own_plugins() -> None:
+    """Let Hydra's plugin scan find hydra_plugins/trainlab_launcher (hydra/launcher=parallel) in a source checkout:
+    pip's editable install maps trainlab's packages with an import hook, which leaves the `hydra_plugins`
+    namespace's path (what Hydra walks) without it. A wheel puts it in site-packages, where it is found anyway."""
+    try:
+        import hydra_plugins
+    except ImportError:
+        return
+    here = Path(__file__).resolve().parents[2] / "hydra_plugins"
+    if (here / "trainlab_launcher").is_dir() and str(here) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(here))
+
+
 def run_hydra(name: str, command, args: list[str], commands) -> None:
     """`trainlab <name> <args>` for a command module that takes a Hydra config: its CONFIG (primary config), check
     (before anything is written), run (the job) and, optionally, default_dir (its run folder's default)."""
     import hydra
 
     shell_completion(name, args, commands)
+    _find_own_plugins()
     training = name == "train"
     if training:
         args = resume_args(args)
@@ -253,25 +283,25 @@ def run_hydra(name: str, command, args: list[str], commands) -> None:
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=command.CONFIG, version_base="1.3")
     def task(cfg):
-        return _job(command.run, cfg)
+        return job(command.run, cfg)
 
     given = option(args, "hydra.sweep.dir") if is_sweep(args) else None
     sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
     before = _job_errors(sweep_dir)
+    _running.append(command.__name__)
     try:
         _run_task(task)
     finally:
-        while _held:
-            _held.pop().release()
+        release_held()
     # A launcher that runs the jobs in other processes (submitit: SLURM or local) only returns their results;
     # what failed is the error.txt each failed job wrote, the new ones since the sweep started.
     elsewhere = sorted(set(_job_errors(sweep_dir).items()) - set(before.items()))
     seen = {Path(f).resolve() for f in _failed_jobs}  # those the jobs run in this process reported
-    for job, _ in elsewhere:
-        if job.parent.resolve() not in seen:
-            reason = (job.read_text().strip() or "?").splitlines()[0]
-            print(f"trainlab: error: job {job.parent.name} ({job.parent}): {reason}", file=sys.stderr)
-            _failed_jobs.append(str(job.parent))
+    for error_txt, _ in elsewhere:
+        if error_txt.parent.resolve() not in seen:
+            reason = (error_txt.read_text().strip() or "?").splitlines()[0]
+            print(f"trainlab: error: job {error_txt.parent.name} ({error_txt.parent}): {reason}", file=sys.stderr)
+            _failed_jobs.append(str(error_txt.parent))
     if _failed_jobs:
         failed = list(_failed_jobs)
         _failed_jobs.clear()

@@ -72,6 +72,9 @@ def check_hardware(device_type: str, precision: str) -> None:
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on a CPU use bf16-mixed or 32")
 
 
+JOB_CORES = "TRAINLAB_JOB_CORES"  # set by the parallel launcher (cli/launcher.py) for each job it starts
+
+
 def resolve_runtime(device_type: str, precision: str, channels_last: str, threads: str, compile: str,
                     place: tuple[int, int] = (0, 1), autotune: bool = False) -> Runtime:
     """`place`: this process's (local rank, training processes on its machine): which GPU it drives, how many cores
@@ -108,7 +111,14 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
     else:
         use_cl = str(channels_last).lower() == "true"
         reasons["channels_last"] = "set by trainer.channels_last"
-    if threads == "auto" and processes_per_node > 1:
+    share = os.environ.get(JOB_CORES)  # hydra/launcher=parallel: this job's share of the cores ("cores/jobs")
+    if threads == "auto" and share:
+        cores, jobs = (int(v) for v in share.split("/"))
+        n_threads = max(1, cores // jobs // processes_per_node)
+        torch.set_num_threads(n_threads)
+        reasons["threads"] = (f"auto: hydra/launcher=parallel runs {jobs} jobs at once on {cores} cores"
+                              + (f", each with {processes_per_node} processes" if processes_per_node > 1 else ""))
+    elif threads == "auto" and processes_per_node > 1:
         # N processes with all cores each would oversubscribe the machine (torchrun sets 1 thread instead).
         n_threads = max(1, _cores() // processes_per_node)
         torch.set_num_threads(n_threads)

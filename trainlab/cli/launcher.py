@@ -1,0 +1,324 @@
+"""`hydra/launcher=parallel`: a sweep's jobs run several at once, each in its own process with its own devices.
+
+Hydra's basic launcher runs the jobs one after another in this process; joblib's runs them in parallel but puts
+every job on the same GPU. This one gives each job `device.count` GPUs of its own through CUDA_VISIBLE_DEVICES
+(`hydra.launcher.jobs_per_device` lets jobs share one), or on a CPU a share of the cores (each job's
+`trainer.threads=auto`). A job runs exactly as under the basic launcher — Hydra's `run_job` with trainlab's
+job wrapper, in a fresh (spawned) process — so its folder, `resume=`, one-line errors and error.txt are the
+same; only its console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one
+line when a job starts and one when it ends. Ctrl-C or SIGTERM stops every running job (each saves
+interrupted.ckpt) and the sweep continues with `trainlab train -m resume=<sweep>`; `hydra.launcher.fail_fast=true`
+starts no new job after the first failure. The Hydra plugin class is hydra_plugins/trainlab_launcher.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
+
+log = logging.getLogger("trainlab.launcher")
+
+CONSOLE_DIR = ".launcher"  # in the sweep folder: each job's console output (its train.log has the record)
+
+
+@dataclass
+class _Job:
+    idx: int
+    overrides: list[str]
+    device: str                      # cpu | cuda
+    count: int                       # GPUs it needs (cuda)
+    folder: Path
+    gpus: list[str] = field(default_factory=list)
+    process: multiprocessing.Process | None = None
+    conn: object = None
+    started: float = 0.0
+    result: JobReturn | None = None
+
+
+class ParallelLauncher(Launcher):
+    def __init__(self, jobs: int | None = None, jobs_per_device: int = 1, fail_fast: bool = False) -> None:
+        self.jobs, self.jobs_per_device, self.fail_fast = jobs, int(jobs_per_device), bool(fail_fast)
+        self.config: DictConfig | None = None
+        self.hydra_context = None
+        self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra.core.utils import configure_log, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        (sweep_dir / CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
+        jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        pool = DevicePool(_gpus(), self.jobs_per_device)
+        at_once, why = self._at_once(jobs, pool)
+        log.info("hydra/launcher=parallel: %d job(s), %d at once (%s); each job's console output is in %s", len(jobs),
+                 at_once, why, sweep_dir / CONSOLE_DIR)
+        return _Run(self, jobs, pool, at_once, sweep_dir).until_done()
+
+    def _plan(self, idx: int, overrides: list[str]) -> _Job:
+        """The job's own config, composed once here for what the launcher needs: its devices and its folder."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.num, cfg.hydra.job.id = idx, f"{cfg.hydra.job.name}_{idx}"
+        device = str(OmegaConf.select(cfg, "device.type", default="cpu"))
+        count = int(OmegaConf.select(cfg, "device.count", default=1) or 1)
+        folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        return _Job(idx, overrides, device, count, folder)
+
+    def _at_once(self, jobs: list[_Job], pool: DevicePool) -> tuple[int, str]:
+        gpu_jobs = any(j.device == "cuda" for j in jobs)
+        if self.jobs is not None:
+            if int(self.jobs) < 1:
+                raise ValueError(f"hydra.launcher.jobs must be >= 1 (got {self.jobs})")
+            return int(self.jobs), "hydra.launcher.jobs"
+        if gpu_jobs and pool.slots:
+            per_job = max(1, min(j.count for j in jobs if j.device == "cuda"))
+            return max(1, pool.slots // per_job), (f"one per {per_job} of the {len(pool.gpus)} visible GPU(s)"
+                                                    + (f", {self.jobs_per_device} per GPU"
+                                                       if self.jobs_per_device > 1 else ""))
+        # Jobs on one CPU share its cores and memory bandwidth: measured, 2 jobs of 1 core each trained slower
+        # than 1 job of 2 cores (docs/sweeps.md, scripts/bench_sweep.py), so the default is one at a time.
+        return 1, (f"default on a CPU: jobs would split its {_cores()} cores, and split cores measured no faster "
+                   "(scripts/bench_sweep.py); hydra.launcher.jobs=N runs N at once")
+
+
+class _Run:
+    """One launch: starts jobs while slots and devices are free, collects them as they end, handles signals."""
+
+    def __init__(self, launcher: ParallelLauncher, jobs: list[_Job], pool: DevicePool, at_once: int, sweep_dir: Path):
+        self.launcher, self.jobs, self.pool, self.at_once, self.sweep_dir = launcher, jobs, pool, at_once, sweep_dir
+        self.waiting, self.running = list(jobs), []
+        self.stop_signal: int | None = None
+        self.stopped_launching = False
+
+    def until_done(self) -> list[JobReturn]:
+        from trainlab.cli import hydra_job
+
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.waiting or self.running:
+                self._start_what_fits(hydra_job)
+                self._collect()
+                time.sleep(0.05 if self.running else 0)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            print(f"trainlab: the sweep stopped ({name}): the running jobs saved checkpoints/interrupted.ckpt; "
+                  f"continue it with trainlab train -m resume={self.sweep_dir}", file=sys.stderr)
+            sys.exit(128 + self.stop_signal)
+        return [j.result for j in self.jobs]
+
+    def _on_signal(self, signum, _frame) -> None:
+        first = self.stop_signal is None
+        self.stop_signal = signum
+        if first:
+            log.info("%s: stopping %d running job(s); no new job starts", signal.Signals(signum).name,
+                     len(self.running))
+        for job in self.running:  # the jobs run in their own process groups: only this forwards it
+            if job.process.is_alive():
+                os.kill(job.process.pid, signum)
+
+    def _start_what_fits(self, hydra_job) -> None:
+        while self.waiting and len(self.running) < self.at_once and self.stop_signal is None \
+                and not self.stopped_launching:
+            job = self.waiting[0]
+            if job.device == "cuda":
+                try:
+                    gpus = self.pool.take(job.count)
+                except Unplaceable as e:
+                    self.waiting.pop(0)
+                    self._unplaceable(job, str(e), hydra_job)
+                    continue
+                if gpus is None:
+                    return  # its GPUs are busy: wait for a job to end (keeps the sweep's order)
+                job.gpus = gpus
+            self.waiting.pop(0)
+            self._start(job)
+        if self.stop_signal is not None or self.stopped_launching:
+            for job in self.waiting:  # never started: a resume of the sweep runs them
+                job.result = _returned(job, JobStatus.COMPLETED, None)
+            self.waiting = []
+
+    def _start(self, job: _Job) -> None:
+        from trainlab.core.runtime import JOB_CORES  # read by the job's runtime: "cores/jobs", its share
+
+        env = {}
+        if job.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)
+            where = f"GPU {','.join(job.gpus)}"
+        else:
+            threads = cpu_share(_cores(), self.at_once)
+            where = f"cpu, {threads} thread{'s' if threads > 1 else ''}"
+        env[JOB_CORES] = f"{_cores()}/{self.at_once}"
+        console = self.sweep_dir / CONSOLE_DIR / f"job-{job.idx}.log"
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA_VISIBLE_DEVICES applies, no fork
+        parent, child = context.Pipe(duplex=False)
+        from trainlab.cli import hydra_job
+
+        job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False, args=(
+            child, job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config,
+            _singleton_state(), env, str(console), hydra_job.running_command()))
+        job.process.start()
+        child.close()
+        job.conn, job.started = parent, time.monotonic()
+        self.running.append(job)
+        log.info("job %d started: %s [%s]", job.idx, " ".join(job.overrides) or "(no overrides)", where)
+
+    def _collect(self) -> None:
+        for job in list(self.running):
+            if job.process.is_alive() and not job.conn.poll():
+                continue
+            try:
+                message = job.conn.recv() if job.conn.poll() else None
+            except EOFError:  # it ended without a result: stopped by a signal, or its process died
+                message = None
+            job.process.join()
+            self.running.remove(job)
+            self.pool.give_back(job.gpus)
+            minutes = (time.monotonic() - job.started) / 60
+            self._finish(job, message, minutes)
+
+    def _finish(self, job: _Job, message: dict | None, minutes: float) -> None:
+        from trainlab.record.run_dir import ERROR_TXT
+
+        code = job.process.exitcode
+        stopped = self.stop_signal is not None and code is not None and code > 128
+        if message is None and not stopped and not (job.folder / ERROR_TXT).exists():
+            # The process died without a word (a crash, a kill, out of memory): the job failed, and says why.
+            reason = f"its process ended with exit code {code}; its console output is in " \
+                     f"{self.sweep_dir / CONSOLE_DIR / f'job-{job.idx}.log'}"
+            if job.folder.is_dir():
+                (job.folder / ERROR_TXT).write_text(reason + "\n")
+        failed = (job.folder / ERROR_TXT).exists() or (message or {}).get("status") == "FAILED"
+        value = (message or {}).get("value")
+        job.result = _returned(job, JobStatus.COMPLETED, value)
+        if stopped:
+            status = "stopped (saved checkpoints/interrupted.ckpt)"
+        elif failed:
+            detail = (message or {}).get("error") or _first_line(job.folder / ERROR_TXT)
+            status = f"failed: {detail}"
+        else:
+            status = "completed" + _best(job.folder)
+        log.info("job %d %s in %.1f min", job.idx, status, minutes)
+        if failed and not stopped and self.launcher.fail_fast and not self.stopped_launching:
+            self.stopped_launching = True
+            log.info("hydra.launcher.fail_fast=true: job %d failed, so no new job starts (%d left; the running ones "
+                     "finish): continue the sweep with trainlab train -m resume=%s", job.idx, len(self.waiting),
+                     self.sweep_dir)
+
+    def _unplaceable(self, job: _Job, why: str, hydra_job) -> None:
+        message = f"job {job.idx} ({' '.join(job.overrides)}) {why}"
+        print(f"trainlab: error: {message}", file=sys.stderr)
+        hydra_job.report_failed(str(job.folder))
+        job.result = _returned(job, JobStatus.COMPLETED, None)
+        if self.launcher.fail_fast:
+            self.stopped_launching = True
+
+
+def _returned(job: _Job, status: JobStatus, value) -> JobReturn:
+    ret = JobReturn(overrides=job.overrides, working_dir=str(job.folder), task_name="train", status=status)
+    ret.return_value = value
+    return ret
+
+
+def _best(folder: Path) -> str:
+    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
+    from trainlab.core.errors import TrainlabError
+    from trainlab.record.run_dir import SUMMARY_JSON, read_json
+
+    try:
+        summary = read_json(folder, SUMMARY_JSON)
+    except TrainlabError:
+        return ""
+    monitor = summary.get("monitor")
+    best = (summary.get("best") or {}).get(monitor)
+    return f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else ""
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return (path.read_text().strip() or "?").splitlines()[0]
+    except OSError:
+        return "?"
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gpus() -> list[str]:
+    import torch  # the launcher's process only counts them: the jobs are spawned, so nothing carries over
+
+    return visible_gpus(dict(os.environ), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def _singleton_state():
+    """Hydra's singletons for the job's process, without OmegaConf's resolvers (closures, which do not pickle):
+    the job's process registers them again (Hydra's in setup_globals, trainlab's when hydra_job is imported)."""
+    from hydra.core.singleton import Singleton
+
+    state = Singleton.get_state()
+    state.pop("omegaconf_resolvers")
+    return state
+
+
+def _run_job(conn, idx: int, overrides: list[str], hydra_context, config: DictConfig, singleton_state,
+             env: dict, console: str, command: str) -> None:
+    """A job's process: Hydra's run_job with trainlab's job wrapper, as the basic launcher would run it here."""
+    os.setpgrp()  # Ctrl-C reaches the launcher only; it forwards the signal, once, to every job
+    os.environ.update(env)
+    out = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import run_job, setup_globals
+    from omegaconf.basecontainer import BaseContainer
+
+    from trainlab.cli import hydra_job
+
+    setup_globals()
+    Singleton.set_state({**singleton_state, "omegaconf_resolvers": BaseContainer._resolvers})
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.num, sweep_config.hydra.job.id = idx, f"{sweep_config.hydra.job.name}_{idx}"
+    HydraConfig.instance().set_config(sweep_config)
+    module = importlib.import_module(command)
+    message: dict = {"status": "COMPLETED"}
+    try:
+        ret = run_job(hydra_context=hydra_context, task_function=lambda cfg: hydra_job.job(module.run, cfg),
+                      config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        message["status"] = ret.status.name
+        if ret.status == JobStatus.COMPLETED:
+            value = ret._return_value
+            message["value"] = value if isinstance(value, (int, float, type(None))) else None
+        else:
+            message["error"] = " ".join(f"{type(ret._return_value).__name__}: {ret._return_value}".split())
+            print(f"trainlab: error: job {idx}: {message['error']}", file=sys.stderr)
+            error_txt = Path(ret.working_dir or ".") / "error.txt"
+            if ret.working_dir and not error_txt.exists():
+                error_txt.write_text(message["error"] + "\n")
+    finally:
+        hydra_job.release_held()
+    conn.send(message)
+    conn.close()
