@@ -81,13 +81,14 @@ def alternate(sides: dict[str, Callable[[], float]], rounds: int = 2, warmup: bo
     return results
 
 
-def report(title: str, results: dict[str, list[float]], ratios: dict[str, tuple[str, str]]) -> None:
+def report(title: str, results: dict[str, list[float]], ratios: dict[str, tuple[str, str]],
+           unit: str = "images/s") -> None:
     """A table of each side's runs and mean, then one `RATIO name=value ...` line."""
     print(f"\n{title}")
     width = max(len(n) for n in results)
     for name, values in results.items():
         runs = "  ".join(f"{v:8.1f}" for v in values)
-        print(f"  {name:<{width}}  {runs}   mean {sum(values) / len(values):8.1f} images/s")
+        print(f"  {name:<{width}}  {runs}   mean {sum(values) / len(values):8.1f} {unit}")
     mean = {n: sum(v) / len(v) for n, v in results.items()}
     print("RATIO " + " ".join(f"{key}={mean[a] / mean[b]:.3f}" for key, (a, b) in ratios.items()))
 

@@ -65,13 +65,45 @@ class ParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        (sweep_dir / CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
         jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         pool = DevicePool(_gpus(), self.jobs_per_device)
         at_once, why = self._at_once(jobs, pool)
-        log.info("hydra/launcher=parallel: %d job(s), %d at once (%s); each job's console output is in %s", len(jobs),
-                 at_once, why, sweep_dir / CONSOLE_DIR)
+        log.info("hydra/launcher=parallel: %d job(s), %d at once (%s)%s", len(jobs), at_once, why,
+                 f"; each job's console output is in {sweep_dir / CONSOLE_DIR}" if at_once > 1 else "")
+        if at_once == 1 and len(pool.gpus) <= 1:
+            return self._one_by_one(jobs)  # nothing to split: no process to start per job
         return _Run(self, jobs, pool, at_once, sweep_dir).until_done()
+
+    def _one_by_one(self, jobs: list[_Job]) -> list[JobReturn]:
+        """One job at a time in this process, as Hydra's basic launcher runs them (a spawned process per job
+        costs seconds of start-up, measured: scripts/bench_sweep.py), with the same console lines and fail_fast."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import run_job
+
+        from trainlab.record.run_dir import ERROR_TXT
+
+        results = []
+        for n, job in enumerate(jobs):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
+            with open_dict(cfg):
+                cfg.hydra.job.num, cfg.hydra.job.id = job.idx, f"{cfg.hydra.job.name}_{job.idx}"
+            HydraConfig.instance().set_config(cfg)
+            log.info("job %d started: %s [%s, in this process]", job.idx, " ".join(job.overrides) or "(no overrides)",
+                     job.device)
+            started = time.monotonic()
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            results.append(ret)
+            failed = ret.status != JobStatus.COMPLETED or (job.folder / ERROR_TXT).exists()
+            status = f"failed: {_first_line(job.folder / ERROR_TXT)}" if failed else "completed" + _best(job.folder)
+            log.info("job %d %s in %.1f min", job.idx, status, (time.monotonic() - started) / 60)
+            if failed and self.fail_fast and n + 1 < len(jobs):
+                log.info("hydra.launcher.fail_fast=true: job %d failed, so no new job starts (%d left): continue the "
+                         "sweep with trainlab train -m resume=%s", job.idx, len(jobs) - n - 1,
+                         self.config.hydra.sweep.dir)
+                results += [_returned(j, JobStatus.COMPLETED, None) for j in jobs[n + 1:]]
+                break
+        return results
 
     def _plan(self, idx: int, overrides: list[str]) -> _Job:
         """The job's own config, composed once here for what the launcher needs: its devices and its folder."""
@@ -112,6 +144,7 @@ class _Run:
     def until_done(self) -> list[JobReturn]:
         from trainlab.cli import hydra_job
 
+        (self.sweep_dir / CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.waiting or self.running:
