@@ -191,7 +191,11 @@ def test_an_interrupted_optuna_study_continues_from_its_storage(tmp_path, capsys
     with sqlite3.connect(sweep / "optuna.db") as db:  # the study itself: 3 trials done, the killed one failed
         states = [s for (s,) in db.execute("SELECT state FROM trials ORDER BY number")]
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    line = next(ln for ln in err.splitlines() if ln.startswith("trainlab: best trial: job "))  # which folder
+    job = line.split("best trial: job ", 1)[1].split()[0]
+    assert f"in {sweep / job}, value {best['best_value']}" in line
+    assert json.loads((sweep / job / "summary.json").read_text())["best"]["val/acc1"] == best["best_value"]
 
 
 @pytest.mark.slow

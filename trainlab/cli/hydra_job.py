@@ -302,6 +302,9 @@ def run_hydra(name: str, command, args: list[str], commands) -> None:
             reason = (error_txt.read_text().strip() or "?").splitlines()[0]
             print(f"trainlab: error: job {error_txt.parent.name} ({error_txt.parent}): {reason}", file=sys.stderr)
             _failed_jobs.append(str(error_txt.parent))
+    best = sweep.best_trial_line(sweep_dir) if sweep_dir is not None else None
+    if best:  # an Optuna search: which folder holds the trial it found best
+        print(f"trainlab: {best}", file=sys.stderr)
     if _failed_jobs:
         failed = list(_failed_jobs)
         _failed_jobs.clear()

@@ -28,6 +28,7 @@ from trainlab.record.run_dir import (
     read_settings,
     sweep_jobs,
 )
+from trainlab.record.sweep import best_trial_line
 
 USAGE = """usage: trainlab report <run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']
        trainlab report <run_dir> <run_dir> ... [--out DIR]   (any runs side by side)
@@ -267,6 +268,9 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         doc.heading("Hyper-parameter search (Optuna)")
+        line = best_trial_line(sweep_dir)
+        if line:
+            doc.text(line[0].upper() + line[1:] + ".")
         doc.code(optuna.read_text())
     return doc.write()
 

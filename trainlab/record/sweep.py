@@ -163,3 +163,33 @@ def output_subdir(job_dir: str) -> str:
     if Path(job_dir, ".hydra", "config.yaml").is_file():
         return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
     return ".hydra"
+
+
+def best_trial(sweep_dir: Path) -> dict | None:
+    """An Optuna sweep's best trial: its job number, value, parameters and folder (the sweeper's
+    optimization_results.yaml names the parameters and value; the job is the one started with them)."""
+    from trainlab.record.run_dir import read_overrides, sweep_jobs
+
+    results = Path(sweep_dir) / "optimization_results.yaml"
+    try:
+        best = yaml.safe_load(results.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    params, value = best.get("best_params") or {}, best.get("best_value")
+    for job in sweep_jobs(Path(sweep_dir)):
+        try:
+            given = dict(o.lstrip("+").split("=", 1) for o in read_overrides(job) if "=" in o)
+        except TrainlabError:
+            continue
+        if params and all(given.get(k) == str(v) for k, v in params.items()):
+            return {"job": job.name, "value": value, "params": params, "folder": str(job)}
+    return {"job": None, "value": value, "params": params, "folder": None} if params else None
+
+
+def best_trial_line(sweep_dir: Path) -> str | None:
+    best = best_trial(sweep_dir)
+    if best is None:
+        return None
+    where = f"job {best['job']} in {best['folder']}" if best["folder"] else "its folder was not found"
+    params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+    return f"best trial: {where}, value {best['value']}, {params}"
