@@ -8,7 +8,7 @@ the docs is older than the code that draws it. About 10 minutes on 2 CPU cores.
   docs/report.png          the quickstart's report: its curves, confusion matrix and per-class figures, one page
   docs/lr_find.png         trainlab lr-find +experiment=quickstart
   docs/feature_maps.png    trainlab visualize of the quickstart's best checkpoint (the stem's maps of val image 0)
-  docs/disagreements.png   trainlab compare of a 2-epoch and the 5-epoch quickstart
+  docs/disagreements.png   trainlab compare of a 2-epoch and the full (6-epoch) quickstart
   docs/seeds_val_acc1.png  a sweep of two learning rates x two seeds: val/acc1 mean ± std per learning rate
 """
 
