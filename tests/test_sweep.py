@@ -228,6 +228,29 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(job))
 
 
+@pytest.mark.slow
+def test_a_ddp_job_under_submitit_is_requeued_and_continues_exactly(tmp_path, monkeypatch):
+    """device.count=2 under submitit: the requeue signal reaches the job's process; both training processes save
+    interrupted.ckpt, submitit requeues the job, and it ends with the numbers of a run never stopped."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.chdir(tmp_path)
+    ddp = ["device=cpu", "device.count=2", "model=mlp"]
+    sweep, log = tmp_path / "slurm", tmp_path / "slurm.log"
+    proc = start_cli(["-m", *SWEEP, *ddp, "hydra/launcher=submitit_local", "seed=3", f"hydra.sweep.dir={sweep}"],
+                     tmp_path, log)
+    job = sweep / "0"
+    wait_for(job / "train.log", "epoch 2 train 4/", proc, timeout=240)
+    os.kill(int((job / ".trainlab.lock").read_text()), signal.SIGUSR2)
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    text = (job / "train.log").read_text()
+    assert "SIGUSR2: stopping the training processes" in text and "submitit requeues this job" in text
+    assert "resuming at epoch 2, batch" in text
+    assert json.loads((job / "summary.json").read_text())["stopped"] == "completed"
+    straight = run_cli("train", *SWEEP, *ddp, "seed=3", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(job))
+
+
 def test_a_sweep_dir_of_the_users_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine"

@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -244,12 +245,17 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
         logs_specs=DefaultLogsSpecs(log_dir=str(errors / "agent")),  # the agent's files go with ours, not left in /tmp
     )
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    requeue = _RequeueAsTerm()
     try:
-        results = elastic_launch(config, _worker)(fn, device_type, args, kwargs, log_files, str(errors))
+        with requeue:
+            results = elastic_launch(config, _worker)(fn, device_type, args, kwargs, log_files, str(errors))
     except SignalException as e:  # the agent forwarded the signal; the workers saved what they could
         name = signal.Signals(e.sigval).name
-        raise _first_error(errors) or RunStopped(f"interrupted by {name}; the training processes saved no "
-                                                 "checkpoint this time", 128 + e.sigval) from None
+        stopped = _first_error(errors) or RunStopped(f"interrupted by {name}; the training processes saved no "
+                                                     "checkpoint this time", 128 + e.sigval)
+        if requeue.received and isinstance(stopped, RunStopped):  # the job's own handler then requeues it
+            stopped.exit_code = 128 + requeue.received
+        raise stopped from None
     except ChildFailedError:
         error = _first_error(errors)
         if error is None:
@@ -258,6 +264,34 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
     finally:
         shutil.rmtree(errors, ignore_errors=True)
     return results[0]
+
+
+class _RequeueAsTerm:
+    """Under submitit, the requeue signal (USR2) reaches only the job's own process, where the elastic agent runs:
+    it becomes a SIGTERM to this process, which the agent forwards to every training process (each finishes its
+    step and saves interrupted.ckpt), and the run ends as stopped by USR2, so that the job then hands over to
+    submitit's requeue as a single-process job does (cli.hydra_job)."""
+
+    def __init__(self) -> None:
+        from trainlab.engine.interrupt import requeue_signal
+
+        self.signum, self.received, self._previous = requeue_signal(), None, None
+
+    def __enter__(self):
+        if self.signum and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signum, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+            log.warning("%s: stopping the training processes (they save interrupted.ckpt), then submitit "
+                        "requeues this job", signal.Signals(signum).name)
+            os.kill(os.getpid(), signal.SIGTERM)  # the agent's own handler forwards it to the workers
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)  # submitit's handler, for the requeue that follows
 
 
 def _first_error(folder: Path) -> TrainlabError | None:
