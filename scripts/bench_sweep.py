@@ -28,11 +28,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=4, help="jobs in the sweep (seeds 0..N-1)")
     args = parser.parse_args()
     sweep = ["-m", "dataset=fake", f"dataset.train_size={args.train_size}", "dataset.val_size=64",
              f"dataset.image_size={args.image_size}", f"model={args.model}", f"trainer.epochs={args.epochs}",
              f"device={args.device}", "trainer.autotune=false", "trainer.histogram_every_n_epochs=0",
-             "trainer.activations_every_n_epochs=0", "logger=[]", "seed=0,1,2,3"]
+             "trainer.activations_every_n_epochs=0", "logger=[]", "seed=" + ",".join(str(s) for s in range(args.jobs))]
     sides = {"basic launcher (sequential)": [],
              "hydra/launcher=parallel (default)": ["hydra/launcher=parallel"],
              "hydra/launcher=parallel jobs=2": ["hydra/launcher=parallel", "hydra.launcher.jobs=2"]}
@@ -50,7 +51,7 @@ def main() -> None:
                 print(f"  {name}: {seconds[name][-1]:.1f} s", flush=True)
     # report() prints rates and divides a by b: sweeps per hour, so that higher is faster as elsewhere.
     rates = {name: [3600 / s for s in values] for name, values in seconds.items()}
-    report(f"4-job sweep ({args.model}, {args.train_size} images, {args.epochs} epoch(s), {args.device}), "
+    report(f"{args.jobs}-job sweep ({args.model}, {args.train_size} images, {args.epochs} epoch(s), {args.device}), "
            "sweeps per hour", rates,
            {"parallel_vs_sequential": ("hydra/launcher=parallel (default)", "basic launcher (sequential)"),
             "parallel2_vs_sequential": ("hydra/launcher=parallel jobs=2", "basic launcher (sequential)")},

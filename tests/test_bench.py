@@ -24,7 +24,7 @@ from helpers import REPO
                       "--batch-sizes", "16", "--workers", "0", "--image-size", "16"],
      ["small_stem_b16_vs_textbook", "small_stem_b16_vs_fixed_batch", "standard_stem_b16_vs_textbook",
       "standard_stem_b16_vs_fixed_batch"]),
-    ("bench_sweep.py", ["--train-size", "32", "--image-size", "16", "--model", "small_cnn"],
+    ("bench_sweep.py", ["--train-size", "32", "--image-size", "16", "--model", "small_cnn", "--jobs", "2"],
      ["parallel_vs_sequential", "parallel2_vs_sequential"]),
     ("bench_devices.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4", "--rounds", "1"], ["ddp2_vs_1"]),
 ])

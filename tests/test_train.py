@@ -181,7 +181,7 @@ def test_quickstart_learns_the_real_digits(tmp_path, capsys, monkeypatch):
                        "trainer.epochs=3", "target.value=0.9", f"hydra.run.dir={run_dir}")
     assert code == 0, err[-3000:]
     frame = pd.read_csv(run_dir / "metrics.csv")
-    assert frame["val/acc1"].max() > 0.9  # ten classes: chance is 0.1; the full 5-epoch recipe reaches ~0.98
+    assert frame["val/acc1"].max() > 0.9  # ten classes: chance is 0.1; the full 6-epoch recipe reaches ~0.985
     reached = json.loads((run_dir / "summary.json").read_text())["time_to_target"]
     first = int((frame["val/acc1"] >= 0.9).idxmax())
     assert reached["epoch"] == first + 1

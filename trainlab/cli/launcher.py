@@ -208,9 +208,10 @@ class _Run:
         parent, child = context.Pipe(duplex=False)
         from trainlab.cli import hydra_job
 
-        job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False, args=(
-            child, job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config,
-            _singleton_state(), env, str(console), hydra_job.running_command()))
+        spec = _Spawn(job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config, _singleton_state(),
+                      env, str(console), hydra_job.running_command())
+        job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False,
+                                      args=(child, spec))
         job.process.start()
         child.close()
         job.conn, job.started = parent, time.monotonic()
@@ -315,9 +316,24 @@ def _singleton_state():
     return state
 
 
-def _run_job(conn, idx: int, overrides: list[str], hydra_context, config: DictConfig, singleton_state,
-             env: dict, console: str, command: str) -> None:
+@dataclass
+class _Spawn:
+    """What a job's process is handed (pickled): its number and overrides, Hydra's context, config and singletons,
+    the environment it gets (its devices, its share of the cores), its console file and the command it runs."""
+    idx: int
+    overrides: list[str]
+    hydra_context: object
+    config: DictConfig
+    singleton_state: dict
+    env: dict
+    console: str
+    command: str
+
+
+def _run_job(conn, spec: _Spawn) -> None:
     """A job's process: Hydra's run_job with trainlab's job wrapper, as the basic launcher would run it here."""
+    idx, overrides, hydra_context, config = spec.idx, spec.overrides, spec.hydra_context, spec.config
+    singleton_state, env, console, command = spec.singleton_state, spec.env, spec.console, spec.command
     os.setpgrp()  # Ctrl-C reaches the launcher only; it forwards the signal, once, to every job
     os.environ.update(env)
     out = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
