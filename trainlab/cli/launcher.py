@@ -53,6 +53,7 @@ class ParallelLauncher(Launcher):
     def __init__(self, jobs: int | None = None, jobs_per_device: int = 1, fail_fast: bool = False) -> None:
         self.jobs, self.jobs_per_device, self.fail_fast = jobs, int(jobs_per_device), bool(fail_fast)
         self.config: DictConfig | None = None
+        self.resuming = False  # `trainlab train -m resume=<this sweep>`
         self.hydra_context = None
         self.task_function = None
 
@@ -66,6 +67,8 @@ class ParallelLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        resume = OmegaConf.select(self.config, "resume", default=None)
+        self.resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == sweep_dir.expanduser().resolve()
         pool = DevicePool(_gpus(), self.jobs_per_device)
         at_once, why = self._at_once(jobs, pool)
         log.info("hydra/launcher=parallel: %d job(s), %d at once (%s)%s", len(jobs), at_once, why,
@@ -78,7 +81,7 @@ class ParallelLauncher(Launcher):
         """One job at a time in this process, as Hydra's basic launcher runs them (a spawned process per job
         costs seconds of start-up, measured: scripts/bench_sweep.py), with the same console lines and fail_fast."""
         from hydra.core.hydra_config import HydraConfig
-        from hydra.core.utils import run_job
+        from hydra.core.utils import configure_log, run_job
 
         from trainlab.record.run_dir import ERROR_TXT
 
@@ -93,6 +96,8 @@ class ParallelLauncher(Launcher):
             started = time.monotonic()
             ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            # The job set logging up for its own train.log: the launcher's lines go to the console again.
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             results.append(ret)
             failed = ret.status != JobStatus.COMPLETED or (job.folder / ERROR_TXT).exists()
             status = f"failed: {_first_line(job.folder / ERROR_TXT)}" if failed else "completed" + _best(job.folder)
@@ -175,6 +180,10 @@ class _Run:
         while self.waiting and len(self.running) < self.at_once and self.stop_signal is None \
                 and not self.stopped_launching:
             job = self.waiting[0]
+            if self.launcher.resuming and _finished(job.folder):  # it only says so: no process to start for that
+                self.waiting.pop(0)
+                job.result = self.launcher._one_by_one([job])[0]
+                continue
             if job.device == "cuda":
                 try:
                     gpus = self.pool.take(job.count)
@@ -267,6 +276,12 @@ class _Run:
         job.result = _returned(job, JobStatus.COMPLETED, None)
         if self.launcher.fail_fast:
             self.stopped_launching = True
+
+
+def _finished(folder: Path) -> bool:
+    from trainlab.record.sweep import job_state
+
+    return folder.is_dir() and job_state(folder) == "finished"
 
 
 def _returned(job: _Job, status: JobStatus, value) -> JobReturn:
