@@ -14,7 +14,7 @@ import pytest
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 
-from helpers import FAST, hashes, run_cli, start_cli, wait_for
+from helpers import FAST, assert_one_line, hashes, run, run_cli, start_cli, wait_for
 
 
 @pytest.mark.parametrize("gpus", [1, 4, 8])
@@ -57,6 +57,15 @@ def test_the_visible_gpus_are_the_launchers_own_and_cores_are_split():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, 2) == ["3", "5"]  # a job sees only what trainlab was given
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1"}, 0) == []
     assert (cpu_share(2, 2), cpu_share(16, 3), cpu_share(2, 4)) == (1, 5, 1)
+
+
+@pytest.mark.parametrize("setting", ["jobs", "jobs_per_device"])
+def test_a_bad_launcher_setting_is_one_line(tmp_path, capsys, monkeypatch, setting):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", "-m", *FAST, "seed=0,1", "hydra/launcher=parallel",
+                         f"hydra.launcher.{setting}=0", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line(code, out, err, f"hydra.launcher.{setting} must be >= 1 (got 0)")
+    assert not (tmp_path / "sweep" / "0").exists()
 
 
 def record_of(folder: Path) -> dict[str, str]:

@@ -322,6 +322,8 @@ def _run_task(task: Callable) -> None:
     try:
         task()
     except Exception as e:  # what Hydra would have printed (a bug, or a Hydra error the preflight missed)
+        if isinstance(e, TrainlabError) and not debug():  # raised outside a job: a launcher's own setting
+            fail(str(e), code=e.exit_code)
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not debug():
             fail(str(write_error(Path(e.filename or "?"), e)))
         if debug():  # the whole traceback, as Hydra prints it with HYDRA_FULL_ERROR=1

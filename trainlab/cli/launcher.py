@@ -29,6 +29,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
+from trainlab.core.errors import ConfigError
 
 log = logging.getLogger("trainlab.launcher")
 
@@ -69,6 +70,8 @@ class ParallelLauncher(Launcher):
         jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         resume = OmegaConf.select(self.config, "resume", default=None)
         self.resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == sweep_dir.expanduser().resolve()
+        if self.jobs_per_device < 1:
+            raise ConfigError(f"hydra.launcher.jobs_per_device must be >= 1 (got {self.jobs_per_device})")
         pool = DevicePool(_gpus(), self.jobs_per_device)
         at_once, why = self._at_once(jobs, pool)
         log.info("hydra/launcher=parallel: %d job(s), %d at once (%s)%s", len(jobs), at_once, why,
@@ -124,7 +127,7 @@ class ParallelLauncher(Launcher):
         gpu_jobs = any(j.device == "cuda" for j in jobs)
         if self.jobs is not None:
             if int(self.jobs) < 1:
-                raise ValueError(f"hydra.launcher.jobs must be >= 1 (got {self.jobs})")
+                raise ConfigError(f"hydra.launcher.jobs must be >= 1 (got {self.jobs})")
             return int(self.jobs), "hydra.launcher.jobs"
         if gpu_jobs and pool.slots:
             per_job = max(1, min(j.count for j in jobs if j.device == "cuda"))
