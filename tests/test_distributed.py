@@ -29,7 +29,7 @@ from trainlab.engine.distributed import SINGLE
 from trainlab.engine.loop import validate
 from trainlab.record.checkpoint import load_checkpoint
 
-from helpers import TIMING, compose, run_cli, start_cli, wait_for
+from helpers import TIMING, assert_one_line, compose, run, run_cli, start_cli, wait_for
 
 # Real learning in a few seconds: lr low enough that the curves move over several epochs.
 BASE = ["dataset=fake", "dataset.train_size=192", "dataset.val_size=45", "dataset.batch_size=16", "augment=none",
@@ -122,7 +122,8 @@ def sweep(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(sweep):
+def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(sweep, capsys, monkeypatch):
+    monkeypatch.chdir(sweep)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [str(i) for i in range(8)]  # nothing else
     ddp = _job(sweep, "device.count=2", "model=mlp", "device=cpu")
     assert not [p for p in ddp.iterdir() if p.is_dir() and p.name not in
@@ -134,10 +135,10 @@ def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(
     assert list(frame.columns) == list(COLUMNS) and list(frame["epoch"]) == [1, 2, 3]
     assert frame["throughput/train_ips_per_device"].mul(2).sub(frame["throughput/train_ips"]).abs().max() < 1e-6
     assert torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
-    assert run_cli("report", str(ddp), cwd=sweep).returncode == 0
+    assert run(capsys, "report", str(ddp))[0] == 0
     assert "on cpu x 2 processes (1 machine(s), gloo, global batch 16)" in (ddp / "report.md").read_text()
 
-    assert run_cli("report", str(sweep), cwd=sweep).returncode == 0
+    assert run(capsys, "report", str(sweep))[0] == 0
     table = pd.read_csv(sweep / "scaling.csv")
     assert len(table) == 8 and set(table["others"]) == {"model=mlp", "model=small_cnn"}
     ok = table[table["status"] == "ok"]
@@ -147,8 +148,8 @@ def test_device_sweep_runs_ddp_in_one_directory_per_job_and_reports_the_scaling(
     failed = table[table["device"] == "cuda"]
     assert len(failed) == 4 and failed["status"].str.startswith("failed: device=cuda was requested").all()
     assert (sweep / "scaling.png").is_file() and "Device scaling" in (sweep / "report.html").read_text()
-    diagnosed = run_cli("diagnose", str(sweep), cwd=sweep)
-    assert diagnosed.returncode == 0 and f"{ddp}:" in diagnosed.stdout
+    code, out, _ = run(capsys, "diagnose", str(sweep))
+    assert code == 0 and f"{ddp}:" in out
 
 
 @pytest.mark.slow
@@ -191,7 +192,7 @@ def test_torchrun_two_nodes_on_localhost_train_the_same_run(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_path):
+def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_path, capsys, monkeypatch):
     args = BASE + ["model=small_cnn", "device.count=2", "trainer.log_every_n_steps=1"]
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     proc = start_cli(args + [f"hydra.run.dir={run_dir}"], tmp_path, log)
@@ -201,8 +202,9 @@ def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_pa
     assert "continue with: trainlab train resume=" in log.read_text() and "Traceback" not in log.read_text()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
     assert ckpt["position"]["epoch"] == 2 and len(ckpt["position"]["ranks"]) == 2
-    one = run_cli("train", f"resume={run_dir}", "device.count=1", cwd=tmp_path)
-    assert one.returncode == 2 and "resume it with device.count=2" in one.stderr
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", f"resume={run_dir}", "device.count=1")
+    assert_one_line(code, out, err, "resume it with device.count=2")
     resumed = run_cli("train", f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(numbers(run_dir), numbers(_job(sweep, "device=cpu", "device.count=2",

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
+from trainlab.engine import cpu_split
 
 from helpers import FAST, assert_one_line, hashes, run, run_cli, start_cli, wait_for
 
@@ -59,6 +61,87 @@ def test_the_visible_gpus_are_the_launchers_own_and_cores_are_split():
     assert (cpu_share(2, 2), cpu_share(16, 3), cpu_share(2, 4)) == (1, 5, 1)
 
 
+SMALL = cpu_split.Workload({"_target_": "trainlab.models.small_cnn", "_partial_": True, "width": 8, "dropout": 0.0,
+                            "init": "default", "freeze": None, "in_channels": None}, (3, 16, 16), 10, 16)
+
+
+def test_the_cpu_splits_timed_are_powers_of_two_up_to_the_cores_and_jobs():
+    assert cpu_split.splits(2, 4) == [1, 2] and cpu_split.splits(16, 3) == [1, 2]
+    assert cpu_split.splits(64, 100) == [1, 2, 4, 8] and cpu_split.splits(1, 4) == [1] and cpu_split.splits(8, 1) == [1]
+
+
+def test_jobs_run_at_once_only_when_they_train_more_than_gain_faster():
+    assert cpu_split.pick({1: 100.0, 2: 100 * (1 + cpu_split.GAIN) - 1}) == 1  # not enough to pay for processes
+    assert cpu_split.pick({1: 100.0, 2: 115.0}) == 2 and cpu_split.pick({1: 100.0, 2: 80.0}) == 1
+    assert cpu_split.pick({1: 100.0, 2: 140.0, 4: 150.0, 8: 120.0}) == 4
+
+
+def test_short_jobs_run_one_at_a_time_where_starting_their_processes_costs_more_than_sharing_the_cores_gains():
+    timing = cpu_split.Timing({1: 100.0, 2: 170.0}, {1: 6.0, 2: 9.0})
+    # 4 jobs of 500 images: one at a time 4 x 5 s in this process; 2 at once 2 rounds of 9 s start-up + 500*2/170 s.
+    short = cpu_split.expected_seconds(timing, 4, 500)
+    assert short == {1: 20.0, 2: pytest.approx(2 * (9 + 1000 / 170), abs=0.1)}
+    assert cpu_split.pick(timing.rates, short) == 1
+    long = cpu_split.expected_seconds(timing, 4, 100_000)  # 1000 s against ~1194 s: the start-up is paid back
+    assert cpu_split.pick(timing.rates, long) == 2
+
+
+def _measure(table: dict[int, float], timed: list[int] | None = None):
+    def measure(work, n, cores):
+        if timed is not None:
+            timed.append(n)
+        return table[n], 5.0
+    return measure
+
+
+def test_the_split_is_measured_once_per_machine_and_model_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path))
+    timed: list[int] = []
+    rates = {1: 100.0, 2: 150.0, 4: 140.0, 8: 500.0}  # 8 is never timed: 4 was already slower than 2
+    first = cpu_split.choose(SMALL, 16, 10, measure=_measure(rates, timed))
+    assert (first.jobs, first.timing.cached, timed) == (2, False, [1, 2, 4])
+    why = first.reason("m")
+    one = torch.get_num_threads()  # one job at a time runs with the launcher's threads
+    assert f"1 job x {one} thread{'s' if one > 1 else ''} 100; 2 jobs x 8 threads 150; 4 jobs x 4 threads 140" in why
+    assert "2 at once trained 50% faster (the jobs' length is not in their config" in why
+    again = cpu_split.choose(SMALL, 16, 10, images=10 ** 6, measure=_measure(rates, timed))  # the sweep's own rule
+    assert (again.jobs, again.timing.cached, timed) == (2, True, [1, 2, 4]) and "cached" in again.reason("m")
+    assert "2 at once is fastest" in again.reason("m")
+    short = cpu_split.choose(SMALL, 16, 10, images=100, measure=_measure(rates, timed))
+    assert short.jobs == 1 and "a job's process starts in ~5 s" in short.reason("m")
+    bigger = cpu_split.Workload(SMALL.model, (3, 32, 32), 10, 16)  # another input: measured for itself
+    slow = cpu_split.choose(bigger, 16, 10, measure=_measure({1: 100.0, 2: 105.0, 4: 90.0}))
+    assert slow.jobs == 1 and not slow.timing.cached and "only 5% faster, under 10%" in slow.reason("m")
+
+
+def test_a_jobs_length_is_read_from_its_config():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"model": {**SMALL.model, "weights": "x.ckpt"}, "trainer": {"epochs": 3,
+                            "limit_train_batches": None}, "dataset": {"image_size": 16, "batch_size": 8,
+                                                                      "train_size": 100}})
+    work, images = cpu_split.workload(cfg)
+    assert work == cpu_split.Workload(SMALL.model, (3, 16, 16), 10, 8)  # the weights are not timed
+    assert images == 300
+    cfg.trainer.limit_train_batches = 5
+    assert cpu_split.workload(cfg)[1] == 3 * 40
+    del cfg.dataset["train_size"]
+    cfg.trainer.limit_train_batches = None
+    assert cpu_split.workload(cfg)[1] is None  # (image folders, Tiny-ImageNet: their size is read when they load)
+    cfg.dataset.image_size = "${missing}"
+    assert cpu_split.workload(cfg) == (None, None)  # that job fails by itself, with its own message
+
+
+@pytest.mark.slow
+def test_one_job_is_timed_here_and_a_timing_process_that_fails_says_why():
+    # (A real timing of 1 and 2 jobs at once: scripts/bench_sweep.py's test, through the launcher's own code.)
+    rate, startup = cpu_split.measure_split(SMALL, 1, 2)
+    assert rate > 0 and startup == 0  # one job at a time: timed in this process, with nothing to start
+    broken = cpu_split.Workload({**SMALL.model, "width": "wide"}, (3, 16, 16), 10, 16)
+    with pytest.raises(RuntimeError, match="wide"):  # a process that fails says why, and the others stop waiting
+        cpu_split.measure_split(broken, 2, 2)
+
+
 @pytest.mark.parametrize("setting", ["jobs", "jobs_per_device"])
 def test_a_bad_launcher_setting_is_one_line(tmp_path, capsys, monkeypatch, setting):
     monkeypatch.chdir(tmp_path)
@@ -83,32 +166,10 @@ def _events(text: str) -> dict[tuple[str, int], datetime]:
 
 
 @pytest.mark.slow
-def test_four_jobs_two_at_once_overlap_and_keep_the_sweeps_record(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli("train", "-m", *FAST, "seed=0,1,2,3", "hydra/launcher=parallel", "hydra.launcher.jobs=2",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    console = result.stdout + result.stderr
-    events = _events(console)
-    assert len(events) == 8, console
-    assert events["started", 1] < events["ended", 0] and events["started", 0] < events["ended", 1]  # they overlap
-    assert "2 at once (hydra.launcher.jobs)" in console and "[cpu, 1 thread]" in console
-    assert "epoch 1/2" not in console  # per-job progress is in each job's files, not on the terminal
-    assert (sweep / "sweep.json").is_file()
-    for job in range(4):
-        assert "epoch 2/2" in (sweep / ".launcher" / f"job-{job}.log").read_text()
-        assert "threads = 1 (auto: hydra/launcher=parallel runs 2 jobs at once" in (sweep / str(job) / "train.log"
-                                                                                     ).read_text()
-        assert json.loads((sweep / str(job) / "summary.json").read_text())["stopped"] == "completed"
-    listed = run_cli("runs", str(sweep), cwd=tmp_path)
-    assert listed.returncode == 0 and listed.stdout.count("completed") == 4, listed.stdout
-
-
-@pytest.mark.slow
 def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("train", "-m", *FAST, "dataset.batch_size=8,100000,8", "hydra/launcher=parallel",
-                     "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                     "hydra.launcher.jobs=1", "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     console = result.stdout + result.stderr
     assert "job 1 failed: " in console and "larger than the" in console
@@ -119,26 +180,41 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_running_jobs_and_resume_continues_them_exactly(tmp_path):
+def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues_them(tmp_path, capsys):
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
-    args = ["-m", *FAST, "dataset.train_size=800", "trainer.log_every_n_steps=2", "seed=0,1,2",
+    args = ["-m", *FAST, "dataset.train_size=800", "trainer.log_every_n_steps=2", "seed=0,1,2,3",
             "hydra/launcher=parallel", "hydra.launcher.jobs=2", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
-    wait_for(log, "job 2 started", proc, timeout=300)  # after job 0 or 1 finished
+    wait_for(log, "job 3 started", proc, timeout=300)  # after jobs 0 and 1 finished
+    wait_for(sweep / ".launcher" / "job-3.log", "epoch 1 train 4/", proc, timeout=300)  # (even steps logged)
     wait_for(sweep / ".launcher" / "job-2.log", "epoch 2 train 7/", proc, timeout=300)
-    done = next(j for j in (0, 1) if (sweep / str(j) / "summary.json").is_file())
-    finished = record_of(sweep / str(done))
+    finished = {j: record_of(sweep / str(j)) for j in (0, 1)}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     text = log.read_text()
     assert f"continue it with trainlab train -m resume={sweep}" in text and "Traceback" not in text
-    assert (sweep / "2" / "checkpoints" / "interrupted.ckpt").is_file()
+    events = _events(text)
+    assert events["started", 1] < events["ended", 0] and events["started", 0] < events["ended", 1]  # they overlap
+    assert "2 at once (hydra.launcher.jobs)" in text and "[cpu, 1 thread]" in text
+    assert "epoch 1/2" not in text  # per-job progress is in each job's files, not on the terminal
+    assert json.loads((sweep / "sweep.json").read_text())["launcher"]["jobs_at_once"] == 2
+    assert all((sweep / str(j) / "checkpoints" / "interrupted.ckpt").is_file() for j in (2, 3))
+
     resumed = run_cli("train", "-m", f"resume={sweep}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert record_of(sweep / str(done)) == finished  # a finished job is kept byte for byte
-    assert "continues from" in (sweep / ".launcher" / "job-2.log").read_text()
-    assert f"job {done} ({sweep / str(done)}) finished before: kept as it is" in resumed.stderr  # not respawned
-    # It continued from the step it stopped at (test_resume.py and test_sweep.py check such resumes against runs
-    # never stopped, number for number) and ended its epochs.
-    assert "resuming at epoch 2, batch" in (sweep / "2" / "train.log").read_text()
-    assert list(pd.read_csv(sweep / "2" / "metrics.csv")["epoch"]) == [1, 2]
+    for job in (0, 1):
+        assert record_of(sweep / str(job)) == finished[job]  # a finished job is kept byte for byte, not respawned
+        assert f"job {job} ({sweep / str(job)}) finished before: kept as it is" in resumed.stderr
+    # The stopped ones continued from the step they stopped at (test_resume.py and test_sweep.py check such resumes
+    # against runs never stopped, number for number) and ended their epochs.
+    for job in (2, 3):
+        assert "continues from" in (sweep / ".launcher" / f"job-{job}.log").read_text()
+        assert "resuming at epoch" in (sweep / str(job) / "train.log").read_text()
+        assert list(pd.read_csv(sweep / str(job) / "metrics.csv")["epoch"]) == [1, 2]
+    for job in range(4):
+        assert "epoch 2/2" in (sweep / ".launcher" / f"job-{job}.log").read_text()
+        assert "threads = 1 (auto: hydra/launcher=parallel runs 2 jobs at once" in (sweep / str(job) / "train.log"
+                                                                                     ).read_text()
+        assert json.loads((sweep / str(job) / "summary.json").read_text())["stopped"] == "completed"
+    code, out, err = run(capsys, "runs", str(sweep))
+    assert code == 0 and out.count("completed") == 4, out + err

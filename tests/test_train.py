@@ -178,12 +178,12 @@ def test_quickstart_learns_the_real_digits(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     code, _, err = run(capsys, "train", "+experiment=quickstart", f"dataset.root={tmp_path / 'digits'}",
-                       "trainer.epochs=3", "target.value=0.9", f"hydra.run.dir={run_dir}")
+                       "trainer.epochs=2", "target.value=0.8", f"hydra.run.dir={run_dir}")
     assert code == 0, err[-3000:]
     frame = pd.read_csv(run_dir / "metrics.csv")
-    assert frame["val/acc1"].max() > 0.9  # ten classes: chance is 0.1; the full 6-epoch recipe reaches ~0.985
+    assert frame["val/acc1"].max() > 0.8  # ten classes: chance is 0.1; the full 6-epoch recipe reaches ~0.985
     reached = json.loads((run_dir / "summary.json").read_text())["time_to_target"]
-    first = int((frame["val/acc1"] >= 0.9).idxmax())
+    first = int((frame["val/acc1"] >= 0.8).idxmax())
     assert reached["epoch"] == first + 1
     assert reached["train_s"] == pytest.approx((frame["time/train_s"] + frame["time/val_s"])[:first + 1].sum())
-    assert f"val/acc1 >= 0.9 at epoch {first + 1}" in (run_dir / "train.log").read_text()
+    assert f"val/acc1 >= 0.8 at epoch {first + 1}" in (run_dir / "train.log").read_text()

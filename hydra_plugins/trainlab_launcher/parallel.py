@@ -13,7 +13,7 @@ from trainlab.cli.launcher import ParallelLauncher as _ParallelLauncher
 @dataclass
 class ParallelLauncherConf:
     _target_: str = "hydra_plugins.trainlab_launcher.parallel.ParallelLauncher"
-    jobs: Optional[int] = None  # noqa: UP045      # at once; null: one per visible GPU (by device.count), 1 on a CPU
+    jobs: Optional[int] = None  # noqa: UP045  # at once; null: one per visible GPU (device.count), on a CPU measured
     jobs_per_device: int = 1      # jobs that may share one GPU
     fail_fast: bool = False       # true: no new job starts after the first failure
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
+from trainlab.record.sweep import note_launcher
 
 log = logging.getLogger("trainlab.launcher")
 
@@ -43,6 +44,8 @@ class _Job:
     device: str                      # cpu | cuda
     count: int                       # GPUs it needs (cuda)
     folder: Path
+    config: DictConfig               # its own config, as _plan composed it
+    work: tuple = (None, None)       # (what it trains, images in all) as trainlab.engine.cpu_split times it (CPU)
     gpus: list[str] = field(default_factory=list)
     process: multiprocessing.Process | None = None
     conn: object = None
@@ -74,6 +77,7 @@ class ParallelLauncher(Launcher):
             raise ConfigError(f"hydra.launcher.jobs_per_device must be >= 1 (got {self.jobs_per_device})")
         pool = DevicePool(_gpus(), self.jobs_per_device)
         at_once, why = self._at_once(jobs, pool)
+        note_launcher(sweep_dir, {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
         log.info("hydra/launcher=parallel: %d job(s), %d at once (%s)%s", len(jobs), at_once, why,
                  f"; each job's console output is in {sweep_dir / CONSOLE_DIR}" if at_once > 1 else "")
         if at_once == 1 and len(pool.gpus) <= 1:
@@ -90,9 +94,7 @@ class ParallelLauncher(Launcher):
 
         results = []
         for n, job in enumerate(jobs):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
-            with open_dict(cfg):
-                cfg.hydra.job.num, cfg.hydra.job.id = job.idx, f"{cfg.hydra.job.name}_{job.idx}"
+            cfg = job.config  # composed once, by _plan
             HydraConfig.instance().set_config(cfg)
             log.info("job %d started: %s [%s, in this process]", job.idx, " ".join(job.overrides) or "(no overrides)",
                      job.device)
@@ -114,14 +116,18 @@ class ParallelLauncher(Launcher):
         return results
 
     def _plan(self, idx: int, overrides: list[str]) -> _Job:
-        """The job's own config, composed once here for what the launcher needs: its devices and its folder."""
+        """The job's own config, composed once: its devices, its folder, what it trains (the CPU split) and, one
+        at a time, what it runs with."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             cfg.hydra.job.num, cfg.hydra.job.id = idx, f"{cfg.hydra.job.name}_{idx}"
         device = str(OmegaConf.select(cfg, "device.type", default="cpu"))
         count = int(OmegaConf.select(cfg, "device.count", default=1) or 1)
         folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        return _Job(idx, overrides, device, count, folder)
+        from trainlab.engine.cpu_split import workload
+
+        work = workload(cfg) if device == "cpu" else (None, None)
+        return _Job(idx, overrides, device, count, folder, cfg, work)
 
     def _at_once(self, jobs: list[_Job], pool: DevicePool) -> tuple[int, str]:
         gpu_jobs = any(j.device == "cuda" for j in jobs)
@@ -134,11 +140,9 @@ class ParallelLauncher(Launcher):
             return max(1, pool.slots // per_job), (f"one per {per_job} of the {len(pool.gpus)} visible GPU(s)"
                                                     + (f", {self.jobs_per_device} per GPU"
                                                        if self.jobs_per_device > 1 else ""))
-        # Jobs on one CPU share its cores and memory bandwidth: measured, 2 jobs of 1 core each trained slower
-        # than 1 job of 2 cores (docs/sweeps.md, scripts/bench_sweep.py), so the default is one at a time.
-        return 1, (f"default on a CPU: jobs would split its {_cores()} cores, and split cores measured no faster "
-                   "(scripts/bench_sweep.py); hydra.launcher.jobs=N runs N at once")
+        from trainlab.engine import cpu_split  # (torch: only when the launcher has to measure)
 
+        return cpu_split.jobs_at_once([j.work for j in jobs if j.work[0]], _cores(), len(jobs))
 
 class _Run:
     """One launch: starts jobs while slots and devices are free, collects them as they end, handles signals."""
@@ -248,7 +252,8 @@ class _Run:
         from trainlab.record.run_dir import ERROR_TXT
 
         code = job.process.exitcode
-        stopped = self.stop_signal is not None and code is not None and code > 128
+        # (a negative code: the forwarded signal ended a job still starting, before it could save anything)
+        stopped = self.stop_signal is not None and code is not None and (code > 128 or code < 0)
         if message is None and not stopped and not (job.folder / ERROR_TXT).exists():
             # The process died without a word (a crash, a kill, out of memory): the job failed, and says why.
             reason = f"its process ended with exit code {code}; its console output is in " \
@@ -259,7 +264,7 @@ class _Run:
         value = (message or {}).get("value")
         job.result = _returned(job, JobStatus.COMPLETED, value)
         if stopped:
-            status = "stopped (saved checkpoints/interrupted.ckpt)"
+            status = "stopped (saved checkpoints/interrupted.ckpt)" if code > 0 else "stopped while starting"
         elif failed:
             detail = (message or {}).get("error") or _first_line(job.folder / ERROR_TXT)
             status = f"failed: {detail}"

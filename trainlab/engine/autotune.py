@@ -31,6 +31,7 @@ TIE = 0.03             # candidates within 3% of the fastest count as equally fa
 BATCH = 16             # a smaller batch than the run's keeps calibration short; the ranking holds
 WARMUP_STEPS, STEPS = 1, 2
 HOPELESS = 4.0         # on a CPU, a first step this many times slower than the best steady rate so far cannot win
+PROBE, PROBE_HOPELESS = 2, 10.0  # ... nor a first step of 2 images at a tenth of it (a small first step is slower)
 CACHE_NAME = "autotune.json"
 
 
@@ -91,6 +92,16 @@ def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, devi
     y = torch.randint(0, work.num_classes, (batch,), device=device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(candidate.precision)
     criterion = nn.CrossEntropyLoss()
+    if device.type == "cpu" and best > 0 and not candidate.compile and batch > PROBE:
+        # One step of PROBE images first: an emulated bf16 takes seconds for even one full batch (the calibration's
+        # longest part), and a probe this much slower than the fastest rate so far cannot win.
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            criterion(model(x[:PROBE]), y[:PROBE]).backward()
+        model.zero_grad(set_to_none=True)
+        probe_rate = PROBE / (time.perf_counter() - start)
+        if probe_rate * PROBE_HOPELESS < best:
+            return probe_rate
     start = first = time.perf_counter()
     for step in range(warmup + steps):
         if step == warmup:
@@ -135,7 +146,7 @@ def cache_key(device: str, model_config: dict, input_shape: tuple[int, int, int]
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _read_cache() -> dict:
+def read_cache() -> dict:
     path = cache_home() / CACHE_NAME
     try:
         data = json.loads(path.read_text())
@@ -144,11 +155,11 @@ def _read_cache() -> dict:
         return {}  # no cache yet, or one that is not ours to trust: measure again
 
 
-def _write_cache(key: str, entry: dict) -> None:
+def write_cache(key: str, entry: dict) -> None:
     path = cache_home() / CACHE_NAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache()
+        data = read_cache()
         data[key] = entry
         atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     except OSError as e:  # a read-only home: the decision still holds for this run, it is measured next time
@@ -177,7 +188,7 @@ def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torc
     measure = measure or measure_step
     work = replace(work, batch=min(work.batch, BATCH))
     key = cache_key(str(device), model_config, work.input_shape, work.batch, options, try_compile)
-    entry = _read_cache().get(key)
+    entry = read_cache().get(key)
     known = options + ([Candidate(o.precision, o.channels_last, True) for o in options] if try_compile else [])
     labels = {c.label: c for c in known}
     if isinstance(entry, dict) and entry.get("choice") in labels:
@@ -196,6 +207,6 @@ def decide(make_model: Callable[[], nn.Module], model_config: dict, device: torc
     choice = pick(speeds)
     decision = Decision(choice, {c.label: round(ips, 1) for c, ips in speeds.items()}, False,
                         time.perf_counter() - start)
-    _write_cache(key, {"choice": choice.label, "images_per_s": decision.speeds, "machine": machine(),
+    write_cache(key, {"choice": choice.label, "images_per_s": decision.speeds, "machine": machine(),
                        "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return decision

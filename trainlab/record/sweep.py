@@ -51,6 +51,17 @@ def record_start(sweep_dir: Path, args: list[str], multirun_flags: set[str], swe
     atomic_write_text(sweep_dir / RECORD, json.dumps(record, indent=2) + "\n")
 
 
+def note_launcher(sweep_dir: Path, entry: dict) -> None:
+    """What the launcher chose for the sweep (hydra/launcher=parallel: jobs at once and why), kept in sweep.json
+    under "launcher" (the latest launch's: a resume or an Optuna batch says it again)."""
+    path = sweep_dir / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no trainlab record to add to (a sweep's folder is trainlab's only once it holds one)
+    atomic_write_text(path, json.dumps({**record, "launcher": entry}, indent=2) + "\n")
+
+
 def _record(sweep_dir: Path) -> dict:
     """sweep.json, or for a sweep started before trainlab wrote one, the same read from Hydra's multirun.yaml."""
     try:
