@@ -128,3 +128,36 @@ def test_a_resumed_run_keeps_its_choice_and_measures_nothing(tmp_path, monkeypat
     with caplog.at_level("INFO", logger="trainlab.engine.build"):
         train(compose(args + ["trainer.epochs=2"]), tmp_path / "run", resumed_from=str(ckpt))
     assert "precision=32 channels_last=true, as the run was trained until now" in caplog.text
+
+
+class _Slow(torch.nn.Module):
+    """A model whose every forward takes 50 ms, whatever the batch: it counts its forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.forwards = torch.nn.Linear(3 * 4 * 4, 10), 0
+
+    def forward(self, x):
+        import time
+
+        self.forwards += 1
+        time.sleep(0.05)
+        return self.fc(x.flatten(1))
+
+
+def test_a_cpu_candidate_far_slower_than_the_best_is_dropped_after_a_two_image_probe():
+    made = []
+
+    def make():
+        made.append(_Slow())
+        return made[-1]
+
+    work = Workload((3, 4, 4), 10, batch=16)
+    # 2 images in 50 ms are 40 images/s: hopeless against 1000, so only the probe ran and its rate is returned.
+    rate = autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work, best=1000.0)
+    assert made[-1].forwards == 1 and rate == pytest.approx(40, rel=0.5)
+    # Against 100 it may still win: the probe, the warm-up and the timed steps all run.
+    rate = autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work, best=100.0)
+    assert made[-1].forwards == 1 + autotune.WARMUP_STEPS + autotune.STEPS and rate == pytest.approx(320, rel=0.5)
+    autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work)  # the first candidate: no probe
+    assert made[-1].forwards == autotune.WARMUP_STEPS + autotune.STEPS

@@ -144,6 +144,7 @@ class ParallelLauncher(Launcher):
 
         return cpu_split.jobs_at_once([j.work for j in jobs if j.work[0]], _cores(), len(jobs))
 
+
 class _Run:
     """One launch: starts jobs while slots and devices are free, collects them as they end, handles signals."""
 
