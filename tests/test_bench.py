@@ -30,7 +30,9 @@ from helpers import REPO
 ])
 def test_bench_script_prints_ratios(script, args, ratios, capsys, monkeypatch):
     # In this process, as `python scripts/<script>` runs it (its __main__ block, scripts/ first on sys.path): a
-    # fresh interpreter would cost seconds of imports a script. What a script changes globally is put back.
+    # fresh interpreter would cost seconds of imports a script. What a script changes globally (torch's threads,
+    # loggers' levels: bench_gpu quiets trainlab's) is put back.
+    import logging
     import runpy
 
     import torch
@@ -38,10 +40,16 @@ def test_bench_script_prints_ratios(script, args, ratios, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script, *args])
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     threads = torch.get_num_threads()
+    loggers = {name: (lg.level, lg.disabled, lg.propagate) for name, lg in logging.Logger.manager.loggerDict.items()
+               if isinstance(lg, logging.Logger)}
     try:
         runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
     finally:
         torch.set_num_threads(threads)
+        for name, lg in logging.Logger.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.level, lg.disabled, lg.propagate = loggers.get(name, (logging.NOTSET, False, True))
+        logging.Logger.manager._clear_cache()  # (levels are cached per logger)
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("RATIO ")]
     found = dict(pair.split("=") for ln in lines for pair in ln.split()[1:])
