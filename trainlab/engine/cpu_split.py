@@ -281,40 +281,34 @@ def _step_side_by_side(work: Workload, n_threads: int, started: float, ready, re
 
 
 def _steps(work: Workload, n_threads: int, ready=None) -> tuple[float, float]:
-    """Training images/s of a copy of the work's model on `n_threads` threads, after an untimed first step (it
-    allocates and picks kernels), and when (time.time()) that first step was done; `ready`: the barrier the
-    processes timed side by side wait at. This process's thread count and random streams are left as they were."""
+    """Training images/s of a copy of the work's model on `n_threads` threads (autotune's timed steps, fp32, for at
+    least SECONDS), and when (time.time()) its warm-up step was done; `ready`: the barrier the processes timed side by
+    side wait at. This process's thread count and random streams are left as they were."""
     import torch
     from omegaconf import OmegaConf
 
     from trainlab.engine.build import architecture
+
+    warmed_at = []
+
+    def warmed() -> None:
+        warmed_at.append(time.time())
+        if ready is not None:
+            ready.wait(timeout=TIMEOUT)
+
+    def make_model() -> torch.nn.Module:
+        return architecture(OmegaConf.create({"model": work.model}), work.num_classes, work.input_shape[0],
+                            pretrained=False)
 
     before = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = architecture(OmegaConf.create({"model": work.model}), work.num_classes, work.input_shape[0],
-                                 pretrained=False).train()
-            optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-            x = torch.randn(work.batch, *work.input_shape)
-            y = torch.randint(0, work.num_classes, (work.batch,))
-            criterion = torch.nn.CrossEntropyLoss()
-
-            def step() -> None:
-                loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-            step()
-            first_step_done = time.time()
-            if ready is not None:
-                ready.wait(timeout=TIMEOUT)
-            start, steps = time.perf_counter(), 0
-            while steps < MIN_STEPS or time.perf_counter() - start < SECONDS:
-                step()
-                steps += 1
-            return steps * work.batch / (time.perf_counter() - start), first_step_done
+            timed = autotune.Workload(work.input_shape, work.num_classes, work.batch, steps=MIN_STEPS, warmup=1,
+                                      seconds=SECONDS)
+            rate = autotune.measure_step(make_model, autotune.Candidate("32", False), torch.device("cpu"), timed,
+                                         warmed=warmed)
+        return rate, warmed_at[0]
     finally:
         torch.set_num_threads(before)
