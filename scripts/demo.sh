@@ -9,16 +9,7 @@ run_dir="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/trainlab train +experiment=quickstart hydra.run.dir="$run_dir" "$@"
 echo
 # The quickstart's promise: 0.98 val top-1 (target.value), and how soon (summary.json's time_to_target).
-.venv/bin/python - "$run_dir/summary.json" <<'EOF'
-import json, sys
-
-found = json.load(open(sys.argv[1])).get("time_to_target") or {}
-if found.get("epoch"):
-    print(f"trainlab demo: reached {found['metric']} >= {found['value']} at epoch {found['epoch']} "
-          f"({found['reached']:.4f}) after {found['train_s']:.0f} s of training")
-elif found:
-    print(f"trainlab demo: {found['metric']} did not reach {found['value']} (see the curves below)")
-EOF
+.venv/bin/python scripts/demo_verdict.py "$run_dir"
 echo "trainlab demo: the full record of the run is in $run_dir"
 echo "  metrics.csv, summary.json, plots/*.png, confusion/*.csv, checkpoints/, tensorboard/"
 echo "  curves:  .venv/bin/tensorboard --logdir $run_dir/tensorboard"

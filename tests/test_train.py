@@ -3,7 +3,9 @@ ResNet-18 on a generated Tiny-ImageNet tree (slow)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ from trainlab.engine.fit import time_to_target, train
 from trainlab.models import small_cnn
 
 from helpers import FAST as SHRUNK
-from helpers import assert_one_line, blown_checkpoint, compose, run, run_cli, write_tiny_imagenet
+from helpers import REPO, assert_one_line, blown_checkpoint, compose, run, run_cli, write_tiny_imagenet
 
 FAST = [*SHRUNK, "trainer.log_every_n_steps=2", "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05",
         "model.width=16"]
@@ -187,3 +189,22 @@ def test_quickstart_learns_the_real_digits(tmp_path, capsys, monkeypatch):
     assert reached["epoch"] == first + 1
     assert reached["train_s"] == pytest.approx((frame["time/train_s"] + frame["time/val_s"])[:first + 1].sum())
     assert f"val/acc1 >= 0.8 at epoch {first + 1}" in (run_dir / "train.log").read_text()
+    # scripts/demo.sh ends with this verdict on the same files: reached here, and for a target out of reach the
+    # best epoch of metrics.csv (found here with pandas) and where the recipe's margin is measured.
+    spec = importlib.util.spec_from_file_location("demo_verdict", REPO / "scripts" / "demo_verdict.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.verdict(run_dir) == (f"trainlab demo: reached val/acc1 >= 0.8 at epoch {first + 1} "
+                                     f"({frame['val/acc1'][first]:.4f}) after {reached['train_s']:.0f} s of training")
+    missed = tmp_path / "missed"
+    missed.mkdir()
+    shutil.copy(run_dir / "metrics.csv", missed)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["time_to_target"] |= {"value": 0.999, "epoch": None, "train_s": None, "reached": None}
+    (missed / "summary.json").write_text(json.dumps(summary))
+    best = int(frame["val/acc1"].idxmax())
+    line = demo.verdict(missed)
+    assert line.startswith(f"trainlab demo: val/acc1 did not reach 0.999 (best {frame['val/acc1'][best]:.4f} at "
+                           f"epoch {frame['epoch'][best]}); ")
+    assert "docs/performance.md, 'How close to the edge that is'" in line
+    assert "How close to the edge that is" in (REPO / "docs" / "performance.md").read_text()
