@@ -179,6 +179,19 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
     assert not (sweep / "2").exists()  # (without fail_fast it runs: the basic launcher's tests in test_sweep.py)
 
 
+@pytest.mark.parametrize("reason, line", [
+    ("SIGTERM at epoch 2, batch 4; saved /s/2/checkpoints/interrupted.ckpt", "saved checkpoints/interrupted.ckpt"),
+    ("SIGTERM at the end of epoch 1; saved last.ckpt", "saved checkpoints/last.ckpt"),
+    (None, "saved nothing new: it continues from its last checkpoint"),  # killed before it wrote its summary
+])
+def test_a_stopped_jobs_line_names_what_it_saved(tmp_path, reason, line):
+    from trainlab.cli.launcher import _saved
+
+    if reason:
+        (tmp_path / "summary.json").write_text(json.dumps({"stopped": "interrupted", "stop_reason": reason}))
+    assert _saved(tmp_path) == line
+
+
 @pytest.mark.slow
 def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues_them(tmp_path, capsys):
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
@@ -200,7 +213,13 @@ def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues
     assert "2 at once (hydra.launcher.jobs)" in text and "[cpu, 1 thread]" in text
     assert "epoch 1/2" not in text  # per-job progress is in each job's files, not on the terminal
     assert json.loads((sweep / "sweep.json").read_text())["launcher"]["jobs_at_once"] == 2
-    assert all((sweep / str(j) / "checkpoints" / "interrupted.ckpt").is_file() for j in stopped)  # every running one
+    for job in stopped:  # each running one saved where it was: mid-epoch, or (past the epoch's last batch) its end
+        reason = json.loads((sweep / str(job) / "summary.json").read_text())["stop_reason"]
+        saved = "interrupted.ckpt" if ", batch " in reason else "last.ckpt"
+        assert reason.startswith("SIGTERM at ") and reason.endswith(saved), reason
+        assert (sweep / str(job) / "checkpoints" / saved).is_file()
+        assert f"job {job} stopped (saved checkpoints/{saved})" in text
+    assert (sweep / "3" / "checkpoints" / "interrupted.ckpt").is_file()  # it was seen training
 
     resumed = run_cli("train", "-m", f"resume={sweep}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

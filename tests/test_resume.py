@@ -206,6 +206,52 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume-*"))
 
 
+def test_a_stop_after_an_epochs_last_batch_saves_last_ckpt_and_the_resume_runs_the_rest(tmp_path, monkeypatch):
+    # A signal that lands after the epoch's last training batch (while it validates, say) has nothing mid-epoch to
+    # keep: the epoch is recorded, last.ckpt saved, and no interrupted.ckpt is written (a sweep stopped by SIGTERM
+    # has such jobs beside ones stopped mid-epoch).
+    from trainlab.core.errors import RunStopped
+    from trainlab.engine import fit
+
+    real_row, calls = fit.epoch_row, []
+
+    def row_then_signal(run, tally):
+        calls.append(tally.batches)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_row(run, tally)
+
+    monkeypatch.setattr(fit, "epoch_row", row_then_signal)
+    with pytest.raises(RunStopped) as stopped:
+        train(compose(FAST), tmp_path)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["stop_reason"] == "SIGTERM at the end of epoch 1; saved " \
+                                                                            "last.ckpt"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 1
+    monkeypatch.undo()
+    train_command(compose(FAST + [f"resume={tmp_path}"]), tmp_path / "unused", overrides=[])
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == [1, 2]
+    assert json.loads((tmp_path / "summary.json").read_text())["stopped"] == "completed"
+
+
+def test_a_stop_while_the_run_writes_its_summary_lets_it_finish(tmp_path, monkeypatch):
+    from trainlab.engine import fit
+
+    real = fit.diagnose
+
+    def signal_then_diagnose(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # every epoch ran; summary.json, plots and report are being written
+        return real(*args)
+
+    monkeypatch.setattr(fit, "diagnose", signal_then_diagnose)
+    train(compose(FAST), tmp_path)  # returns: no RunStopped
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
+    assert (tmp_path / "plots" / "loss.png").is_file() and (tmp_path / "tensorboard").is_dir()
+
+
 @pytest.mark.slow
 def test_kill_9_never_damages_a_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

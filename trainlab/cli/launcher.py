@@ -7,8 +7,9 @@ every job on the same GPU. This one gives each job `device.count` GPUs of its ow
 job wrapper, in a fresh (spawned) process — so its folder, `resume=`, one-line errors and error.txt are the
 same; only its console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one
 line when a job starts and one when it ends. Ctrl-C or SIGTERM stops every running job (each saves
-interrupted.ckpt) and the sweep continues with `trainlab train -m resume=<sweep>`; `hydra.launcher.fail_fast=true`
-starts no new job after the first failure. The Hydra plugin class is hydra_plugins/trainlab_launcher.
+interrupted.ckpt, or last.ckpt when the signal finds it past an epoch's last batch) and the sweep continues with
+`trainlab train -m resume=<sweep>`; `hydra.launcher.fail_fast=true` starts no new job after the first failure.
+The Hydra plugin class is hydra_plugins/trainlab_launcher.
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ class _Run:
                 signal.signal(s, handler)
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
-            print(f"trainlab: the sweep stopped ({name}): the running jobs saved checkpoints/interrupted.ckpt; "
-                  f"continue it with trainlab train -m resume={self.sweep_dir}", file=sys.stderr)
+            print(f"trainlab: the sweep stopped ({name}): each running job saved a checkpoint to continue from "
+                  f"(interrupted.ckpt, or last.ckpt at an epoch's end); continue it with trainlab train -m "
+                  f"resume={self.sweep_dir}", file=sys.stderr)
             sys.exit(128 + self.stop_signal)
         return [j.result for j in self.jobs]
 
@@ -265,7 +267,7 @@ class _Run:
         value = (message or {}).get("value")
         job.result = _returned(job, JobStatus.COMPLETED, value)
         if stopped:
-            status = "stopped (saved checkpoints/interrupted.ckpt)" if code > 0 else "stopped while starting"
+            status = f"stopped ({_saved(job.folder)})" if code > 0 else "stopped while starting"
         elif failed:
             detail = (message or {}).get("error") or _first_line(job.folder / ERROR_TXT)
             status = f"failed: {detail}"
@@ -299,15 +301,27 @@ def _returned(job: _Job, status: JobStatus, value) -> JobReturn:
     return ret
 
 
-def _best(folder: Path) -> str:
-    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
+def _summary(folder: Path) -> dict:
     from trainlab.core.errors import TrainlabError
     from trainlab.record.run_dir import SUMMARY_JSON, read_json
 
     try:
-        summary = read_json(folder, SUMMARY_JSON)
+        return read_json(folder, SUMMARY_JSON)
     except TrainlabError:
-        return ""
+        return {}
+
+
+def _saved(folder: Path) -> str:
+    """What a stopped job saved, from its summary.json: mid-epoch interrupted.ckpt, or last.ckpt when the signal
+    came after the epoch's last batch (then the epoch was recorded whole)."""
+    reason = _summary(folder).get("stop_reason") or ""
+    return f"saved checkpoints/{Path(reason.rpartition('saved ')[2]).name}" if "saved " in reason else \
+        "saved nothing new: it continues from its last checkpoint"
+
+
+def _best(folder: Path) -> str:
+    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
+    summary = _summary(folder)
     monitor = summary.get("monitor")
     best = (summary.get("best") or {}).get(monitor)
     return f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else ""
