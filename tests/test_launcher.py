@@ -15,6 +15,7 @@ import torch
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.engine import cpu_split
+from trainlab.record.sweep import job_saved
 
 from helpers import FAST, assert_one_line, hashes, run, run_cli, start_cli, wait_for
 
@@ -185,11 +186,9 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
     (None, "saved nothing new: it continues from its last checkpoint"),  # killed before it wrote its summary
 ])
 def test_a_stopped_jobs_line_names_what_it_saved(tmp_path, reason, line):
-    from trainlab.cli.launcher import _saved
-
     if reason:
         (tmp_path / "summary.json").write_text(json.dumps({"stopped": "interrupted", "stop_reason": reason}))
-    assert _saved(tmp_path) == line
+    assert job_saved(tmp_path) == line
 
 
 @pytest.mark.slow

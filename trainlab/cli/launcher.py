@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
-from trainlab.record.sweep import note_launcher
+from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
 
 log = logging.getLogger("trainlab.launcher")
 
@@ -106,7 +106,7 @@ class ParallelLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             results.append(ret)
             failed = ret.status != JobStatus.COMPLETED or (job.folder / ERROR_TXT).exists()
-            status = f"failed: {_first_line(job.folder / ERROR_TXT)}" if failed else "completed" + _best(job.folder)
+            status = f"failed: {first_line(job.folder / ERROR_TXT)}" if failed else "completed" + job_best(job.folder)
             log.info("job %d %s in %.1f min", job.idx, status, (time.monotonic() - started) / 60)
             if failed and self.fail_fast and n + 1 < len(jobs):
                 log.info("hydra.launcher.fail_fast=true: job %d failed, so no new job starts (%d left): continue the "
@@ -267,12 +267,12 @@ class _Run:
         value = (message or {}).get("value")
         job.result = _returned(job, JobStatus.COMPLETED, value)
         if stopped:
-            status = f"stopped ({_saved(job.folder)})" if code > 0 else "stopped while starting"
+            status = f"stopped ({job_saved(job.folder)})" if code > 0 else "stopped while starting"
         elif failed:
-            detail = (message or {}).get("error") or _first_line(job.folder / ERROR_TXT)
+            detail = (message or {}).get("error") or first_line(job.folder / ERROR_TXT)
             status = f"failed: {detail}"
         else:
-            status = "completed" + _best(job.folder)
+            status = "completed" + job_best(job.folder)
         log.info("job %d %s in %.1f min", job.idx, status, minutes)
         if failed and not stopped and self.launcher.fail_fast and not self.stopped_launching:
             self.stopped_launching = True
@@ -299,39 +299,6 @@ def _returned(job: _Job, status: JobStatus, value) -> JobReturn:
     ret = JobReturn(overrides=job.overrides, working_dir=str(job.folder), task_name="train", status=status)
     ret.return_value = value
     return ret
-
-
-def _summary(folder: Path) -> dict:
-    from trainlab.core.errors import TrainlabError
-    from trainlab.record.run_dir import SUMMARY_JSON, read_json
-
-    try:
-        return read_json(folder, SUMMARY_JSON)
-    except TrainlabError:
-        return {}
-
-
-def _saved(folder: Path) -> str:
-    """What a stopped job saved, from its summary.json: mid-epoch interrupted.ckpt, or last.ckpt when the signal
-    came after the epoch's last batch (then the epoch was recorded whole)."""
-    reason = _summary(folder).get("stop_reason") or ""
-    return f"saved checkpoints/{Path(reason.rpartition('saved ')[2]).name}" if "saved " in reason else \
-        "saved nothing new: it continues from its last checkpoint"
-
-
-def _best(folder: Path) -> str:
-    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
-    summary = _summary(folder)
-    monitor = summary.get("monitor")
-    best = (summary.get("best") or {}).get(monitor)
-    return f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else ""
-
-
-def _first_line(path: Path) -> str:
-    try:
-        return (path.read_text().strip() or "?").splitlines()[0]
-    except OSError:
-        return "?"
 
 
 def _cores() -> int:

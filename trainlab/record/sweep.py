@@ -204,3 +204,37 @@ def best_trial_line(sweep_dir: Path) -> str | None:
     where = f"job {best['job']} in {best['folder']}" if best["folder"] else "its folder was not found"
     params = " ".join(f"{k}={v}" for k, v in best["params"].items())
     return f"best trial: {where}, value {best['value']}, {params}"
+
+
+def _job_summary(job_dir: Path) -> dict:
+    """A job's summary.json, or {} when it has none or only part of one (the job did not finish)."""
+    from trainlab.record.run_dir import SUMMARY_JSON, read_json
+
+    try:
+        return read_json(job_dir, SUMMARY_JSON)
+    except TrainlabError:
+        return {}
+
+
+def job_saved(job_dir: Path) -> str:
+    """What a stopped job saved, from its summary.json: mid-epoch interrupted.ckpt, or last.ckpt when the signal
+    came after the epoch's last batch (then the epoch was recorded whole)."""
+    reason = _job_summary(job_dir).get("stop_reason") or ""
+    return f"saved checkpoints/{Path(reason.rpartition('saved ')[2]).name}" if "saved " in reason else \
+        "saved nothing new: it continues from its last checkpoint"
+
+
+def job_best(job_dir: Path) -> str:
+    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
+    summary = _job_summary(job_dir)
+    monitor = summary.get("monitor")
+    best = (summary.get("best") or {}).get(monitor)
+    return f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else ""
+
+
+def first_line(path: Path) -> str:
+    """The first line of a job's error.txt ('?' when it is empty or unreadable)."""
+    try:
+        return (path.read_text().strip() or "?").splitlines()[0]
+    except OSError:
+        return "?"
