@@ -4,6 +4,7 @@ lacks), and sweeps that run several jobs at once on the CPU with every guarantee
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 from datetime import datetime
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
-from trainlab.engine import cpu_split
+from trainlab.engine import cpu_split, processes
 from trainlab.record.sweep import job_saved
 
 from helpers import FAST, assert_one_line, hashes, run, run_cli, start_cli, wait_for
@@ -178,6 +179,32 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
     assert "1 job(s) of the sweep failed" in console and "Traceback" not in console
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "error.txt").is_file()
     assert not (sweep / "2").exists()  # (without fail_fast it runs: the basic launcher's tests in test_sweep.py)
+
+
+def test_a_cpu_job_forks_from_the_forkserver_with_the_environment_of_its_start_and_a_cuda_job_is_spawned(monkeypatch):
+    forkserver = processes.context(cuda=False)
+    assert forkserver.get_start_method() == "forkserver" and processes.context(cuda=True).get_start_method() == "spawn"
+    monkeypatch.setenv("TRAINLAB_PROBE", "set before")
+    processes.wait_ready()  # (the server may start now, with TRAINLAB_PROBE in its environment, or have run before)
+    seen = []
+    for value in ("changed after the server started", None):
+        if value is None:
+            monkeypatch.delenv("TRAINLAB_PROBE")
+        else:
+            monkeypatch.setenv("TRAINLAB_PROBE", value)
+        answers = forkserver.Queue()
+        child = forkserver.Process(target=_adopting, args=(answers, processes.environment()))
+        child.start()
+        seen.append(answers.get(timeout=60))
+        child.join(timeout=60)
+    (parent, changed), (_, removed) = seen
+    assert parent != os.getpid()  # forked by the server, which imported torch once, not started by this process
+    assert changed == "changed after the server started" and removed is None
+
+
+def _adopting(answers, env) -> None:
+    processes.adopt(env)
+    answers.put((os.getppid(), os.environ.get("TRAINLAB_PROBE")))
 
 
 @pytest.mark.parametrize("reason, line", [

@@ -4,9 +4,10 @@ Hydra's basic launcher runs the jobs one after another in this process; joblib's
 every job on the same GPU. This one gives each job `device.count` GPUs of its own through CUDA_VISIBLE_DEVICES
 (`hydra.launcher.jobs_per_device` lets jobs share one), or on a CPU a share of the cores (each job's
 `trainer.threads=auto`). A job runs exactly as under the basic launcher — Hydra's `run_job` with trainlab's
-job wrapper, in a fresh (spawned) process — so its folder, `resume=`, one-line errors and error.txt are the
-same; only its console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one
-line when a job starts and one when it ends. Ctrl-C or SIGTERM stops every running job (each saves
+job wrapper, in a fresh process (on a CPU forked from a forkserver that imported torch once, for CUDA spawned:
+trainlab.engine.processes) — so its folder, `resume=`, one-line errors and error.txt are the same; only its
+console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one line when a job
+starts and one when it ends. Ctrl-C or SIGTERM stops every running job (each saves
 interrupted.ckpt, or last.ckpt when the signal finds it past an epoch's last batch) and the sweep continues with
 `trainlab train -m resume=<sweep>`; `hydra.launcher.fail_fast=true` starts no new job after the first failure.
 The Hydra plugin class is hydra_plugins/trainlab_launcher.
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
+from trainlab.engine import processes
 from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
 
 log = logging.getLogger("trainlab.launcher")
@@ -71,6 +73,8 @@ class ParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if self.jobs is not None and int(self.jobs) > 1:
+            processes.warm_up()  # its imports (seconds) run while the jobs are planned
         jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         resume = OmegaConf.select(self.config, "resume", default=None)
         self.resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == sweep_dir.expanduser().resolve()
@@ -223,12 +227,12 @@ class _Run:
             where = f"cpu, {threads} thread{'s' if threads > 1 else ''}"
         env[JOB_CORES] = f"{_cores()}/{self.at_once}"
         console = self.sweep_dir / CONSOLE_DIR / f"job-{job.idx}.log"
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA_VISIBLE_DEVICES applies, no fork
+        context = processes.context(cuda=job.device == "cuda")  # a clean process, started in ~0.1 s on a CPU
         parent, child = context.Pipe(duplex=False)
         from trainlab.cli import hydra_job
 
         spec = _Spawn(job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config, _singleton_state(),
-                      env, str(console), hydra_job.running_command())
+                      processes.environment(env), str(console), hydra_job.running_command())
         job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False,
                                       args=(child, spec))
         job.process.start()
@@ -340,7 +344,7 @@ def _run_job(conn, spec: _Spawn) -> None:
     idx, overrides, hydra_context, config = spec.idx, spec.overrides, spec.hydra_context, spec.config
     singleton_state, env, console, command = spec.singleton_state, spec.env, spec.console, spec.command
     os.setpgrp()  # Ctrl-C reaches the launcher only; it forwards the signal, once, to every job
-    os.environ.update(env)
+    processes.adopt(env)
     out = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)

@@ -6,11 +6,11 @@ on the machine (cores, memory bandwidth, caches) and on the model (a small model
 keeps them busy); nothing read from the hardware predicts it. So N processes, each stepping its own copy of the
 sweep's model with its share of the threads, are timed side by side for N = 2, 4, ... (up to the cores, the jobs
 and MAX_SPLIT), and so is how long such a process takes to start (a job run at once with others starts its own
-process and imports trainlab); one job at a time runs in the launcher's process, so N = 1 is timed there, with
-nothing to start. The sweep's
-expected time is then worked out for each N: with the job's images per run where its config says them
-(`dataset.train_size` or `trainer.limit_train_batches`, times `trainer.epochs`), or, for jobs of unknown length,
-from the images/s alone; N at once is chosen only when it comes out more than GAIN faster than one at a time.
+process, forked from the forkserver that imported torch and trainlab once: trainlab.engine.processes); one job at
+a time runs in the launcher's process, so N = 1 is timed there, with nothing to start. The sweep's expected time
+is then worked out for each N: with the job's images per run where its config says them (`dataset.train_size` or
+`trainer.limit_train_batches`, times `trainer.epochs`), or, for jobs of unknown length, from the images/s alone;
+N at once is chosen only when it comes out more than GAIN faster than one at a time.
 The timings are cached per machine, model and input in autotune's cache file, so a sweep pays for them once.
 
 Timed in fp32, contiguous memory, plain SGD (as autotune's steps): the ranking between splits is what is wanted.
@@ -22,13 +22,12 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import queue
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from trainlab.engine import autotune
+from trainlab.engine import autotune, processes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ SECONDS = 2.0      # each process's timed stretch (at least MIN_STEPS steps)
 MIN_STEPS = 2
 BATCH = 64         # at most this batch: enough for threads to have work, short steps on one core
 TIMEOUT = 300.0    # a measurement that has not ended by then is abandoned (and said so)
-CACHE_KIND = "cpu_split"
+CACHE_KIND = "cpu_split-forkserver"  # (the start-up timed when jobs were spawned was ~7 s: not what it is now)
 
 
 @dataclass(frozen=True)
@@ -236,13 +235,15 @@ def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float]:
     each other, then each times its steps for SECONDS."""
     if n == 1:  # one job at a time runs in the launcher's process: timed here, with nothing to start
         return _steps(work, threads(cores, 1))[0], 0.0
-    context = multiprocessing.get_context("spawn")  # fresh interpreters, as the launcher's jobs are
+    context = processes.context(cuda=False)  # the launcher's jobs start the same way
+    processes.wait_ready()  # the forkserver's one-off imports are not what each job's start costs
     ready = context.Barrier(n)
     results = context.Queue()
     started = time.time()  # (wall clock: compared with the processes' own)
-    processes = [context.Process(target=_step_side_by_side, args=(work, threads(cores, n), started, ready, results),
-                                 name=f"trainlab-split-{n}-{i}", daemon=True) for i in range(n)]
-    for p in processes:
+    env = processes.environment()
+    timers = [context.Process(target=_step_side_by_side, args=(work, threads(cores, n), started, ready, results, env),
+                              name=f"trainlab-split-{n}-{i}", daemon=True) for i in range(n)]
+    for p in timers:
         p.start()
     rates, startups, deadline = [], [], time.monotonic() + TIMEOUT
     try:
@@ -250,7 +251,7 @@ def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float]:
             try:
                 outcome = results.get(timeout=0.5)
             except queue.Empty:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                dead = [p for p in timers if p.exitcode not in (None, 0)]
                 if dead:  # it ended without a word (killed, out of memory): the others would wait for it
                     raise RuntimeError(f"a timing process ended with exit code {dead[0].exitcode}") from None
                 if time.monotonic() > deadline:
@@ -261,15 +262,16 @@ def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float]:
             rates.append(outcome[0])
             startups.append(outcome[1])
     finally:
-        for p in processes:
+        for p in timers:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
     return sum(rates), max(startups)
 
 
-def _step_side_by_side(work: Workload, n_threads: int, started: float, ready, results) -> None:
+def _step_side_by_side(work: Workload, n_threads: int, started: float, ready, results, env: dict) -> None:
     """One of the processes measure_split starts: its model's training steps on its share of the threads."""
+    processes.adopt(env)
     try:
         import trainlab.engine.fit  # noqa: F401 - what a job's process imports (data, metrics, record): timed too
 
