@@ -24,23 +24,35 @@ log = logging.getLogger(__name__)
 PRELOAD = ["torch", "torchvision", "torchmetrics", "trainlab.engine.fit"]
 
 
+_server: dict = {"pid": None, "env": None}  # the forkserver this module started, and os.environ when it did
+
+
 def context(cuda: bool) -> BaseContext:
-    """forkserver with PRELOAD for a CPU process, spawn for one that will use CUDA (or where there is no
-    forkserver: not on Windows)."""
-    if cuda or "forkserver" not in multiprocessing.get_all_start_methods():
+    """forkserver with PRELOAD for a CPU process, spawn for one that will use CUDA, or where there is no forkserver
+    (Windows) or something else started it first (its modules and environment are not known)."""
+    if cuda or not _forkserver_running():
         return multiprocessing.get_context("spawn")
-    forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(PRELOAD)  # (read when the server starts: the first process, or warm_up)
-    return forkserver
+    return multiprocessing.get_context("forkserver")
+
+
+def _forkserver_running() -> bool:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # (the stdlib's one server per process; its pid is not public)
+    if _server["pid"] is None and getattr(server, "_forkserver_pid", None) is not None:
+        return False
+    forkserver.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()  # starts it (or again, had it died), with this environment; returns at once
+    if server._forkserver_pid != _server["pid"]:
+        _server.update(pid=server._forkserver_pid, env=dict(os.environ))
+    return True
 
 
 def warm_up() -> None:
     """Start the forkserver now, so that its imports run while the caller plans (they take seconds)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context(cuda=False)
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+    _forkserver_running()
 
 
 def wait_ready() -> None:
@@ -58,11 +70,15 @@ def _nothing() -> None:
 
 
 def environment(extra: dict | None = None) -> dict:
-    """This process's environment now, with `extra` on top: what adopt() installs in the new process."""
-    return {**os.environ, **(extra or {})}
+    """How a process forked from the server gets this process's environment as it is now, with `extra` on top:
+    what differs from the server's own (from when it started), for adopt() to set and unset."""
+    now, then = {**os.environ, **(extra or {})}, _server["env"] or {}
+    return {"set": {k: v for k, v in now.items() if then.get(k) != v}, "unset": [k for k in then if k not in now]}
 
 
-def adopt(env: dict) -> None:
-    """In the new process, first thing: its environment becomes `env` (as a spawned interpreter's would be)."""
-    os.environ.clear()
-    os.environ.update(env)
+def adopt(change: dict) -> None:
+    """In the new process, first thing. What its starter added (torch's elastic agent: RANK, MASTER_PORT, ...) and
+    the parent did not change stays."""
+    os.environ.update(change["set"])
+    for key in change["unset"]:
+        os.environ.pop(key, None)
