@@ -79,10 +79,11 @@ def test_jobs_run_at_once_only_when_they_train_more_than_gain_faster():
 
 
 def test_short_jobs_run_one_at_a_time_where_starting_their_processes_costs_more_than_sharing_the_cores_gains():
-    timing = cpu_split.Timing({1: 100.0, 2: 170.0}, {1: 6.0, 2: 9.0})
-    # 4 jobs of 500 images: one at a time 4 x 5 s in this process; 2 at once 2 rounds of 9 s start-up + 500*2/170 s.
+    timing = cpu_split.Timing({1: 100.0, 2: 170.0}, {1: 0.0, 2: 2.0}, server=7.0)
+    # 4 jobs of 500 images: one at a time 4 x 5 s in this process; 2 at once wait 7 s for their process server, then
+    # 2 rounds of 2 s start-up + 500*2/170 s.
     short = cpu_split.expected_seconds(timing, 4, 500)
-    assert short == {1: 20.0, 2: pytest.approx(2 * (9 + 1000 / 170), abs=0.1)}
+    assert short == {1: 20.0, 2: pytest.approx(7 + 2 * (2 + 1000 / 170), abs=0.1)}
     assert cpu_split.pick(timing.rates, short) == 1
     long = cpu_split.expected_seconds(timing, 4, 100_000)  # 1000 s against ~1194 s: the start-up is paid back
     assert cpu_split.pick(timing.rates, long) == 2
@@ -92,7 +93,7 @@ def _measure(table: dict[int, float], timed: list[int] | None = None):
     def measure(work, n, cores):
         if timed is not None:
             timed.append(n)
-        return table[n], 5.0
+        return table[n], 5.0, (7.0 if n == 2 else 0.0)  # (the process server gets ready before the first n > 1)
     return measure
 
 
@@ -110,7 +111,8 @@ def test_the_split_is_measured_once_per_machine_and_model_then_read_from_the_cac
     assert (again.jobs, again.timing.cached, timed) == (2, True, [1, 2, 4]) and "cached" in again.reason("m")
     assert "2 at once is fastest" in again.reason("m")
     short = cpu_split.choose(SMALL, 16, 10, images=100, measure=_measure(rates, timed))
-    assert short.jobs == 1 and "a job's process starts in ~5 s" in short.reason("m")
+    assert short.jobs == 1 and "wait ~7 s for their process server, then each starts in ~5 s" in short.reason("m")
+    assert short.sweep_s[2] == pytest.approx(7 + 5 * (5 + 100 * 2 / 150), abs=0.1)  # one wait, 5 rounds of 2
     bigger = cpu_split.Workload(SMALL.model, (3, 32, 32), 10, 16)  # another input: measured for itself
     slow = cpu_split.choose(bigger, 16, 10, measure=_measure({1: 100.0, 2: 105.0, 4: 90.0}))
     assert slow.jobs == 1 and not slow.timing.cached and "only 5% faster, under 10%" in slow.reason("m")
@@ -137,8 +139,8 @@ def test_a_jobs_length_is_read_from_its_config():
 @pytest.mark.slow
 def test_one_job_is_timed_here_and_a_timing_process_that_fails_says_why():
     # (A real timing of 1 and 2 jobs at once: scripts/bench_sweep.py's test, through the launcher's own code.)
-    rate, startup = cpu_split.measure_split(SMALL, 1, 2)
-    assert rate > 0 and startup == 0  # one job at a time: timed in this process, with nothing to start
+    rate, startup, server = cpu_split.measure_split(SMALL, 1, 2)
+    assert rate > 0 and startup == server == 0  # one job at a time: timed in this process, with nothing to start
     broken = cpu_split.Workload({**SMALL.model, "width": "wide"}, (3, 16, 16), 10, 16)
     with pytest.raises(RuntimeError, match="wide"):  # a process that fails says why, and the others stop waiting
         cpu_split.measure_split(broken, 2, 2)

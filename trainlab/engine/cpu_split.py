@@ -37,7 +37,7 @@ SECONDS = 2.0      # each process's timed stretch (at least MIN_STEPS steps)
 MIN_STEPS = 2
 BATCH = 64         # at most this batch: enough for threads to have work, short steps on one core
 TIMEOUT = 300.0    # a measurement that has not ended by then is abandoned (and said so)
-CACHE_KIND = "cpu_split-forkserver"  # (the start-up timed when jobs were spawned was ~7 s: not what it is now)
+CACHE_KIND = "cpu_split-forkserver-2"  # (the start-up timed when jobs were spawned was ~7 s: not what it is now)
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,11 @@ class Workload:
 @dataclass
 class Timing:
     """What was measured for one workload: training images/s of n jobs at once (all of them together), and the
-    seconds a job's process took to start and take its first step when n started together."""
+    seconds a job's process took to start and take its first step when n started together (from a ready forkserver),
+    and the seconds that server took to get ready (once per sweep: it imports torch and trainlab)."""
     rates: dict[int, float]
     startup: dict[int, float]
+    server: float = 0.0
     cached: bool = False
     seconds: float = 0.0       # what measuring took (0 when cached)
 
@@ -86,8 +88,9 @@ class Choice:
             elif best > 1:
                 rule = f"expected sweep time {expected}: {best} at once would gain under {GAIN:.0%}"
             else:
-                rule = (f"expected sweep time {expected} (a job's process starts in ~{max(t.startup.values()):.0f} s, "
-                        "one at a time runs in this process)")
+                rule = (f"expected sweep time {expected} (jobs at once wait ~{t.server:.0f} s for their process "
+                        f"server, then each starts in ~{max(t.startup.values()):.0f} s; one at a time runs in this "
+                        "process)")
         else:
             best = max(t.rates, key=t.rates.get)
             gain = t.rates[best] / t.rates[1] - 1
@@ -162,10 +165,11 @@ def splits(cores: int, jobs: int) -> list[int]:
 
 
 def choose(work: Workload, cores: int, jobs: int, images: int | None = None,
-           measure: Callable[[Workload, int, int], tuple[float, float]] | None = None) -> Choice:
+           measure: Callable[[Workload, int, int], tuple[float, float, float]] | None = None) -> Choice:
     """How many of `jobs` jobs, each training on `images` images in all (None: unknown), to run at once, from the
     cached timing for this machine and workload or a fresh one. `measure(work, n, cores)` -> (images/s of n jobs
-    at once, seconds for their processes to start), injectable (tests give it made-up numbers)."""
+    at once, seconds for their processes to start, seconds their process server took to get ready first: 0 once
+    it is), injectable (tests give it made-up numbers)."""
     options = splits(cores, jobs)
     if len(options) == 1:
         return Choice(1, Timing({1: 0.0}, {1: 0.0}), cores, None)
@@ -176,7 +180,7 @@ def choose(work: Workload, cores: int, jobs: int, images: int | None = None,
 
 
 def measured(work: Workload, cores: int, options: list[int],
-             measure: Callable[[Workload, int, int], tuple[float, float]]) -> Timing:
+             measure: Callable[[Workload, int, int], tuple[float, float, float]]) -> Timing:
     """The timing of `work` for each number of jobs at once in `options`: from the cache, or measured (and cached).
     Stops at the first split slower than the one before: splitting the cores further will not turn faster."""
     key = _key(work, cores, options)
@@ -185,31 +189,32 @@ def measured(work: Workload, cores: int, options: list[int],
         rates = {int(n): float(v) for n, v in entry["rates"].items()}
         startup = {int(n): float(v) for n, v in entry["startup"].items()}
         if 1 in rates and set(rates) == set(startup):
-            return Timing(rates, startup, cached=True)
+            return Timing(rates, startup, float(entry.get("server", 0.0)), cached=True)
     log.info("hydra/launcher=parallel: timing %s with 1 to %d jobs at once on %d cores, to run the sweep's jobs "
              "as fast as this CPU allows (once for this machine and model; hydra.launcher.jobs=N skips it)",
              work.label, options[-1], cores)
     start = time.perf_counter()
-    rates, startup = {}, {}
+    rates, startup, server = {}, {}, 0.0
     for n in options:
-        rates[n], startup[n] = measure(work, n, cores)
+        rates[n], startup[n], ready = measure(work, n, cores)
+        server = max(server, ready)
         if n > 1 and rates[n] < rates[n // 2]:
             break
     timing = Timing({n: round(v, 1) for n, v in rates.items()}, {n: round(v, 1) for n, v in startup.items()},
-                    seconds=time.perf_counter() - start)
-    autotune.write_cache(key, {"rates": timing.rates, "startup": timing.startup, "machine": autotune.machine(),
-                               "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                    round(server, 1), seconds=time.perf_counter() - start)
+    autotune.write_cache(key, {"rates": timing.rates, "startup": timing.startup, "server": timing.server,
+                               "machine": autotune.machine(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return timing
 
 
 def expected_seconds(timing: Timing, jobs: int, images: int) -> dict[int, float]:
     """The sweep's expected seconds for each number of jobs at once n: one at a time trains each job at the rate of
-    one in this process (nothing to start); n at once run ceil(jobs / n) rounds, each starting n processes and
-    training at n's rate shared between them."""
+    one in this process (nothing to start); n at once wait once for their process server to be ready, then run
+    ceil(jobs / n) rounds, each starting n processes and training at n's rate shared between them."""
     found = {1: jobs * images / timing.rates[1]}
     for n, rate in timing.rates.items():
         if n > 1:
-            found[n] = math.ceil(jobs / n) * (timing.startup[n] + images * n / rate)
+            found[n] = timing.server + math.ceil(jobs / n) * (timing.startup[n] + images * n / rate)
     return {n: round(s, 1) for n, s in found.items()}
 
 
@@ -229,14 +234,16 @@ def _key(work: Workload, cores: int, options: list[int]) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float]:
-    """Training images/s of n processes stepping side by side, each with its share of the threads, and the seconds
-    they took to start: each imports what a job imports, builds its model and takes a first step, they wait for
-    each other, then each times its steps for SECONDS."""
+def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float, float]:
+    """Training images/s of n processes stepping side by side, each with its share of the threads, the seconds
+    they took to start (forked from the ready server, each builds its model and takes a first step; they wait for
+    each other, then each times its steps for SECONDS), and the seconds the server took to get ready first."""
     if n == 1:  # one job at a time runs in the launcher's process: timed here, with nothing to start
-        return _steps(work, threads(cores, 1))[0], 0.0
+        return _steps(work, threads(cores, 1))[0], 0.0, 0.0
     context = processes.context(cuda=False)  # the launcher's jobs start the same way
-    processes.wait_ready()  # the forkserver's one-off imports are not what each job's start costs
+    before = time.perf_counter()
+    processes.wait_ready()  # the server's imports: paid once per sweep, not by each job's start
+    server = time.perf_counter() - before
     ready = context.Barrier(n)
     results = context.Queue()
     started = time.time()  # (wall clock: compared with the processes' own)
@@ -266,7 +273,7 @@ def measure_split(work: Workload, n: int, cores: int) -> tuple[float, float]:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
-    return sum(rates), max(startups)
+    return sum(rates), max(startups), server
 
 
 def _step_side_by_side(work: Workload, n_threads: int, started: float, ready, results, env: dict) -> None:
