@@ -42,6 +42,7 @@ def _forkserver_running() -> bool:
 
     server = forkserver._forkserver  # (the stdlib's one server per process; its pid is not public)
     if _server["pid"] is None and getattr(server, "_forkserver_pid", None) is not None:
+        log.debug("a forkserver that trainlab did not start runs in this process: new processes are spawned")
         return False
     forkserver.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()  # starts it (or again, had it died), with this environment; returns at once
