@@ -236,7 +236,7 @@ def test_a_stop_after_an_epochs_last_batch_saves_last_ckpt_and_the_resume_runs_t
     assert json.loads((tmp_path / "summary.json").read_text())["stopped"] == "completed"
 
 
-def test_a_stop_while_the_run_writes_its_summary_lets_it_finish(tmp_path, monkeypatch):
+def test_a_stop_while_the_run_writes_its_summary_lets_it_finish(tmp_path, monkeypatch, caplog):
     from trainlab.engine import fit
 
     real = fit.diagnose
@@ -250,6 +250,7 @@ def test_a_stop_while_the_run_writes_its_summary_lets_it_finish(tmp_path, monkey
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
     assert (tmp_path / "plots" / "loss.png").is_file() and (tmp_path / "tensorboard").is_dir()
+    assert "SIGTERM received: every epoch has run; the run ends once its summary and plots are written" in caplog.text
 
 
 @pytest.mark.slow

@@ -214,8 +214,9 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
 
     with StopRequest() as stop:
         outcome = run_epochs(stop)
-        # A signal while the summary, plots and report are written (seconds) waits for them: stopping there would
-        # leave a run whose epochs all ran without its summary.json. (A second one still aborts.)
+        # A signal while the summary and plots are written (seconds) waits for them: stopping there would leave a
+        # run whose epochs all ran without its summary.json. (A second one still aborts.)
+        stop.finishing = True
         return _finish(recorder, cfg, runtime, best, outcome, elapsed(), settings.target)
 
 

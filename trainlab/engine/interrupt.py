@@ -48,6 +48,7 @@ DUPLICATE_WINDOW_S = 1.0
 class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.finishing = False  # past the last epoch: only the summary and plots are left to write
         self._when = 0.0
         self._previous: dict = {}
 
@@ -67,8 +68,12 @@ class StopRequest:
                 return
             raise KeyboardInterrupt  # second signal: the user really wants out now
         self.signum, self._when = signum, time.monotonic()
-        log.warning("%s received: finishing the current step and saving a checkpoint "
-                    "(send it again to abort without saving)", signal.Signals(signum).name)
+        if self.finishing:
+            log.warning("%s received: every epoch has run; the run ends once its summary and plots are written "
+                        "(seconds; send it again to abort)", signal.Signals(signum).name)
+        else:
+            log.warning("%s received: finishing the current step and saving a checkpoint "
+                        "(send it again to abort without saving)", signal.Signals(signum).name)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
