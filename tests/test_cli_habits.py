@@ -137,3 +137,18 @@ def test_the_command_line_answers_help_without_importing_torch():
     code = "import sys, trainlab.cli; print(sorted(m for m in ('torch', 'torchvision', 'hydra') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+@pytest.mark.parametrize("flags", [["-sc", "query=bash"], ["--cfg", "job"]])
+def test_hydras_own_flags_answer_without_importing_torch(tmp_path, flags):
+    """A Tab press asks `trainlab train -sc query=bash` for the choices: it answered in ~10 s when it imported the
+    training code; Hydra's flags need only the config, so they leave torch out (~1.5 s)."""
+    code = ("import sys\nfrom trainlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'torchmetrics') if m in sys.modules))")
+    env = {**os.environ, "COMP_LINE": "trainlab train scheduler=one", "COMP_POINT": "28"}
+    done = subprocess.run([sys.executable, "-c", code, "train", *flags], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer, imported = done.stdout.strip().rsplit("\n", 1)
+    assert imported == "[]", done.stdout
+    assert ("scheduler=onecycle" in answer) if "-sc" in flags else ("epochs:" in answer and "_target_:" in answer)

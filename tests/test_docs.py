@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from trainlab.cli.main import COMMANDS
+
 from helpers import REPO, compose
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-HYDRA_CONFIGS = {"train": "config", "evaluate": "evaluate", "summary": "summary", "lr-find": "lr_find"}
+HYDRA_CONFIGS = {name: command.config for name, command in COMMANDS.items() if command.config}
 # Keys of a command of its own (not of the run's config): checked by the command, not composed.
 OWN = {"train": ("resume", "overwrite"), "evaluate": ("ckpt", "split", "weights"),
        "summary": ("ckpt", "num_classes", "depth"), "lr-find": ()}

@@ -32,8 +32,6 @@ COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
 complete -o nospace -o default -F _trainlab_completion trainlab
 """
 
-HYDRA_COMMANDS = ("train", "evaluate", "summary", "lr-find")
-
 
 def shell_completion(command: str, args: list[str], commands) -> None:
     """`-sc install=bash` prints trainlab's completer (Hydra's would call `trainlab -sc query=bash`, which is no
@@ -48,7 +46,7 @@ def shell_completion(command: str, args: list[str], commands) -> None:
             fail(f"{action}: trainlab installs bash completion (zsh: autoload bashcompinit && bashcompinit, then the "
                  "same line)")
         print(BASH_COMPLETION.replace('"COMMANDS"', f'"{" ".join(commands)}"')
-              .replace("HYDRA_COMMANDS)", "|".join(HYDRA_COMMANDS) + ")"), end="")
+              .replace("HYDRA_COMMANDS)", "|".join(n for n, c in commands.items() if c.config) + ")"), end="")
         sys.exit(0)
     if action.startswith("uninstall="):
         print("complete -r trainlab 2> /dev/null")

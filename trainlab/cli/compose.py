@@ -158,7 +158,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+    if hydra_flag(args):
         return None
     try:  # a user's own config folders: their options and experiments count too
         args, configs = config_source(args, config_name)
@@ -205,6 +205,11 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
         fail(one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
+
+def hydra_flag(args: list[str]) -> bool:
+    """A flag Hydra answers without running a job: --help, --cfg job, -sc (a shell's completion), ..."""
+    return any(a.split("=")[0] in _HYDRA_FLAGS for a in args)
+
 
 def is_sweep(args: list[str]) -> bool:
     """-m, a sweeper preset (+hparams_search=...) or hydra.mode=MULTIRUN: Hydra runs a sweep of jobs."""

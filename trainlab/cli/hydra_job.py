@@ -4,6 +4,7 @@ job), and a sweep's failed jobs named at the end."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -18,6 +19,7 @@ from trainlab.cli.compose import (
     MULTIRUN_FLAGS,
     as_override,
     config_path_args,
+    hydra_flag,
     is_sweep,
     option,
     preflight,
@@ -60,11 +62,6 @@ _ADDED_GROUPS = ("experiment", "debug", "hparams_search")  # not in config.yaml'
 def resume_args(args: list[str]) -> list[str]:
     """`resume=...` continues a run in its own directory: point Hydra's output there, and keep this
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
-    from datetime import datetime
-
-    from trainlab.record.checkpoint import find_checkpoint, read_once
-    from trainlab.record.run_dir import OUTPUTS_ROOT
-
     spec = option(args, "resume") or ""
     if spec and is_sweep_dir(spec):
         try:
@@ -74,6 +71,11 @@ def resume_args(args: list[str]) -> list[str]:
             fail(str(e))
     if not spec or spec == "null" or any(a in MULTIRUN_FLAGS for a in args):
         return args
+    from datetime import datetime
+
+    from trainlab.record.checkpoint import find_checkpoint, read_once  # torch: only for a resume
+    from trainlab.record.run_dir import OUTPUTS_ROOT
+
     try:
         path = find_checkpoint(spec, OUTPUTS_ROOT)
         choices = read_once(path).get("choices", {})  # read once: the command and the fit take this copy
@@ -108,7 +110,7 @@ def torchrun_args(args: list[str]) -> list[str]:
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
         "++hydra.job_logging.handlers.file.delay=true"]
 
-def claim_output(command, args: list[str], cfg) -> list[str]:
+def claim_output(command, args: list[str], cfg, training: bool) -> list[str]:
     """Lock this run's directory before Hydra writes anything into it, and refuse a folder that already
     holds a run (unless resume= or overwrite=true) or that is not trainlab's. A directory trainlab names
     itself gets a free neighbour (`_1`, ...) when two runs start in the same second. Returns the arguments
@@ -141,7 +143,7 @@ def claim_output(command, args: list[str], cfg) -> list[str]:
         default = _default_dir(command, args)
         folder = free_run_dir(default or Path(OmegaConf.select(cfg, "hydra.run.dir")))
         args = args + [as_override("hydra.run.dir", folder)]
-    resumed = command.CONFIG == "config" and option(args, "resume") not in (None, "", "null")
+    resumed = training and option(args, "resume") not in (None, "", "null")
     mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
     try:
         _held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
@@ -261,13 +263,17 @@ def _find_own_plugins() -> None:
         hydra_plugins.__path__.append(str(here))
 
 
-def run_hydra(name: str, command, args: list[str], commands) -> None:
-    """`trainlab <name> <args>` for a command module that takes a Hydra config: its CONFIG (primary config), check
-    (before anything is written), run (the job) and, optionally, default_dir (its run folder's default)."""
+def run_hydra(name: str, args: list[str], commands) -> None:
+    """`trainlab <name> <args>` for a command that takes a Hydra config (commands[name].config, its primary config).
+    Its module has check (before anything is written), run (the job) and, optionally, default_dir (its run folder's
+    default); it imports torch, so Hydra's own flags (-sc for a shell's completion, --help, --cfg) answer without
+    importing it: a Tab press takes a second, not ten."""
     import hydra
 
     shell_completion(name, args, commands)
     _find_own_plugins()
+    module, config = f"trainlab.commands.{commands[name].module}", commands[name].config
+    command = None if hydra_flag(args) else importlib.import_module(module)
     training = name == "train"
     if training:
         args = resume_args(args)
@@ -275,20 +281,20 @@ def run_hydra(name: str, command, args: list[str], commands) -> None:
         from trainlab.core.config import register_schemas
 
         register_schemas()  # a primary config of the user's own composes with trainlab's typed keys too
-    cfg = preflight(args, command.CONFIG, getattr(command, "check", None))
+    cfg = preflight(args, config, getattr(command, "check", None))
     if training:
         args = torchrun_args(args)
-    args = claim_output(command, config_path_args(args), cfg)
+    args = claim_output(command, config_path_args(args), cfg, training)
     sys.argv = [f"trainlab {name}"] + args
 
-    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=command.CONFIG, version_base="1.3")
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config, version_base="1.3")
     def task(cfg):
-        return job(command.run, cfg)
+        return job(importlib.import_module(module).run, cfg)
 
     given = option(args, "hydra.sweep.dir") if is_sweep(args) else None
     sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
     before = _job_errors(sweep_dir)
-    _running.append(command.__name__)
+    _running.append(module)
     try:
         _run_task(task)
     finally:

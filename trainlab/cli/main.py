@@ -21,32 +21,34 @@ from trainlab.core.errors import TrainlabError
 class Command:
     module: str        # trainlab.commands.<module>
     help: str
-    hydra: bool        # a Hydra config (CONFIG, check, run) rather than its own arguments (USAGE, main)
+    # Its primary config in conf/ (a Hydra command: the module has check and run), or None: the command takes its own
+    # arguments (the module has USAGE and main).
+    config: str | None
     needs_args: bool = True
 
 
 COMMANDS = {
-    "train": Command("train", "train a model from composed configs: `trainlab train +experiment=quickstart`", True),
+    "train": Command("train", "train a model from composed configs: `trainlab train +experiment=quickstart`", "config"),
     "evaluate": Command("evaluate", "metrics, predictions.csv and confusion.csv of a checkpoint: "
-                        "`trainlab evaluate ckpt=<file|run_dir>`", True),
+                        "`trainlab evaluate ckpt=<file|run_dir>`", "evaluate"),
     "predict": Command("predict", "top-k classes of new, unlabelled images: "
-                       "`trainlab predict ckpt=<file|run_dir> input=<folder>`", False),
+                       "`trainlab predict ckpt=<file|run_dir> input=<folder>`", None),
     "export": Command("export", "the model for other programs (safetensors, torchscript, onnx): "
-                      "`trainlab export ckpt=... format=...`", False),
+                      "`trainlab export ckpt=... format=...`", None),
     "compare": Command("compare", "the images two checkpoints judge differently: `trainlab compare <A> <B> [n=10]`",
-                       False),
+                       None),
     "visualize": Command("visualize", "feature maps and activation statistics of one image: "
-                         "`trainlab visualize ckpt=... image=0`", False),
+                         "`trainlab visualize ckpt=... image=0`", None),
     "summary": Command("summary", "every layer with its output shape and parameters: "
-                       "`trainlab summary +experiment=resnet18_tiny`", True),
+                       "`trainlab summary +experiment=resnet18_tiny`", "summary"),
     "lr-find": Command("lr_find", "the learning-rate range test, a curve and a suggested optimizer.lr: "
-                       "`trainlab lr-find +experiment=...`", True),
+                       "`trainlab lr-find +experiment=...`", "lr_find"),
     "diagnose": Command("diagnose", "what the curves of a run say (over-fitting, plateau, ...): "
-                        "`trainlab diagnose <run_dir>`", False),
+                        "`trainlab diagnose <run_dir>`", None),
     "report": Command("report", "report.html + report.md of a run or a sweep: "
-                      "`trainlab report <run_dir | multirun_dir>`", False),
+                      "`trainlab report <run_dir | multirun_dir>`", None),
     "runs": Command("runs", "every run and sweep job in one table (status, metrics, speed): "
-                    "`trainlab runs [dir ...] [--sort ...]`", False, needs_args=False),
+                    "`trainlab runs [dir ...] [--sort ...]`", None, needs_args=False),
 }
 USAGE = f"""usage: trainlab <command> [overrides ...]
 
@@ -96,13 +98,12 @@ def main(argv: list[str] | None = None) -> None:
 
         fail(f"unknown command '{name}'" + choose(did_you_mean(name, COMMANDS), COMMANDS) + " (see trainlab --help)")
     try:
-        module = importlib.import_module(f"trainlab.commands.{COMMANDS[name].module}")
-        if COMMANDS[name].hydra:
+        if COMMANDS[name].config:
             from trainlab.cli.hydra_job import run_hydra
 
-            run_hydra(name, module, rest, COMMANDS)
+            run_hydra(name, rest, COMMANDS)  # imports the command's module only once a job needs it
         else:
-            _plain(name, module, rest)
+            _plain(name, importlib.import_module(f"trainlab.commands.{COMMANDS[name].module}"), rest)
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -14,8 +14,6 @@ from trainlab.engine.ready import stored_run
 from trainlab.record.checkpoint import checkpoint_path
 from trainlab.record.run_dir import beside_run
 
-CONFIG = "evaluate"  # its primary config (conf/evaluate.yaml)
-
 
 def check(cfg: DictConfig, overrides: list[str]) -> None:
     """Before a run directory is made for it: a checkpoint, a known split, and the stored config with the

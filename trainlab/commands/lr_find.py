@@ -137,8 +137,5 @@ def _plot(table: pd.DataFrame, suggested: float | None, path: Path) -> None:
     plt.close(fig)
 
 
-CONFIG = "lr_find"  # its primary config (conf/lr_find.yaml)
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> dict:
     return lr_find_command(cfg, run_dir)

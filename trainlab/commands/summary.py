@@ -36,9 +36,6 @@ def _classes(cfg: DictConfig, num_classes) -> list[str]:
     return data.classes
 
 
-CONFIG = "summary"  # its primary config (conf/summary.yaml)
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> str:
     return model_summary(cfg, run_dir, overrides)
 

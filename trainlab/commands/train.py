@@ -25,7 +25,6 @@ from trainlab.record.sweep import is_sweep_dir
 log = logging.getLogger(__name__)
 
 _checked: dict = {}  # the one resume this process has checked (see _resumed)
-CONFIG = "config"  # its primary config (conf/config.yaml)
 OWN_KEYS = ("resume",)
 
 
