@@ -17,6 +17,9 @@ from trainlab.data.testing import write_tiny_imagenet  # noqa: F401
 REPO = Path(__file__).resolve().parents[1]
 # The real config, shrunk: in-memory data, a small CNN, fp32 (the same numbers on every CPU), no histograms.
 FAST = ["+debug=fast"]  # conf/debug/fast.yaml: the real config shrunk to seconds (fake data, small CNN, fp32, 2 epochs)
+# Tests that stop a run mid-epoch (a signal once a progress line appears): 32-pixel images make each step ~4x
+# longer than +debug=fast's 16, so the epoch is still running when the signal lands.
+LONGER_STEPS = ["dataset.image_size=32"]
 # Clock-dependent columns; everything else must agree between runs that compute the same thing.
 TIMING = ["time/train_s", "time/val_s", "throughput/train_ips", "throughput/train_ips_per_device", "memory/peak_mb"]
 
@@ -59,6 +62,22 @@ def run(capsys, *args) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_here(*args) -> tuple[int, str, str]:
+    """`run` for module fixtures, which cannot use capsys: the output is captured here (the logging handlers a run
+    sets up write to it too)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line(code: int, out: str, err: str, *parts: str, status: int = 2) -> str:

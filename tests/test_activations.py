@@ -79,7 +79,8 @@ def test_training_records_activations_and_visualize_draws_feature_maps(tmp_path,
     assert "visualize: precision=" in err and "predict:" not in err  # its own name in its log lines
     record = json.loads((out / "visualize.json").read_text())
     assert sorted(p.name for p in out.glob("*.png")) == ["0_2.png", "2_2.png", "4_2.png", "6_2.png", "input.png"]
-    assert record["shapes"] == {"0.2": [32, 32, 32], "2.2": [64, 16, 16], "4.2": [128, 8, 8], "6.2": [128, 4, 4]}
+    # +debug=fast: 16-pixel images, halved by each of the small CNN's poolings
+    assert record["shapes"] == {"0.2": [32, 16, 16], "2.2": [64, 8, 8], "4.2": [128, 4, 4], "6.2": [128, 2, 2]}
     code, _, err = run(capsys, "evaluate", f"ckpt={run_dir}")
     assert code == 0, err
     predictions = pd.read_csv(next((run_dir / "eval").glob("*/predictions.csv")))

@@ -21,7 +21,7 @@ from trainlab.core.errors import DataError
 from trainlab.data import archive, check_root
 from trainlab.data.decode import decode_file
 
-from helpers import assert_one_line, hashes, run, run_cli, write_tiny_imagenet
+from helpers import assert_one_line, hashes, run, write_tiny_imagenet
 
 
 def zip_tree(folder: Path, target: Path, top: bool = True) -> Path:
@@ -200,8 +200,8 @@ def test_bad_archives_are_one_line_and_leave_nothing_behind(tmp_path, tiny_zip, 
 @pytest.mark.slow
 def test_train_evaluate_compare_and_predict_from_the_official_zip(tmp_path, capsys, monkeypatch):
     """The whole exercise from the zip on a clean folder: no file appears outside trainlab's cache and the
-    run folders, and compare's grid and predict read the images back from the archive. (Training in its own
-    process, the rest in this one: the same code path as the console script, without more interpreters.)"""
+    run folders, and compare's grid and predict read the images back from the archive. (In this process: the
+    console script's code path, without another interpreter's imports.)"""
     data = tmp_path / "data"
     tree = write_tiny_imagenet(data / "tiny-imagenet-200", wnids=("n03", "n01", "n02", "n04"), train_per_class=6,
                                val_per_class=3)
@@ -213,11 +213,11 @@ def test_train_evaluate_compare_and_predict_from_the_official_zip(tmp_path, caps
     monkeypatch.chdir(work)
     before = hashes(tmp_path)
     run_dir = work / "run"
-    result = run_cli("train", "+experiment=resnet18_tiny", f"dataset.root={official}", "trainer.epochs=2",
-                     "dataset.batch_size=8", "lr_schedule.warmup_epochs=0", "trainer.histogram_every_n_epochs=0",
-                     "trainer.autotune=false", "checkpoint.every_n_epochs=1", f"hydra.run.dir={run_dir}", cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "is not the official archive" in result.stdout + result.stderr
+    code, out, err = run(capsys, "train", "+experiment=resnet18_tiny", f"dataset.root={official}", "trainer.epochs=2",
+                         "dataset.batch_size=8", "lr_schedule.warmup_epochs=0", "trainer.histogram_every_n_epochs=0",
+                         "trainer.autotune=false", "checkpoint.every_n_epochs=1", f"hydra.run.dir={run_dir}")
+    assert code == 0, err[-3000:]
+    assert "is not the official archive" in out + err
     code, _, err = run(capsys, "evaluate", f"ckpt={run_dir}")
     assert code == 0, err[-2000:]
     predictions = pd.read_csv(next((run_dir / "eval").glob("*/predictions.csv")))

@@ -29,7 +29,7 @@ from trainlab.engine.distributed import SINGLE
 from trainlab.engine.loop import validate
 from trainlab.record.checkpoint import load_checkpoint
 
-from helpers import TIMING, assert_one_line, compose, run, run_cli, start_cli, wait_for
+from helpers import TIMING, assert_one_line, compose, run, run_here, start_cli, wait_for
 
 # Real learning in a few seconds: lr low enough that the curves move over several epochs.
 BASE = ["dataset=fake", "dataset.train_size=192", "dataset.val_size=45", "dataset.batch_size=16", "augment=none",
@@ -132,11 +132,13 @@ def sweep(tmp_path_factory) -> Path:
     if torch.cuda.is_available():
         pytest.skip("this test needs a machine without a GPU (the cuda jobs must fail)")
     folder = tmp_path_factory.mktemp("devices")
-    result = run_cli("train", "-m", *BASE, "device=cpu,cuda", "device.count=1,2", "model=mlp,small_cnn",
-                     f"hydra.sweep.dir={folder / 'sweep'}", cwd=folder)
-    assert result.returncode == 1, result.stderr  # the cuda jobs fail, the sweep goes on
-    assert result.stderr.count("no CUDA GPU is visible to PyTorch; use device=cpu") == 4  # one line per cuda job
-    assert "Traceback" not in result.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        code, _, err = run_here("train", "-m", *BASE, "device=cpu,cuda", "device.count=1,2", "model=mlp,small_cnn",
+                                f"hydra.sweep.dir={folder / 'sweep'}")
+    assert code == 1, err  # the cuda jobs fail, the sweep goes on
+    assert err.count("no CUDA GPU is visible to PyTorch; use device=cpu") == 4  # one line per cuda job
+    assert "Traceback" not in err
     return folder / "sweep"
 
 
@@ -224,8 +226,8 @@ def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_pa
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "train", f"resume={run_dir}", "device.count=1")
     assert_one_line(code, out, err, "resume it with device.count=2")
-    resumed = run_cli("train", f"resume={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = run(capsys, "train", f"resume={run_dir}")
+    assert code == 0, err
     pd.testing.assert_frame_equal(numbers(run_dir), numbers(_job(sweep, "device=cpu", "device.count=2",
                                                                  "model=small_cnn")))
 

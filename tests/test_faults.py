@@ -15,7 +15,7 @@ import pytest
 from trainlab.core.errors import TrainlabError
 from trainlab.record.run_dir import read_json, read_metrics
 
-from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_cli
+from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_cli, run_here
 
 SCHEDULERS = ["cosine", "cyclic", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
 FITTED = {"cosine": "T_max", "onecycle": "total_steps"}  # their length comes from trainer.epochs
@@ -27,20 +27,14 @@ def finished(tmp_path_factory):
     """A finished two-epoch run per scheduler."""
     root = tmp_path_factory.mktemp("schedules")
     for name in SCHEDULERS:
-        code, _ = _run(f"scheduler={name}", f"hydra.run.dir={root / name}")
-        assert code == 0, name
+        code, _, err = _run(f"scheduler={name}", f"hydra.run.dir={root / name}")
+        assert code == 0, f"{name}: {err[-2000:]}"
     return root
 
 
-def _run(*args) -> tuple[int, str]:
-    """`trainlab train` in this process, for module fixtures (which cannot use capsys): (status, "")."""
-    from trainlab import cli
-
-    try:
-        cli.main(["train", *SMALL, *args])
-    except SystemExit as e:
-        return (e.code if isinstance(e.code, int) else 1), ""
-    return 0, ""
+def _run(*args) -> tuple[int, str, str]:
+    """`trainlab train` of SMALL in this process, for module fixtures."""
+    return run_here("train", *SMALL, *args)
 
 
 @pytest.mark.slow  # sixteen short runs
@@ -112,8 +106,8 @@ def test_a_checkpoint_too_large_for_the_disk_is_one_line_and_leaves_no_temporary
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("small") / "run"
-    code, _ = _run(f"hydra.run.dir={run_dir}", "checkpoint.every_n_epochs=1")
-    assert code == 0
+    code, _, err = _run(f"hydra.run.dir={run_dir}", "checkpoint.every_n_epochs=1")
+    assert code == 0, err[-2000:]
     return run_dir
 
 
@@ -147,7 +141,8 @@ def test_every_writer_fails_in_one_line_and_leaves_what_was_written_intact(small
 
 @pytest.mark.slow
 def test_a_decoded_cache_too_large_for_the_disk_is_one_line(tiny_root, tmp_path):
-    result = run_cli("train", *FAST, "dataset=tiny_imagenet", f"dataset.root={tiny_root}",
+    # At Tiny-ImageNet's own 64 pixels (not +debug=fast's 16) its 18 images are ~220 kB: past the limit.
+    result = run_cli("train", *FAST, "dataset=tiny_imagenet", "dataset.image_size=64", f"dataset.root={tiny_root}",
                      f"dataset.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
                      preexec_fn=_limited(60_000))
     assert_one_line(result.returncode, result.stdout, result.stderr, "decoded-image cache", "File too large")

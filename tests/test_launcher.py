@@ -18,7 +18,7 @@ from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_g
 from trainlab.engine import cpu_split, processes
 from trainlab.record.sweep import job_saved
 
-from helpers import FAST, assert_one_line, hashes, run, run_cli, start_cli, wait_for
+from helpers import FAST, LONGER_STEPS, assert_one_line, hashes, run, start_cli, wait_for
 
 
 @pytest.mark.parametrize("gpus", [1, 4, 8])
@@ -170,12 +170,13 @@ def _events(text: str) -> dict[tuple[str, int], datetime]:
 
 
 @pytest.mark.slow
-def test_fail_fast_stops_launching_at_the_first_failure(tmp_path):
+def test_fail_fast_stops_launching_at_the_first_failure(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep"
-    result = run_cli("train", "-m", *FAST, "dataset.batch_size=8,100000,8", "hydra/launcher=parallel",
-                     "hydra.launcher.jobs=1", "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 1, result.stderr[-3000:]
-    console = result.stdout + result.stderr
+    code, out, err = run(capsys, "train", "-m", *FAST, "dataset.batch_size=8,100000,8", "hydra/launcher=parallel",
+                         "hydra.launcher.jobs=1", "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}")
+    assert code == 1, err[-3000:]
+    console = out + err
     assert "job 1 failed: " in console and "larger than the" in console
     assert "hydra.launcher.fail_fast=true: job 1 failed, so no new job starts (1 left" in console
     assert "1 job(s) of the sweep failed" in console and "Traceback" not in console
@@ -221,9 +222,10 @@ def test_a_stopped_jobs_line_names_what_it_saved(tmp_path, reason, line):
 
 
 @pytest.mark.slow
-def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues_them(tmp_path, capsys):
+def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
-    args = ["-m", *FAST, "dataset.train_size=620", "trainer.log_every_n_steps=2", "seed=0,1,2,3",
+    args = ["-m", *FAST, *LONGER_STEPS, "dataset.train_size=620", "trainer.log_every_n_steps=2", "seed=0,1,2,3",
             "hydra/launcher=parallel", "hydra.launcher.jobs=2", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
     wait_for(log, "job 3 started", proc, timeout=300)  # after jobs 0 and 1 finished
@@ -249,11 +251,11 @@ def test_four_jobs_two_at_once_overlap_a_sigterm_stops_them_and_resume_continues
         assert f"job {job} stopped (saved checkpoints/{saved})" in text
     assert (sweep / "3" / "checkpoints" / "interrupted.ckpt").is_file()  # it was seen training
 
-    resumed = run_cli("train", "-m", f"resume={sweep}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, _, err = run(capsys, "train", "-m", f"resume={sweep}")
+    assert code == 0, err[-3000:]
     for job in done:
         assert record_of(sweep / str(job)) == finished[job]  # a finished job is kept byte for byte, not respawned
-        assert f"job {job} ({sweep / str(job)}) finished before: kept as it is" in resumed.stderr
+        assert f"job {job} ({sweep / str(job)}) finished before: kept as it is" in err
     # The stopped ones continued from the step they stopped at (test_resume.py and test_sweep.py check such resumes
     # against runs never stopped, number for number) and ended their epochs.
     for job in stopped:

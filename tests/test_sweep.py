@@ -17,9 +17,10 @@ import yaml
 
 from trainlab.record.sweep import job_state
 
-from helpers import FAST, TIMING, assert_one_line, hashes, run, run_cli, start_cli, wait_for
+from helpers import FAST, LONGER_STEPS, TIMING, assert_one_line, hashes, run, start_cli, wait_for
 
-SWEEP = [*FAST, "dataset.train_size=400", "trainer.log_every_n_steps=2"]  # 12 batches of 32 per epoch
+# 12 batches of 32 per epoch. One thread, as the jobs and the reference runs in this process take: the same numbers.
+SWEEP = [*FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2", "trainer.threads=1"]
 
 
 def rows(run_dir: Path) -> pd.DataFrame:
@@ -99,8 +100,7 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "train", "-m", f"resume={sweep}", "seed=0,1")  # not the sweep that was started
     assert_one_line(code, "", err, "the overrides differ from the sweep", "seed=0,1")
 
-    resumed = run_cli("train", "-m", f"resume={sweep}", cwd=tmp_path)  # a fresh process, as the sweep's own was
-    code, err = resumed.returncode, resumed.stderr
+    code, _, err = run(capsys, "train", "-m", f"resume={sweep}")
     assert code == 0, err
     assert "job 0" in err and "finished before: kept as it is" in err and "job 2" in err and "continues from" in err
     for job in ("0", "1"):
@@ -108,10 +108,9 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
     for job in ("2", "3"):
         assert json.loads((sweep / job / "summary.json").read_text())["stopped"] == "completed"
-    # The interrupted job equals the same settings run straight through, in a fresh process as the job's was (this
-    # process's thread settings may differ after other tests, and with them the last bits of a float sum).
-    straight = run_cli("train", *SWEEP, "seed=2", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
+    # The interrupted job equals the same settings run straight through (with the same thread count: SWEEP's).
+    code, _, err = run(capsys, "train", *SWEEP, "seed=2", f"hydra.run.dir={tmp_path / 'straight'}")
+    assert code == 0, err
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(sweep / "2"))
     expected, got = weights(tmp_path / "straight"), weights(sweep / "2")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -171,7 +170,7 @@ def test_an_interrupted_optuna_study_continues_from_its_storage(tmp_path, capsys
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.chdir(tmp_path)
     sweep, log = tmp_path / "optuna", tmp_path / "optuna.log"
-    args = ["+hparams_search=optuna", *FAST, "dataset.train_size=800", "trainer.log_every_n_steps=2",
+    args = ["+hparams_search=optuna", *FAST, *LONGER_STEPS, "dataset.train_size=800", "trainer.log_every_n_steps=2",
             "trainer.epochs=2", "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
@@ -222,9 +221,8 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     assert "resuming at epoch 2, batch" in text
     assert json.loads((job / "summary.json").read_text())["stopped"] == "completed"
     assert not (job / "checkpoints" / "interrupted.ckpt").exists()
-    straight = run_cli("train", *SWEEP, "seed=3", "optimizer.lr=0.05", f"hydra.run.dir={tmp_path / 'straight'}",
-                       cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
+    code, _, err = run(capsys, "train", *SWEEP, "seed=3", "optimizer.lr=0.05", f"hydra.run.dir={tmp_path / 'straight'}")
+    assert code == 0, err
     pd.testing.assert_frame_equal(rows(tmp_path / "straight"), rows(job))
 
 
