@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +52,24 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120
         assert proc.poll() is None, path.read_text() if path.exists() else "process ended"
         time.sleep(0.05)
     raise AssertionError(f"'{text}' never appeared in {path}")
+
+
+def signal_when(path: Path, text: str, pid_file: Path, signum: int, timeout: float = 240) -> threading.Event:
+    """In the background, while a command runs in this process: once `text` appears in `path`, send `signum` to
+    the process whose pid `pid_file` holds (a job that command started). The event is set once it is sent."""
+    sent = threading.Event()
+
+    def watch() -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.exists() and text in path.read_text():
+                os.kill(int(pid_file.read_text()), signum)
+                sent.set()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return sent
 
 
 def run(capsys, *args) -> tuple[int, str, str]:

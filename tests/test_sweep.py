@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 
 from trainlab.record.sweep import job_state
 
-from helpers import FAST, LONGER_STEPS, TIMING, assert_one_line, hashes, run, start_cli, wait_for
+from helpers import FAST, LONGER_STEPS, TIMING, assert_one_line, hashes, run, signal_when, start_cli, wait_for
 
 # 12 batches of 32 per epoch. One thread, as the jobs and the reference runs in this process take: the same numbers.
 SWEEP = [*FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2", "trainer.threads=1"]
@@ -203,16 +202,14 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
     still reports it and exits 1, as the basic launcher does."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     monkeypatch.chdir(tmp_path)
-    sweep, log = tmp_path / "slurm", tmp_path / "slurm.log"
-    args = ["-m", *SWEEP, "hydra/launcher=submitit_local", "seed=3", "optimizer.lr=0.05,-1.0",
-            f"hydra.sweep.dir={sweep}"]
-    proc = start_cli(args, tmp_path, log)
-    job = sweep / "0"
-    wait_for(job / "train.log", "epoch 2 train 4/", proc, timeout=180)
+    sweep, job = tmp_path / "slurm", tmp_path / "slurm" / "0"
     # What SLURM (or submitit_local at timeout_min - signal_delay_s) sends the job's process before its time is up.
-    os.kill(int((job / ".trainlab.lock").read_text()), signal.SIGUSR2)
-    assert proc.wait(timeout=240) == 1, log.read_text()
-    lines = log.read_text().splitlines()
+    # The launching command runs in this process (it only waits for submitit's job processes).
+    sent = signal_when(job / "train.log", "epoch 2 train 4/", job / ".trainlab.lock", signal.SIGUSR2)
+    code, out, err = run(capsys, "train", "-m", *SWEEP, "hydra/launcher=submitit_local", "seed=3",
+                         "optimizer.lr=0.05,-1.0", f"hydra.sweep.dir={sweep}")
+    assert sent.is_set() and code == 1, out + err
+    lines = err.splitlines()
     assert f"trainlab: error: job 1 ({sweep / '1'}): cannot build the optimizer: Invalid learning rate: -1.0 " \
            "(check the optimizer.* keys)" in lines
     assert lines[-1] == f"trainlab: error: 1 job(s) of the sweep failed: {sweep / '1'}"
@@ -227,19 +224,17 @@ def test_submitit_requeue_signal_saves_and_the_requeued_job_continues(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_ddp_job_under_submitit_is_requeued_and_continues_exactly(tmp_path, monkeypatch):
+def test_a_ddp_job_under_submitit_is_requeued_and_continues_exactly(tmp_path, capsys, monkeypatch):
     """device.count=2 under submitit: the requeue signal reaches the job's process; both training processes save
     interrupted.ckpt, submitit requeues the job, and it continues from there to the end."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     monkeypatch.chdir(tmp_path)
     ddp = ["device=cpu", "device.count=2", "model=mlp"]
-    sweep, log = tmp_path / "slurm", tmp_path / "slurm.log"
-    proc = start_cli(["-m", *SWEEP, *ddp, "hydra/launcher=submitit_local", "seed=3", f"hydra.sweep.dir={sweep}"],
-                     tmp_path, log)
-    job = sweep / "0"
-    wait_for(job / "train.log", "epoch 2 train 4/", proc, timeout=240)
-    os.kill(int((job / ".trainlab.lock").read_text()), signal.SIGUSR2)
-    assert proc.wait(timeout=300) == 0, log.read_text()
+    sweep, job = tmp_path / "slurm", tmp_path / "slurm" / "0"
+    sent = signal_when(job / "train.log", "epoch 2 train 4/", job / ".trainlab.lock", signal.SIGUSR2)
+    code, out, err = run(capsys, "train", "-m", *SWEEP, *ddp, "hydra/launcher=submitit_local", "seed=3",
+                         f"hydra.sweep.dir={sweep}")
+    assert sent.is_set() and code == 0, out + err
     text = (job / "train.log").read_text()
     assert "SIGUSR2: stopping the training processes" in text and "submitit requeues this job" in text
     assert "resuming at epoch 2, batch" in text
