@@ -169,7 +169,7 @@ def test_an_interrupted_optuna_study_continues_from_its_storage(tmp_path, capsys
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.chdir(tmp_path)
     sweep, log = tmp_path / "optuna", tmp_path / "optuna.log"
-    args = ["+hparams_search=optuna", *FAST, *LONGER_STEPS, "dataset.train_size=800", "trainer.log_every_n_steps=2",
+    args = ["+hparams_search=optuna", *FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2",
             "trainer.epochs=2", "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)
