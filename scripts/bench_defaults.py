@@ -21,15 +21,24 @@ from trainlab.core.config import component
 from benchlib import alternate, bare_train_ips, report, textbook_train_ips, tiny_tree, trainlab_train_ips
 
 CANDIDATES = [("32", False), ("32", True), ("bf16-mixed", False), ("bf16-mixed", True)]
+PROBE = 2  # images in the first step that tells a hopeless candidate
 
 
 def best_bare(images: torch.Tensor, labels: torch.Tensor, batch: int) -> tuple[str, bool, dict]:
     """The fastest bare configuration on this machine: one warm-up and two timed steps of each candidate at a
-    small batch (an emulated bf16 takes minutes at the full batch), the ranking then used at the full batch."""
+    small batch (an emulated bf16 takes minutes at the full batch), the ranking then used at the full batch. Each
+    candidate first takes one 2-image step, as trainlab's autotune does: one over 4x slower than another's is
+    hopeless (an emulated bf16 is ~10x slower), and its 16-image steps (~15 s on 2 cores) are skipped."""
     probe = min(batch, 16)
-    speeds = {}
+    probes, speeds = {}, {}
     for precision, cl in CANDIDATES:
         start = time.perf_counter()
+        probes[(precision, cl)] = bare_train_ips(images, labels, 200, PROBE, 1, precision, cl, in_memory=True)
+        if probes[(precision, cl)] * 4 < max(probes.values()):
+            speeds[(precision, cl)] = probes[(precision, cl)]
+            print(f"  pre-pass precision={precision} channels_last={cl}: {probes[(precision, cl)]:.1f} images/s at "
+                  f"a {PROBE}-image step, over 4x slower than another's: dropped ({time.perf_counter() - start:.1f} s)")
+            continue
         warm = bare_train_ips(images, labels, 200, probe, 1, precision, cl, in_memory=True)
         if warm * 4 < max(speeds.values(), default=0.0):  # even its first step is 4x slower: it cannot win
             speeds[(precision, cl)] = warm
