@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import shutil
 
 import pandas as pd
@@ -15,7 +14,7 @@ import pytest
 from trainlab.core.errors import TrainlabError
 from trainlab.record.run_dir import read_json, read_metrics
 
-from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_cli, run_here
+from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_here, run_limited
 
 SCHEDULERS = ["cosine", "cyclic", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
 FITTED = {"cosine": "T_max", "onecycle": "total_steps"}  # their length comes from trainer.epochs
@@ -73,18 +72,12 @@ def test_a_schedule_that_would_sit_at_lr_zero_is_refused(finished, tmp_path, cap
     assert_untouched(before, run_dir, new_allowed="-none-")
 
 
-def _limited(limit: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
 def _no_temporary_files(*folders) -> None:
     left = [p for folder in folders for p in folder.rglob("*.tmp")]
     assert not left, f"temporary files left behind: {left}"
 
 
-@pytest.mark.slow  # a ResNet-18 run, and its resume in a fresh interpreter
+@pytest.mark.slow  # a ResNet-18 run, and its resume in a process of its own
 def test_a_checkpoint_too_large_for_the_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys):
     """The story: a ResNet-18 checkpoint (~90 MB with its optimizer) crosses a 20 MB limit; torch's zip writer
     reports that as RuntimeError('... unexpected pos ...'), which used to end in a traceback and a .tmp file."""
@@ -94,10 +87,9 @@ def test_a_checkpoint_too_large_for_the_disk_is_one_line_and_leaves_no_temporary
                        f"hydra.run.dir={run_dir}")
     assert code == 0, err
     before = hashes(run_dir / "checkpoints")
-    result = run_cli("train", f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path,
-                     preexec_fn=_limited(20 * 1024 * 1024))
-    line = assert_one_line(result.returncode, result.stdout, result.stderr, "File too large", "free some disk space",
-                           status=2)
+    result = run_limited("train", f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path,
+                         max_file_bytes=20 * 1024 * 1024)
+    line = assert_one_line(*result, "File too large", "free some disk space", status=2)
     assert str(run_dir / "checkpoints") in line and "previous checkpoints are intact" in line
     assert_untouched(before, run_dir / "checkpoints", new_allowed="-none-")
     _no_temporary_files(run_dir)
@@ -111,7 +103,7 @@ def small_run(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.slow  # a fresh interpreter per writer
+@pytest.mark.slow  # a process per writer, under its file-size limit
 @pytest.mark.parametrize("command", ["export", "predict", "report", "compare", "evaluate"])
 def test_every_writer_fails_in_one_line_and_leaves_what_was_written_intact(small_run, tmp_path, command):
     run_dir = tmp_path / "run"
@@ -127,8 +119,7 @@ def test_every_writer_fails_in_one_line_and_leaves_what_was_written_intact(small
             "compare": ["compare", str(ckpt / "epoch_001.ckpt"), str(ckpt / "epoch_002.ckpt"),
                         f"out={tmp_path / 'out'}"],
             "evaluate": ["evaluate", f"ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'out'}"]}[command]
-    result = run_cli(*args, cwd=tmp_path, preexec_fn=_limited(500))
-    assert_one_line(result.returncode, result.stdout, result.stderr, "File too large", "free some disk space")
+    assert_one_line(*run_limited(*args, cwd=tmp_path, max_file_bytes=500), "File too large", "free some disk space")
     if command == "compare":  # the checkpoints are evaluated first, beside their run (in trainlab's eval/)
         assert_untouched(before, run_dir, new_allowed="eval")
     elif command != "report":  # report writes into the run folder, beside what it holds: those stay as they were
@@ -142,10 +133,10 @@ def test_every_writer_fails_in_one_line_and_leaves_what_was_written_intact(small
 @pytest.mark.slow
 def test_a_decoded_cache_too_large_for_the_disk_is_one_line(tiny_root, tmp_path):
     # At Tiny-ImageNet's own 64 pixels (not +debug=fast's 16) its 18 images are ~220 kB: past the limit.
-    result = run_cli("train", *FAST, "dataset=tiny_imagenet", "dataset.image_size=64", f"dataset.root={tiny_root}",
-                     f"dataset.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                     preexec_fn=_limited(60_000))
-    assert_one_line(result.returncode, result.stdout, result.stderr, "decoded-image cache", "File too large")
+    result = run_limited("train", *FAST, "dataset=tiny_imagenet", "dataset.image_size=64", f"dataset.root={tiny_root}",
+                         f"dataset.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                         max_file_bytes=60_000)
+    assert_one_line(*result, "decoded-image cache", "File too large")
     _no_temporary_files(tmp_path / "cache")
 
 

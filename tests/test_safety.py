@@ -2,17 +2,14 @@
 exit, no traceback, and every file that existed before byte-identical afterwards.
 
 Most tests call the CLI in-process (`trainlab.cli.main`): the same code path as the console script, without
-the cost of a fresh interpreter. Subprocesses only where a resource limit or a second process is the point."""
+the cost of a fresh interpreter. Other processes only where a resource limit or a second process is the point."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from trainlab.data.digits import MARKER, ensure_digits_tree
 from trainlab.data.testing import write_tiny_imagenet
 
 from helpers import FAST as SHRUNK
-from helpers import assert_one_line, assert_untouched, hashes, run
+from helpers import assert_one_line, assert_untouched, hashes, run, run_limited
 
 FAST = [*SHRUNK, "trainer.threads=1", "trainer.epochs=1"]  # the tests name their dataset
 
@@ -482,12 +479,6 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(finished_run, tmp_p
     before = hashes(finished_run / "checkpoints")
     limit = (finished_run / "checkpoints" / "last.ckpt").stat().st_size // 2
 
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("TRAINLAB_DEBUG", None)
-    result = subprocess.run([sys.executable, "-m", "trainlab", "train", f"resume={finished_run}", "trainer.epochs=3"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, preexec_fn=small_files, timeout=300)
-    assert_one_line(result.returncode, result.stdout, result.stderr, "File too large", "free some disk space")
+    result = run_limited("train", f"resume={finished_run}", "trainer.epochs=3", cwd=tmp_path, max_file_bytes=limit)
+    assert_one_line(*result, "File too large", "free some disk space")
     assert_untouched(before, finished_run / "checkpoints", new_allowed="-none-")
