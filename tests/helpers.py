@@ -86,10 +86,7 @@ def _limited_main(args: list[str], limit: int, cwd: str, env: dict, send) -> Non
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            cli.main(args)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = exit_status(args)
         except BaseException:  # what the interpreter would print before exiting 1
             traceback.print_exc()
             code = 1
@@ -114,13 +111,18 @@ def signal_when(path: Path, text: str, pid_file: Path, signum: int, timeout: flo
     return sent
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    """`trainlab <args>` in this process (the console script's code path): (exit status, stdout, stderr)."""
+def exit_status(args) -> int:
+    """`trainlab <args>` in this process (the console script's code path): the status the process would exit with."""
     try:
         cli.main(list(args))
-        code = 0
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """`trainlab <args>` in this process: (exit status, stdout, stderr)."""
+    code = exit_status(args)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -133,11 +135,7 @@ def run_here(*args) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        code = exit_status(args)
     return code, out.getvalue(), err.getvalue()
 
 
