@@ -132,7 +132,7 @@ def test_a_training_epoch_reads_nothing_back_between_log_intervals(tmp_path, ext
     run = build_run(cfg, load_settings(cfg), resolve_runtime("cpu", "32", "false", "auto", "false"))
     assert isinstance(run.train_loader, DeviceBatches)
     recorder = RunRecorder(tmp_path, run.data.classes, run.data.class_names, 0, active=False)
-    tally = EpochTally(torch.device("cpu"), 0.1, epoch=1, step=0)
+    tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
     run.train_loader.sampler.set_epoch(1)
     if run.stepper.ema is not None:  # its one read of the step counter happens at the first update, here
         run.stepper.ema.update_parameters(run.stepper.model)

@@ -4,8 +4,10 @@ hand (an MLP without BatchNorm or dropout, no augmentation, so every number is e
 from __future__ import annotations
 
 import copy
+import math
 
 import pandas as pd
+import pytest
 import torch
 
 from trainlab.core.config import compose, load_settings
@@ -46,7 +48,7 @@ def test_the_epochs_last_shorter_accumulation_step_is_the_mean_over_its_own_batc
 
     run_.train_loader = batches
     recorder = RunRecorder(tmp_path, run_.data.classes, run_.data.class_names, 0, active=False)
-    tally = EpochTally(torch.device("cpu"), 0.5, epoch=1, step=0)
+    tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
     with StopRequest() as stop:
         train_epoch(run_, tally, torch.Generator().manual_seed(0), recorder, stop, log_every=10**6)
     assert tally.step == 2 and tally.batches == 5
@@ -84,3 +86,38 @@ def test_lr_find_steps_as_train_does_with_l1_and_gradient_clipping(tmp_path, cap
         losses.append(loss.item())
     assert len(losses) == len(table) == 6
     assert torch.allclose(torch.tensor(losses), torch.tensor(table["loss"].tolist()), rtol=1e-5, atol=1e-6)
+
+
+def test_steps_the_fp16_scaler_skips_are_counted_and_left_out_of_the_gradient_norms(tmp_path, monkeypatch):
+    """A GradScaler skips a step whose scaled gradients overflowed (by design, ~1 in 2,000 steps): that step's norm
+    is inf. grad_norm and grad_norm_max are over the steps the optimizer took and skipped_steps counts the others,
+    checked against the norms torch measured and the scale's halvings (one per skip)."""
+    from trainlab.engine.loop import epoch_row
+
+    cfg = compose(EXACT + ["dataset.train_size=64", "dataset.batch_size=8"])
+    run_ = build_run(cfg, load_settings(cfg), resolve_runtime("cpu", "32", "false", "auto", "false"))
+    run_.stepper.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=10**6)
+    backward = iter(range(100))
+    overflow = {2, 5}  # the 3rd and 6th steps' gradients overflow, as a too-large scale makes them
+    bias = list(run_.stepper.model.parameters())[-1]
+    bias.register_hook(lambda grad: grad * float("inf") if next(backward) in overflow else grad)
+    measured = []
+    total_norm = torch.nn.utils.get_total_norm
+
+    def recording(*args, **kwargs):
+        measured.append(total_norm(*args, **kwargs))
+        return measured[-1]
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", recording)
+    recorder = RunRecorder(tmp_path, run_.data.classes, run_.data.class_names, 0, active=False)
+    tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
+    run_.train_loader.sampler.set_epoch(1)
+    with StopRequest() as stop:
+        train_epoch(run_, tally, torch.Generator().manual_seed(0), recorder, stop, log_every=10**6)
+    row, _ = epoch_row(run_, tally)
+    norms = torch.stack(measured)
+    finite = norms[torch.isfinite(norms)]
+    halvings = round(math.log2(2.0 ** 16 / run_.stepper.scaler.get_scale()))
+    assert len(norms) == 8 and len(finite) == 6 and halvings == 2
+    assert row["skipped_steps"] == 2 and tally.first_bad.item() == -1  # a skip is not a failure
+    assert row["grad_norm"] == pytest.approx(finite.mean().item(), rel=1e-6)
+    assert row["grad_norm_max"] == pytest.approx(finite.max().item(), rel=1e-6)

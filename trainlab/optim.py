@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import (
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+)
 
 from trainlab.core.errors import ConfigError, require
 
@@ -74,8 +82,19 @@ class LRSchedule:
         remaining = max(1, (epochs - int(warmup_epochs)) * per_unit)
         lengths = {"T_max": remaining, "total_steps": epochs * steps_per_epoch}
         kwargs = {key: lengths[key] for key in unset if key in lengths}
-        if "total_steps" in kwargs and interval != "step":
+        target = getattr(make, "func", make)
+        if target is OneCycleLR and interval != "step":
             raise ConfigError("scheduler=onecycle must step per optimizer step: set lr_schedule.interval=step")
+        if target is OneCycleLR and warmup:
+            raise ConfigError("scheduler=onecycle has its own warm-up (scheduler.pct_start of the run, from "
+                              "max_lr/div_factor): set lr_schedule.warmup_epochs=0")
+        if warmup and target in (StepLR, MultiStepLR):
+            # Milestones are epochs (steps) of the run, as the YAML says; the main schedule's count starts after
+            # the warm-up, so they are given to it shifted (StepLR's as the milestones its step_size makes).
+            kwargs["milestones"] = _milestones_after(make, warmup, epochs * per_unit,
+                                                     "epochs" if interval == "epoch" else "optimizer steps")
+            kwargs["gamma"] = make.keywords.get("gamma", 0.1)
+            make = MultiStepLR
         try:
             main = make(optimizer, **kwargs)
         except (TypeError, ValueError) as e:
@@ -114,6 +133,27 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
+
+
+def _milestones_after(make, warmup: int, length: int, unit: str) -> list[int]:
+    """StepLR's / MultiStepLR's milestones of the run (in `unit`s: epochs or optimizer steps), counted from the end
+    of a `warmup`-long warm-up for the main schedule, whose count starts there. A milestone within the warm-up is
+    refused: the warm-up ramps to the undecayed lr."""
+    given = dict(make.keywords)
+    if "milestones" in given:
+        milestones = sorted(int(m) for m in given["milestones"])
+        name = f"scheduler.milestones={list(given['milestones'])}"
+    else:
+        size = int(given.get("step_size", 0))
+        require(size > 0, f"scheduler.step_size must be > 0 (got {size})")
+        # Up to 10x the planned length, so a resume that trains longer keeps decaying every step_size.
+        milestones, name = list(range(size, 10 * max(length, size) + 1, size)), f"scheduler.step_size={size}"
+    within = [m for m in milestones if m <= warmup]
+    if within:
+        raise ConfigError(f"{name}: milestone {within[0]} is within the warm-up's {warmup} {unit} "
+                          "(milestones count the run's own epochs): move it past the warm-up or lower "
+                          "lr_schedule.warmup_epochs")
+    return [m - warmup for m in milestones]
 
 
 class WeightEMA(torch.optim.swa_utils.AveragedModel):

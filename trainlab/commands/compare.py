@@ -44,7 +44,7 @@ def ensure_evaluated(spec: str) -> Path:
     lock = claim_run_dir(out, option="the evaluation folder")
     log.info("evaluating %s on val first", ckpt)
     try:
-        evaluate(ckpt, "val", "model", [], out)
+        evaluate(ckpt, "val", "auto", [], out)  # the weights the checkpoint was chosen by (EMA or trained)
     finally:
         lock.release()
     return out

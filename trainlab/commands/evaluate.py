@@ -1,4 +1,4 @@
-"""`trainlab evaluate ckpt=<file | run_dir | export> [split=val] [weights=model|ema] [key=value ...]`: metrics,
+"""`trainlab evaluate ckpt=<file | run_dir | export> [split=val] [weights=auto|model|ema] [key=value ...]`: metrics,
 predictions.csv and confusion.csv of a checkpoint on one split (engine.evaluation), by default beside its run."""
 
 from __future__ import annotations
@@ -35,5 +35,5 @@ def default_dir(options: dict[str, str]) -> Path | None:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict | None = None) -> dict:
-    return evaluate(checkpoint_path(str(cfg.ckpt)), str(cfg.split), str(cfg.get("weights", "model")), overrides,
+    return evaluate(checkpoint_path(str(cfg.ckpt)), str(cfg.split), str(cfg.get("weights", "auto")), overrides,
                     run_dir)

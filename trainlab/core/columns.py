@@ -8,7 +8,7 @@ COLUMNS = (
     ["epoch", "step"]
     + [f"train/{m}" for m in METRIC_NAMES if m != "auroc"]
     + [f"val/{m}" for m in METRIC_NAMES]
-    + ["lr", "grad_norm", "grad_norm_max", "time/train_s", "time/val_s", "throughput/train_ips",
+    + ["lr", "grad_norm", "grad_norm_max", "skipped_steps", "time/train_s", "time/val_s", "throughput/train_ips",
        "throughput/train_ips_per_device", "memory/peak_mb"]
 )
 # With trainer.ema_decay: the averaged weights' validation, appended after COLUMNS.

@@ -65,13 +65,32 @@ def build_schedule(cfg: DictConfig, settings: Settings, optimizer: torch.optim.O
                       unset=unset, **vars(settings.lr_schedule))
 
 
+# Losses that take log-probabilities: given a model's raw logits they have no lower bound (the logits run off and
+# the loss goes negative), so they are refused rather than silently trained on the wrong input.
+LOG_PROBABILITY_LOSSES = (torch.nn.NLLLoss, torch.nn.KLDivLoss)
+
+
+def build_criterion(cfg: DictConfig, augment) -> torch.nn.Module:
+    """The `loss` group's training criterion, which takes the model's logits (and, under MixUp/CutMix, soft
+    targets)."""
+    criterion = build(cfg.loss, "loss")
+    name = type(criterion).__name__
+    if isinstance(criterion, LOG_PROBABILITY_LOSSES):
+        raise ConfigError(f"loss._target_={_target(cfg.loss)} expects log-probabilities, and the model outputs "
+                          "logits: use loss=cross_entropy (log-softmax and NLL in one, the same loss on logits)")
+    if augment.mixes and not isinstance(criterion, torch.nn.CrossEntropyLoss):
+        raise ConfigError(f"augment.mixup_alpha/cutmix_alpha make soft targets, which {name} does not take: use "
+                          "loss=cross_entropy, or set both alphas to 0")
+    return criterion
+
+
 def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = True) -> None:
     """Build each component once, without data (the model on the meta device: no memory, no time), so that
     a bad value is one line before the run directory exists. Each constructor checks its own arguments."""
     data = build(cfg.dataset, "dataset")
     if data.normalize == "weights" and not cfg.model.get("weights"):
         weights_normalization(None)  # the one-line refusal
-    build(cfg.augment, "augment", mean=data.mean, std=data.std, channels=None)
+    augment = build(cfg.augment, "augment", mean=data.mean, std=data.std, channels=None)
     weights = cfg.model.get("weights")
     with torch.device("meta"):
         model = architecture(cfg, 2, int(cfg.model.get("in_channels") or 3),
@@ -81,7 +100,7 @@ def check_components(cfg: DictConfig, settings: Settings, start_weights: bool = 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = build_optimizer(build(cfg.optimizer, "optimizer"), [param])
     build_schedule(cfg, settings, optimizer, steps_per_epoch=1)
-    build(cfg.loss, "loss")
+    build_criterion(cfg, augment)
     build_partial(cfg.metrics, "metrics", num_classes=2, split="val")  # metrics.average / top_k
     build_loggers(cfg)  # an optional tracker that is not installed is one line here, not at the first epoch
     del model
@@ -359,10 +378,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     wrapped = group.wrap(model)
     train_forward = forward if wrapped is model else (torch.compile(wrapped) if runtime.compile else wrapped)
     augment = build(cfg.augment, "augment", mean=data.mean, std=data.std, channels=input_channels(cfg, data.channels))
-    criterion = build(cfg.loss, "loss")
-    if augment.mixes and not isinstance(criterion, torch.nn.CrossEntropyLoss):
-        raise ConfigError(f"augment.mixup_alpha/cutmix_alpha make soft targets, which {type(criterion).__name__} does "
-                          "not take: use loss=cross_entropy, or set both alphas to 0")
+    criterion = build_criterion(cfg, augment)
     ema = None
     if trainer.ema_decay is not None:
         ema = WeightEMA(model, trainer.ema_decay)

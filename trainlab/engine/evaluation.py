@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from trainlab.core.config import load_settings
@@ -22,16 +23,13 @@ from trainlab.core.errors import ConfigError
 from trainlab.core.fs import atomic_write_text
 from trainlab.core.runtime import seed_everything
 from trainlab.engine.build import build, build_partial
-from trainlab.engine.ready import ready_model, stored_run, trained_runtime
+from trainlab.engine.ready import ready_model, stored_run, trained_runtime, which_weights
 from trainlab.record.recorder import class_labels, write_classes, write_confusion
 from trainlab.record.stored_run import check_classes
 
 SPLITS = ("val", "train", "test")
 OWN_KEYS = ("ckpt", "split", "weights")  # evaluate's own keys; every other key=value applies to the stored config
 log = logging.getLogger(__name__)
-
-SPLITS = ("val", "train", "test")
-OWN_KEYS = ("ckpt", "split", "weights")  # evaluate's own keys; every other key=value applies to the stored config
 
 
 def evaluate(path: Path, split: str, weights: str, overrides: list[str], out_dir: Path,
@@ -46,6 +44,7 @@ def evaluate(path: Path, split: str, weights: str, overrides: list[str], out_dir
     data = build(run_cfg.dataset, "dataset")
     data.setup((split,))
     check_classes(ckpt["classes"], data.classes, str(path))
+    weights = which_weights(ckpt, weights)
     ready = ready_model(ckpt, run_cfg, trained_runtime(ckpt, run_cfg, "evaluate"), weights, path)
     start = time.perf_counter()
     logits, labels = ready.logits(data.loader(split, pin_memory=ready.runtime.device != "cpu", train=False))
@@ -67,9 +66,8 @@ def evaluate(path: Path, split: str, weights: str, overrides: list[str], out_dir
 
 def _metrics(cfg: DictConfig, logits, labels, split, num_classes, out_dir: Path, data) -> dict:
     metrics = build_partial(cfg.metrics, "metrics", num_classes=num_classes, split=split, with_auroc=True)
-    criterion = build(cfg.loss, "loss")
-    for chunk_logits, chunk_labels in zip(logits.split(4096), labels.split(4096)):
-        metrics.update(chunk_logits, chunk_labels, criterion(chunk_logits, chunk_labels))
+    for chunk_logits, chunk_labels in zip(logits.split(4096), labels.split(4096)):  # val/loss: as in training
+        metrics.update(chunk_logits, chunk_labels, F.cross_entropy(chunk_logits.float(), chunk_labels))
     values, confusion = metrics.compute()
     write_confusion(out_dir / "confusion.csv", confusion, class_labels(data.classes, data.class_names))
     return values
@@ -82,7 +80,7 @@ def _predictions(cfg: DictConfig, logits, labels: torch.Tensor | None, paths, na
     pred = top.indices[:, 0]
     frame = pd.DataFrame({"path": paths})
     if labels is not None:
-        per_sample = build(cfg.loss, "loss", reduction="none")(logits, labels)
+        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
         frame["target"] = labels.numpy()
         frame["target_name"] = [names[i] for i in labels.tolist()]
     frame["pred"] = pred.numpy()

@@ -99,7 +99,7 @@ def _start_epoch(run: Run, epoch: int, seed: int, step: int,
     # Each rank augments (and drops out) its own samples with its own stream; rank 0's is a single process's.
     torch.manual_seed(epoch_seed(seed, epoch) + 7919 * rank)
     generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch) + 7919 * rank)
-    tally = EpochTally(device, run.stepper.schedule.lr, epoch, step)
+    tally = EpochTally(device, epoch, step)
     run.train_metrics.reset()
     if position is not None and position["epoch"] == epoch:
         mine = position["ranks"][rank]

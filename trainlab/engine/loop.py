@@ -8,6 +8,7 @@ import logging
 import time
 
 import torch
+import torch.nn.functional as F
 
 from trainlab.core.columns import COLUMNS, EMA_COLUMNS
 from trainlab.core.progress import EpochProgress
@@ -24,28 +25,33 @@ log = logging.getLogger(__name__)
 class EpochTally:
     """Running sums of one training epoch, kept on the device so no step waits for the host."""
 
-    def __init__(self, device: torch.device, lr: float, epoch: int, step: int):
-        self.grad_sum = torch.zeros((), device=device)
+    def __init__(self, device: torch.device, epoch: int, step: int):
+        self.grad_sum = torch.zeros((), device=device)   # over the steps the optimizer took (fp16 skips some)
         self.grad_max = torch.zeros((), device=device)
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)  # fp16 steps the GradScaler skipped
         self.correct = torch.zeros((), device=device)                          # for the progress bar
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step
-        self.batches, self.seen, self.elapsed, self.lr = 0, 0, 0.0, lr
-        self.optimizer_steps = 0  # this epoch's (batches / accumulate_grad_batches): the mean gradient norm's count
+        self.batches, self.seen, self.elapsed = 0, 0, 0.0
+        self.lr_sum = 0.0         # the lr of each optimizer step, summed: the `lr` column is their mean
+        self.optimizer_steps = 0  # this epoch's (batches / accumulate_grad_batches)
         self.compile_s = 0.0      # the first compiled step's time: left out of throughput/train_ips
         # Where the run is: not part of the state below (a checkpoint stores them once, for every rank).
         self.epoch, self.step = epoch, step
 
     def state_dict(self) -> dict:
-        return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "correct": self.correct,
-                "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
-                "elapsed": self.elapsed, "lr": self.lr, "optimizer_steps": self.optimizer_steps,
+        return {"grad_sum": self.grad_sum, "grad_max": self.grad_max, "skipped": self.skipped,
+                "correct": self.correct, "first_bad": self.first_bad, "batches": self.batches, "seen": self.seen,
+                "elapsed": self.elapsed, "lr_sum": self.lr_sum, "optimizer_steps": self.optimizer_steps,
                 "compile_s": self.compile_s}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("grad_sum", "grad_max", "correct", "first_bad"):
             getattr(self, key).copy_(state[key])
-        self.batches, self.seen, self.elapsed, self.lr = state["batches"], state["seen"], state["elapsed"], state["lr"]
+        self.skipped.copy_(state.get("skipped", torch.zeros((), dtype=torch.int64)))
+        self.batches, self.seen, self.elapsed = state["batches"], state["seen"], state["elapsed"]
         self.optimizer_steps = state.get("optimizer_steps", state["batches"])  # older checkpoints: one per batch
+        # Older checkpoints kept the epoch's first lr: taken as the lr of the steps done so far.
+        self.lr_sum = state["lr_sum"] if "lr_sum" in state else state["lr"] * self.optimizer_steps
         self.compile_s = state.get("compile_s", 0.0)
 
 
@@ -68,15 +74,23 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
     with EpochProgress(f"epoch {tally.epoch} train", n_batches) as progress:
         while tally.batches < n_batches and not s.group.any(stop.requested):  # every rank at the same step
             size = min(s.accumulate, n_batches - tally.batches)
+            tally.lr_sum += s.schedule.lr  # the lr this step takes (a float on the host: no sync)
             loss, norm = train_step(s, itertools.islice(batches, size), size, generator, observe)
             tally.step += 1
             step = tally.step
-            # fp16's scaler skips steps with inf gradients by design; otherwise a bad gradient is a failure too.
-            bad = ~torch.isfinite(loss.detach()) if s.scaler.is_enabled() else ~torch.isfinite(loss.detach() + norm)
+            tally.optimizer_steps += 1
+            if s.scaler.is_enabled():
+                # fp16's scaler skips a step whose gradients overflowed (by design, ~1 in 2,000): it is counted,
+                # not averaged into the gradient norms, and only a non-finite loss is a failure.
+                skipped = ~torch.isfinite(norm)
+                tally.skipped += skipped
+                norm = torch.where(skipped, 0.0, norm)
+                bad = ~torch.isfinite(loss.detach())
+            else:
+                bad = ~torch.isfinite(loss.detach() + norm)
             tally.first_bad = torch.where(bad & (tally.first_bad < 0), step, tally.first_bad)
             tally.grad_sum += norm
             torch.maximum(tally.grad_max, norm, out=tally.grad_max)
-            tally.optimizer_steps += 1
             if s.runtime.compile and step == 1:  # the first step of a compiled model is mostly compilation
                 loss.item()  # wait for it (GPUs run ahead)
                 tally.compile_s = time.perf_counter() - start
@@ -112,8 +126,9 @@ def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int,
         images, target = to_device(images, target, s.runtime)
         with s.runtime.autocast():
             logits = forward(as_input(s.augment.normalize(images), s.runtime))
-            loss = s.criterion(logits, target)
-        metrics.update(logits, target, loss)
+        # Plain cross-entropy whatever the training loss (label smoothing, another criterion): comparable across
+        # runs, and what early stopping, the plateau schedule and the best checkpoint watch.
+        metrics.update(logits, target, F.cross_entropy(logits.float(), target))
     values, confusion = metrics.compute()
     return values | {"time/val_s": time.perf_counter() - start, "_confusion": confusion}
 
@@ -127,9 +142,11 @@ def epoch_row(run: Run, tally: EpochTally) -> tuple[dict, dict[str, torch.Tensor
         ema_values = validate(run.stepper, run.val_loader, run.ema_metrics, run.n_val, run.stepper.ema.module)
         val_values |= {k: v for k, v in ema_values.items() if k.startswith("val_ema/")}
     images_per_s = group.sum(tally.seen) / max(tally.elapsed - tally.compile_s, 1e-9)
-    values = {"epoch": tally.epoch, "step": tally.step, **train_values, **val_values, "lr": tally.lr,
-              "grad_norm": (tally.grad_sum / max(tally.optimizer_steps, 1)).item(),
-              "grad_norm_max": tally.grad_max.item(),
+    steps = max(tally.optimizer_steps, 1)
+    skipped = int(tally.skipped.item())  # the same steps on every rank: their gradients are all-reduced
+    values = {"epoch": tally.epoch, "step": tally.step, **train_values, **val_values, "lr": tally.lr_sum / steps,
+              "grad_norm": (tally.grad_sum / max(tally.optimizer_steps - skipped, 1)).item(),
+              "grad_norm_max": tally.grad_max.item(), "skipped_steps": skipped,
               "time/train_s": tally.elapsed, "throughput/train_ips": images_per_s,
               "throughput/train_ips_per_device": images_per_s / group.world_size, "memory/peak_mb": peak_memory_mb()}
     confusions = {"train": train_confusion, "val": values.pop("_confusion")}

@@ -57,10 +57,23 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...], need
     return ckpt, cfg, changed
 
 
+def which_weights(ckpt: dict, which: str) -> str:
+    """`weights=auto`: the weights the checkpoint was chosen by - their moving average (`ema`) when the run's
+    checkpoint.monitor watched a val_ema/ metric, else the trained ones (`model`). Otherwise `which` as given."""
+    if which != "auto":
+        return which
+    monitor = str(((ckpt.get("config") or {}).get("checkpoint") or {}).get("monitor") or "")
+    chosen = "ema" if monitor.startswith("val_ema/") and ckpt.get("ema") else "model"
+    log.info("weights: %s (%s; weights=model or weights=ema to choose)", chosen,
+             f"checkpoint.monitor={monitor} chose this checkpoint by the moving average's score" if chosen == "ema"
+             else "the trained weights")
+    return chosen
+
+
 def model_weights(ckpt: dict, which: str, path) -> dict:
     """The checkpoint's trained weights (`model`) or their moving average (`ema`, with trainer.ema_decay)."""
     if which not in ("model", "ema"):
-        raise ConfigError(f"weights must be model or ema (got {which!r})")
+        raise ConfigError(f"weights must be auto, model or ema (got {which!r})")
     if which == "model":
         return ckpt["model"]
     if not ckpt.get("ema"):

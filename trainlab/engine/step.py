@@ -81,8 +81,8 @@ def train_step(s: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 loss = s.criterion(logits, soft)
             objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
             s.scaler.scale(objective / size if size > 1 else objective).backward()
-        if observe is not None:
-            observe(logits, target, loss)
+        if observe is not None:  # a mixed image is scored against the class it mostly shows (torchvision's rule)
+            observe(logits, soft.argmax(1) if soft.dim() == 2 else target, loss)
     if loss is None:
         raise RuntimeError("train_step was given no batch")
     s.scaler.unscale_(s.optimizer)
