@@ -1,5 +1,6 @@
 """The package's shape, as the README's "How it is built" draws it: layers whose imports point down only, no import
-cycle, commands that never import each other, and modules and functions small enough to read."""
+cycle, commands that never import each other. (Sizes of modules and functions are left to judgment, not counted:
+a cap on parameters once made functions pack tuples only to unpack them.)"""
 
 from __future__ import annotations
 
@@ -75,26 +76,6 @@ def test_the_import_graph_has_no_cycle():
         return False
 
     assert not any(visit(m, []) for m in sorted(graph) if m not in state), " -> ".join(cycle)
-
-
-def _functions():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                yield path, node
-
-
-def test_modules_stay_under_400_lines_and_functions_under_8_parameters():
-    long = [f"{p.relative_to(PACKAGE)}: {n}" for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines()))
-            > 400]
-    assert not long, f"modules over 400 lines: {long}"
-    wide = []
-    for path, fn in _functions():
-        args = fn.args
-        names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
-        if len(names) > 7:
-            wide.append(f"{path.relative_to(PACKAGE)}:{fn.lineno} {fn.name}({', '.join(names)})")
-    assert not wide, "functions with more than 7 parameters:\n" + "\n".join(wide)
 
 
 @pytest.mark.parametrize("broken", ["cycle", "sideways"])

@@ -34,9 +34,9 @@ def _stand_in(groups: list[dict]) -> torch.optim.Optimizer:
 
 
 def epoch_lrs(ckpt: dict, cfg: DictConfig) -> list[float]:
-    """The learning rate at the start of each epoch after the checkpoint's last one, up to cfg's trainer.epochs,
-    as the resumed run will have it (the same schedule built for the new length, loaded with the checkpoint's
-    state, stepped as the loop steps it)."""
+    """The learning rate of each epoch after the checkpoint's last one, up to cfg's trainer.epochs, as the resumed
+    run will record it in its `lr` column (the mean over the epoch's optimizer steps): the same schedule built for
+    the new length, loaded with the checkpoint's state, stepped as the loop steps it."""
     settings = load_settings(cfg)
     history = ckpt.get("history") or []
     steps_per_epoch = max(1, int(history[-1]["step"]) // max(int(history[-1]["epoch"]), 1)) if history else 1
@@ -50,14 +50,17 @@ def epoch_lrs(ckpt: dict, cfg: DictConfig) -> list[float]:
         schedule.load_state_dict(copy.deepcopy(ckpt["scheduler"]))  # torch's CyclicLR pops keys from what it loads
         lrs = []
         for _ in range(int(ckpt["epoch"]) + 1, settings.trainer.epochs + 1):
-            lrs.append(schedule.lr)
             if schedule.plateau:  # lowered only when the monitored metric stalls: stays as it is until then
+                lrs.append(schedule.lr)
                 continue
+            steps = []
             for _ in range(steps_per_epoch if schedule.interval == "step" else 1):
+                steps.append(schedule.lr)
                 try:
                     schedule.scheduler.step()
                 except ValueError as e:  # one-cycle with a total_steps of its own, shorter than the new run
                     raise ConfigError(f"scheduler: {e}") from None
+            lrs.append(sum(steps) / len(steps))
     return lrs
 
 
