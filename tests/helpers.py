@@ -160,12 +160,12 @@ def hashes(*folders: Path) -> dict[str, str]:
     return found
 
 
-def assert_untouched(before: dict[str, str], *folders: Path, new_allowed: str = ".trainlab_cache") -> None:
-    """Every file that existed is byte-identical; new files appear only inside `new_allowed` folders."""
+def assert_untouched(before: dict[str, str], *folders: Path, new_allowed: str | None = None) -> None:
+    """Every file that existed is byte-identical; nothing new appears (but inside a `new_allowed` folder)."""
     after = hashes(*folders)
     changed = [p for p, h in before.items() if after.get(p) != h]
     assert not changed, f"changed or removed: {changed[:5]}"
-    new = [p for p in after if p not in before and f"/{new_allowed}/" not in p]
+    new = [p for p in after if p not in before and not (new_allowed and f"/{new_allowed}/" in p)]
     assert not new, f"written into a folder trainlab does not own: {new[:5]}"
 
 

@@ -87,7 +87,7 @@ def test_cached_and_uncached_pipelines_match(tiny_root, tmp_path):
             assert torch.equal(plain.splits[split].images, other.splits[split].images)
             assert torch.equal(plain.splits[split].labels, other.splits[split].labels)
     assert plain.mean == again.mean and plain.std == again.std
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("*/*.npy"))) == 2  # in the data set's own folder of cache_dir
 
 
 def test_cache_is_rebuilt_when_a_source_changes(tiny_root, tmp_path):
@@ -100,7 +100,7 @@ def test_cache_is_rebuilt_when_a_source_changes(tiny_root, tmp_path):
     fresh.setup(("train",))
     index = fresh.splits["train"].paths.index(str(target))
     assert fresh.splits["train"].images[index, 0].float().mean() > 240  # the new red image, not the stale one
-    assert len(list((tmp_path / "cache").glob("train-*.npy"))) == 1  # the stale array is gone
+    assert len(list((tmp_path / "cache").glob("*/train-*.npy"))) == 1  # the stale array is gone
 
 
 def test_mean_std_are_computed_from_train(tiny_root):

@@ -47,6 +47,8 @@ COMMANDS = {
                         "`trainlab diagnose <run_dir>`", None),
     "report": Command("report", "report.html + report.md of a run or a sweep: "
                       "`trainlab report <run_dir | multirun_dir>`", None),
+    "cache": Command("cache", "what trainlab keeps in its cache folder, and removing one entry: "
+                     "`trainlab cache [list | remove <name>]`", None, needs_args=False),
     "runs": Command("runs", "every run and sweep job in one table (status, metrics, speed): "
                     "`trainlab runs [dir ...] [--sort ...]`", None, needs_args=False),
 }

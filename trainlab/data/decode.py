@@ -93,16 +93,21 @@ def fingerprint(paths: list[str], size: int) -> str:
     return h.hexdigest()[:16]
 
 
+OLD_CACHE_NAME = ".trainlab_cache"  # where trainlab <= 0.x kept decoded arrays: inside the data folder (no more)
+
+
 def resolve_cache_dir(root: Path, cache_dir: str | None) -> Path:
-    """`cache_dir` if given, else `<root>/.trainlab_cache` (when it exists or the data folder is writable),
-    else (read-only data, or an archive: its folder is the user's) a per-root folder in trainlab's cache folder."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    beside = root / ".trainlab_cache"
-    if root.is_dir() and (beside.is_dir() or os.access(root, os.W_OK)):
-        return beside
+    """The folder of a data set's decoded arrays: `<name>-<digest of its resolved path>` inside `dataset.cache_dir`
+    when given (a cluster's shared cache), else inside trainlab's cache folder (`decoded/`). Never inside the data
+    folder: a hidden folder there is a 'class' to every tool that takes a directory's folders as classes."""
+    root = Path(root).expanduser()
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    return cache_home() / "decoded" / f"{root.name}-{digest}"
+    base = Path(cache_dir).expanduser() if cache_dir else cache_home() / "decoded"
+    old = root / OLD_CACHE_NAME
+    if root.is_dir() and old.is_dir():
+        log.info("%s was written by an earlier trainlab and is no longer used (decoded images are kept in %s now): "
+                 "delete it when you like", old, base)
+    return base / f"{root.name}-{digest}"
 
 
 def _read_cache(array_path: Path, count: int, size: int) -> tuple[torch.Tensor, dict] | None:

@@ -14,7 +14,7 @@ import torch
 from trainlab.core.errors import DataError, TrainlabError
 from trainlab.data.archive import SUFFIXES, ArchivePath, archive_root, check_official_tiny, is_archive
 from trainlab.data.base import ImageData, Split, channel_stats
-from trainlab.data.decode import IMAGE_EXTENSIONS, load_or_decode, resolve_cache_dir, write_meta
+from trainlab.data.decode import IMAGE_EXTENSIONS, OLD_CACHE_NAME, load_or_decode, resolve_cache_dir, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class ImageFolderData(FileImageData):
                 raise DataError(f"{sub} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += files
             labels += [label] * len(files)
-        extra = sorted({p.name for p in folder.iterdir() if p.is_dir()} - set(self.classes) - {".trainlab_cache"})
+        extra = sorted({p.name for p in folder.iterdir() if p.is_dir()} - set(self.classes) - {OLD_CACHE_NAME})
         if extra:
             raise DataError(f"{folder} has class folders that train/ does not: {', '.join(extra[:5])}")
         if not paths:
