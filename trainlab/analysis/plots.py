@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from trainlab.analysis.fonts import drawable_labels  # noqa: E402
+
 CURVES = {
     "loss.png": ("loss (mean cross-entropy per sample)", ["train/loss", "val/loss"]),
     "accuracy.png": ("accuracy (fraction correct)", ["train/acc1", "val/acc1", "train/acc5", "val/acc5"]),
@@ -87,7 +89,9 @@ def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def confusion_figure(confusion: torch.Tensor, labels: list[str], title: str):
-    """Row-normalised heat-map (each row: where the images of one true class went)."""
+    """Row-normalised heat-map (each row: where the images of one true class went). Class names no installed font
+    can draw become their indices (analysis.fonts; classes.csv maps them)."""
+    labels = drawable_labels(labels)
     cm = confusion.double()
     cm = cm / cm.sum(dim=1, keepdim=True).clamp_min(1)
     n = len(labels)

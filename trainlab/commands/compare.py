@@ -135,8 +135,14 @@ def disagreement_grid(rows: pd.DataFrame, a_name: str, b_name: str, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trainlab.analysis.fonts import use_fonts_for
     from trainlab.data.decode import decode_file
 
+    names = sorted({str(n) for c in ("target_name", "a_pred_name", "b_pred_name") for n in rows[c]})
+    if not use_fonts_for([*names, _tail(a_name), _tail(b_name)]):  # numbered instead: classes.csv names them
+        rows = rows.assign(target_name=rows["target"].map(lambda i: f"#{i}"),
+                           a_pred_name=rows["a_pred"].map(lambda i: f"#{i}"),
+                           b_pred_name=rows["b_pred"].map(lambda i: f"#{i}"))
     cols = min(5, len(rows))
     grid_rows = math.ceil(len(rows) / cols)
     # Constrained layout fits the three-line titles inside each tile without changing the figure size.

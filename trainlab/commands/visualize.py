@@ -104,7 +104,10 @@ def visualize(options: dict[str, str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib.pyplot as plt
 
-    predicted = f"predicted {ready.class_names[top]} ({float(probabilities[top]):.2f})"
+    from trainlab.analysis.fonts import use_fonts_for
+
+    label = ready.class_names[top] if use_fonts_for([ready.class_names[top], name]) else f"class {top}"
+    predicted = f"predicted {label} ({float(probabilities[top]):.2f})"
     files = {"input": "input.png"}
     fig = input_figure(image.cpu(), f"{name}\n{predicted}")
     fig.savefig(out / "input.png", dpi=120)
