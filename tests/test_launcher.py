@@ -173,11 +173,11 @@ def _events(text: str) -> dict[tuple[str, int], datetime]:
 def test_fail_fast_stops_launching_at_the_first_failure(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep"
-    code, out, err = run(capsys, "train", "-m", *FAST, "dataset.batch_size=8,100000,8", "hydra/launcher=parallel",
+    code, out, err = run(capsys, "train", "-m", *FAST, "optimizer.lr=0.05,-1,0.05", "hydra/launcher=parallel",
                          "hydra.launcher.jobs=1", "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}")
     assert code == 1, err[-3000:]
     console = out + err
-    assert "job 1 failed: " in console and "larger than the" in console
+    assert "job 1 failed: " in console and "optimizer.lr must be > 0" in console
     assert "hydra.launcher.fail_fast=true: job 1 failed, so no new job starts (1 left" in console
     assert "1 job(s) of the sweep failed" in console and "Traceback" not in console
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "error.txt").is_file()

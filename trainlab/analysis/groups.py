@@ -19,8 +19,8 @@ METRICS = (("final val/acc1", "val/acc1", "last"), ("best val/acc1", "val/acc1",
 def job_table(jobs: list[dict]) -> pd.DataFrame:
     """One row per job: its label, its overrides (one column per key that differs between jobs), status and the
     METRICS. Each job is {"job": label, "settings": {key: value}, "history": metrics.csv's frame or None,
-    "summary": summary.json's dict, "failed": bool} (record.run_dir reads them); a job without a history is `failed`
-    or `not started`."""
+    "summary": summary.json's dict, "failed": bool, "damaged": its one line or None} (record.run_dir reads them); a
+    job without a history is `damaged`, `failed` or `not started`."""
     keys = sorted({k for job in jobs for k in job["settings"]})
     varying = [k for k in keys if len({job["settings"].get(k) for job in jobs}) > 1]
     rows = []
@@ -35,7 +35,7 @@ def job_table(jobs: list[dict]) -> pd.DataFrame:
                     values = history[column].dropna()
                     row[name] = float(values.iloc[-1] if how == "last" else getattr(values, how)())
         else:
-            row["status"] = "failed" if job["failed"] else "not started"
+            row["status"] = "damaged" if job.get("damaged") else "failed" if job["failed"] else "not started"
         rows.append(row)
     return pd.DataFrame(rows)
 

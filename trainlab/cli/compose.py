@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainlab.cli.output import fail, one_line
-from trainlab.core.errors import TrainlabError
+from trainlab.core.errors import TrainlabError, yaml_error
 from trainlab.core.options import unquote
 
 CONFIG_MODULE = "trainlab.conf"
@@ -154,6 +154,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
     and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
     run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
+    import yaml
     from hydra import compose
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
@@ -187,6 +188,8 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
         return cfg
     except TrainlabError as e:
         fail(str(e))
+    except yaml.YAMLError as e:  # a group, experiment or -cp/-cn file of the user's that does not parse
+        fail(str(yaml_error(e)))
     except OverrideParseException as e:
         bad = next((a for a in overrides if _unparsable(a)), "")
         fail(f"cannot read the override {bad!r}: put values with spaces or non-ASCII characters in quotes, e.g. "
@@ -256,6 +259,20 @@ def _unparsable(override: str) -> bool:
     except OverrideParseException:
         return True
     return False
+
+def quoted(arg: str) -> str:
+    """A command-line `key=value` whose value Hydra's grammar refuses unquoted (a path in Chinese, with spaces, ...)
+    quoted for it, as the user meant it; a value that is a sweep or a list (`,`, brackets) or holds quotes is left
+    as it is (Hydra's own message then says how to quote it)."""
+    if arg.startswith("-") or "=" not in arg:
+        return arg
+    key, value = arg.split("=", 1)
+    if value.isascii() and " " not in value:  # what Hydra's grammar takes unquoted (and the quick answer)
+        return arg
+    if any(c in value for c in ",[](){}'\"\\") or not _unparsable(arg):
+        return arg
+    return f"{key}='{value}'" if not _unparsable(f"{key}='{value}'") else arg
+
 
 def as_override(key: str, value) -> str:
     """`key=value` that Hydra parses back to exactly `value` (a path with spaces or non-ASCII letters is quoted)."""

@@ -23,6 +23,7 @@ from trainlab.cli.compose import (
     is_sweep,
     option,
     preflight,
+    quoted,
 )
 from trainlab.cli.output import OWN_FULL_ERROR, debug, fail, log_to_files, one_line
 from trainlab.core.errors import RunStopped, TrainlabError
@@ -271,6 +272,7 @@ def run_hydra(name: str, args: list[str], commands) -> None:
     import hydra
 
     shell_completion(name, args, commands)
+    args = [quoted(a) for a in args]
     _find_own_plugins()
     module, config = f"trainlab.commands.{commands[name].module}", commands[name].config
     command = None if hydra_flag(args) else importlib.import_module(module)

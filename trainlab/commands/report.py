@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from trainlab.analysis import groups
+from trainlab.analysis.fonts import use_fonts_for
 from trainlab.analysis.plots import CURVES, confusion_figure, overlay_figure, plot_history, seed_band
 from trainlab.core.errors import TrainlabError
 from trainlab.core.fs import claim_out_folder, free_run_dir
 from trainlab.core.suggest import did_you_mean
 from trainlab.record.run_dir import (
+    METRICS_CSV,
     OUTPUTS_ROOT,
     diagnose_run,
     is_training_run,
@@ -29,6 +32,8 @@ from trainlab.record.run_dir import (
     sweep_jobs,
 )
 from trainlab.record.sweep import best_trial_line
+
+log = logging.getLogger(__name__)
 
 USAGE = """usage: trainlab report <run_dir | multirun_dir> [--rows KEY --cols KEY] [--metric 'final val/acc1']
        trainlab report <run_dir> <run_dir> ... [--out DIR]   (any runs side by side)
@@ -117,8 +122,9 @@ def report(path: Path, rows: str | None = None, cols: str | None = None,
 
 
 def run_report(run_dir: Path) -> tuple[Path, Path]:
-    history = read_metrics(run_dir)
+    history = read_metrics(run_dir)  # every file read before anything is written: a damaged one writes nothing
     summary = read_json(run_dir, "summary.json")
+    config = _config_yaml(run_dir)
     doc = Document(f"trainlab report: {run_dir}", run_dir)
     group = read_json(run_dir, "run.json").get("distributed", {})
     processes = (f" x {group['world_size']} processes ({group.get('nodes', 1)} machine(s), {group.get('backend')}, "
@@ -152,7 +158,7 @@ def run_report(run_dir: Path) -> tuple[Path, Path]:
     findings = diagnose_run(run_dir)
     doc.bullets([f.line() for f in findings] or ["No problems found in the curves."])
     doc.heading("Configuration")
-    doc.code(_config_yaml(run_dir))
+    doc.code(config)
     return doc.write()
 
 
@@ -167,6 +173,9 @@ def _confusion_sections(doc: Document, run_dir: Path) -> None:
     doc.heading(f"Confusion matrix ({files[-1].stem.replace('_', ', ')})")
     doc.figure(confusion_figure(torch.from_numpy(counts), labels, f"val confusion, {files[-1].stem}"), "confusion.png",
                "rows: true class, columns: predicted class; colour: fraction of the true class")
+    if not use_fonts_for(labels):  # the picture shows indices: the names beside it
+        doc.text("The picture numbers the classes (no installed font draws their names):")
+        doc.table(pd.DataFrame({"index": range(len(labels)), "class": labels}))
     support = counts.sum(axis=1)
     pairs = [(counts[i, j], labels[i], labels[j], counts[i, j] / max(support[i], 1))
              for i in range(len(labels)) for j in range(len(labels)) if i != j and counts[i, j] > 0]
@@ -188,46 +197,85 @@ def _confusion_sections(doc: Document, run_dir: Path) -> None:
     doc.table(accuracy.tail(k).iloc[::-1], floats="{:.3f}")
 
 
+# The metrics.csv columns a sweep's report reads: a job whose file lacks one is reported without it, and named.
+REPORTED = ("epoch", "val/acc1", "val/acc5", "val/loss", "train/acc1", "throughput/train_ips")
+
+
 def _job_entry(job: Path, label: str) -> dict:
-    """What analysis.groups needs of a job, read from its folder."""
-    return {"job": label, "settings": read_settings(job), "history": read_metrics(job),
-            "summary": read_json(job, "summary.json"), "failed": (job / "error.txt").is_file()}
+    """What the report needs of a job, read from its folder once. A damaged file (or a metrics.csv without a
+    column the report reads) does not stop the report: `damaged` holds its one line, and what could be read
+    is used."""
+    entry = {"job": label, "settings": {}, "overrides": [], "history": None, "summary": {},
+             "failed": (job / "error.txt").is_file(), "damaged": None}
+    try:
+        entry["overrides"], entry["settings"] = read_overrides(job), read_settings(job)
+        entry["history"], entry["summary"] = read_metrics(job), read_json(job, "summary.json")
+    except TrainlabError as e:
+        entry["damaged"] = str(e)
+        return entry
+    missing = [c for c in REPORTED if entry["history"] is not None and c not in entry["history"]]
+    if "epoch" in missing:
+        entry["history"] = None
+    if missing:
+        entry["damaged"] = (f"{job / METRICS_CSV} has no {', '.join(missing)} column (hand-edited, or written by "
+                            "another version): reported without it")
+    return entry
+
+
+def _value(frame: pd.DataFrame, column: str, how: str) -> float:
+    if column not in frame or not frame[column].notna().any():
+        return float("nan")
+    values = frame[column].dropna()
+    return float(values.iloc[-1] if how == "last" else getattr(values, how)())
 
 
 def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str | None = None,
                  metric: str = "final val/acc1", jobs: list[Path] | None = None) -> tuple[Path, Path]:
     """The report of a sweep's jobs, written into `sweep_dir`; with `jobs`, of any runs (`trainlab report A B`),
-    written into `sweep_dir` (the out folder), each run named by its path."""
+    written into `sweep_dir` (the out folder), each run named by its path. A job with a damaged record is named
+    in one line (and in the table) and the others are reported."""
     names = {job: str(job) for job in jobs} if jobs else None
     jobs = jobs or sweep_jobs(sweep_dir)
     name = (lambda job: names[job]) if names else (lambda job: job.name)  # noqa: E731
-    table = groups.job_table([_job_entry(job, name(job)) for job in jobs])
+    entries = {job: _job_entry(job, name(job)) for job in jobs}
+    for entry in entries.values():
+        if entry["damaged"]:
+            log.warning("%s: %s", entry["job"], entry["damaged"])
+    table = groups.job_table(list(entries.values()))
     if (pivot_rows is None) != (pivot_cols is None):
         raise TrainlabError("a pivot needs both --rows <key> and --cols <key>")
     grid = groups.pivot(table, pivot_rows, pivot_cols, metric) if pivot_rows else None  # checked before writing
     doc = Document(f"trainlab report: {len(jobs)} runs side by side" if names else
                    f"trainlab sweep report: {sweep_dir}", sweep_dir)
     rows, curves, curve_job = [], {}, {}
-    overrides = {job: read_overrides(job) for job in jobs}
-    common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    overrides = {job: entries[job]["overrides"] for job in jobs}
+    readable = [set(o) for job, o in overrides.items() if not entries[job]["damaged"] or o]
+    common = set.intersection(*readable) if readable else set()
     if common:
         doc.text("Every job: " + " ".join(o for o in overrides[jobs[0]] if o in common))
     for job in jobs:
+        entry = entries[job]
         label = " ".join(o for o in overrides[job] if o not in common) or name(job)
-        history = read_metrics(job)
+        history = entry["history"]
         if history is None:
-            reason = (job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else ""
+            reason = (job / "error.txt").read_text().strip() if entry["failed"] else ""
             rows.append({"job": name(job), "overrides": label,
-                         "status": f"failed: {reason}" if reason else "no epoch recorded"})
+                         "status": f"damaged: {entry['damaged']}" if entry["damaged"] else
+                         f"failed: {reason}" if reason else "no epoch recorded"})
             continue
-        summary = read_json(job, "summary.json")
         curves[f"{name(job)}: {label}"] = history
         curve_job[f"{name(job)}: {label}"] = name(job)
-        last = history.iloc[-1]
-        rows.append({"job": name(job), "overrides": label, "status": summary.get("stopped", "running?"),
-                     "epochs": int(last["epoch"]), "best val/acc1": float(history["val/acc1"].max()),
-                     **{k: float(last[k]) for k in ("val/acc1", "val/acc5", "val/loss", "train/acc1") if k in last},
-                     "images/s": float(history["throughput/train_ips"].mean())})
+        rows.append({"job": name(job), "overrides": label,
+                     "status": entry["summary"].get("stopped", "running?") + (" (damaged: see above)"
+                                                                              if entry["damaged"] else ""),
+                     "epochs": int(history["epoch"].iloc[-1]), "best val/acc1": _value(history, "val/acc1", "max"),
+                     **{k: _value(history, k, "last") for k in ("val/acc1", "val/acc5", "val/loss", "train/acc1")},
+                     "images/s": _value(history, "throughput/train_ips", "mean")})
+    damaged = [e for e in entries.values() if e["damaged"]]
+    if damaged:
+        doc.heading("Damaged records")
+        doc.text("These jobs' files could not be read whole; the rest of the report leaves out what is missing:")
+        doc.table(pd.DataFrame({"job": [e["job"] for e in damaged], "problem": [e["damaged"] for e in damaged]}))
     doc.heading("Jobs")
     doc.table(pd.DataFrame(rows).fillna(""))
     seeds = groups.seed_table(table)
@@ -264,7 +312,7 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
             doc.figure(overlay_figure(curves, "val/loss", "val loss (mean cross-entropy per sample)"), "val_loss.png",
                        "val/loss per epoch, one line per job")
     if any(o.startswith("device") for job in jobs for o in overrides[job] if o not in common):
-        _scaling_section(doc, sweep_dir, jobs)
+        _scaling_section(doc, sweep_dir, [job for job in jobs if not entries[job]["damaged"]])
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         doc.heading("Hyper-parameter search (Optuna)")

@@ -90,6 +90,10 @@ def describe(run_dir: Path) -> dict:
                 row[f"final {column}"] = float(history[column].iloc[-1])
         if "throughput/train_ips" in history:
             row["images/s"] = float(history["throughput/train_ips"].mean())
+        missing = [c for c in ("val/acc1", "val/loss", "throughput/train_ips") if c not in history]
+        if missing:  # hand-edited, or written by another version: shown without them, and said
+            row["_damaged"] = (f"{run_dir / 'metrics.csv'} has no {', '.join(missing)} column: shown without "
+                               f"{'it' if len(missing) == 1 else 'them'}")
     if summary.get("total_time_s") is not None:
         row["minutes"] = float(summary["total_time_s"]) / 60
     row["_overrides"] = read_settings(run_dir) if not damaged else {}

@@ -32,3 +32,15 @@ class RunStopped(TrainlabError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def yaml_error(error: Exception, path: object = None, fix: str = "") -> ConfigError:
+    """A YAML file that does not parse (PyYAML's MarkedYAMLError, from Hydra or trainlab) as one line:
+    `<file>:<line>:<column>: <what the parser expected>` (lines and columns from 1, as editors count them)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    name = str(path or getattr(mark, "name", "") or "a YAML file")
+    where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    fix = fix or "fix the YAML there (an indented 'key: value' per line, lists in [ ] or as '- ' lines)"
+    return ConfigError(f"{where}: {problem}{f' ({context})' if context else ''}; {fix}")

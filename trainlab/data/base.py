@@ -187,6 +187,17 @@ class ImageData:
         self.mean: tuple[float, ...] = (0.5, 0.5, 0.5)
         self.std: tuple[float, ...] = (0.25, 0.25, 0.25)
         self.cache_info: dict = {}
+        self.batch_size_configured = self.batch_size  # dataset.batch_size; `batch_size` may be the whole set
+
+    def fit_batch_to(self, world: int) -> None:
+        """A training set smaller than one batch trains as one batch of all of it (the largest multiple of the
+        `world` training processes), logged and recorded (describe()); a batch that fits stays as configured."""
+        size = len(self.splits["train"])
+        if self.batch_size <= size:
+            return
+        self.batch_size = max(world, size - size % world)
+        log.info("dataset.batch_size=%d is larger than the %d training images: each step takes one batch of %d, "
+                 "the whole training set (recorded in run.json)", self.batch_size_configured, size, self.batch_size)
 
     def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
         raise NotImplementedError
@@ -222,6 +233,8 @@ class ImageData:
             "image_size": self.image_size,
             "channels": self.channels,
             "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "batch_size_configured": self.batch_size_configured,
             "sizes": {name: len(s) for name, s in self.splits.items()},
             "mean": list(self.mean),
             "std": list(self.std),

@@ -339,9 +339,7 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
     check_batch(data.batch_size, group.world_size)
     with group.main_first():
         data.setup(("train", "val"))
-    if data.batch_size > len(data.splits["train"]):
-        raise ConfigError(f"dataset.batch_size={data.batch_size} is larger than the {len(data.splits['train'])} "
-                          "training images: lower dataset.batch_size")
+    data.fit_batch_to(group.world_size)
     if resume is not None:
         data.mean, data.std = tuple(resume.normalization["mean"]), tuple(resume.normalization["std"])
     elif data.normalize == "weights":

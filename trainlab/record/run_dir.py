@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from trainlab.core.errors import TrainlabError
+from trainlab.core.errors import TrainlabError, yaml_error
 from trainlab.core.fs import LOCK_NAME, FolderLock, contents, free_run_dir
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ def remove_run_entries(folder: Path, keep: tuple[str, ...] = ()) -> None:
         log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), folder)
 
 
+STORED_FIX = ("the run folder was copied, synced or edited and the file damaged; restore it from a complete copy, or "
+              "leave this run out")
+
+
 def _damaged(path: Path, what: str) -> TrainlabError:
     return TrainlabError(f"{path} is damaged ({what}): the run folder was copied, synced or written only in part; "
                          "restore the file from a complete copy, or leave this run out")
@@ -154,8 +158,10 @@ def read_overrides(folder: Path) -> list[str]:
         return []
     try:
         items = yaml.safe_load(path.read_text()) or []
-    except (OSError, yaml.YAMLError) as e:
-        raise _damaged(path, f"not valid YAML: {' '.join(str(e).split())[:80]}") from None
+    except yaml.YAMLError as e:
+        raise yaml_error(e, path, STORED_FIX) from None
+    except OSError as e:
+        raise _damaged(path, f"unreadable: {e.strerror or e}") from None
     if not isinstance(items, list):
         raise _damaged(path, "not a list of overrides")
     return [str(i) for i in items if not str(i).startswith("hydra.")]
@@ -173,8 +179,10 @@ def read_config(folder: Path) -> dict:
     if path.is_file():
         try:
             return yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            raise _damaged(path, "not valid YAML") from None
+        except yaml.YAMLError as e:
+            raise yaml_error(e, path, STORED_FIX) from None
+        except OSError as e:
+            raise _damaged(path, f"unreadable: {e.strerror or e}") from None
     return read_json(folder, RUN_JSON).get("config", {})
 
 
