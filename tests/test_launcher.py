@@ -177,7 +177,7 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path, capsys, monkey
                          "hydra.launcher.jobs=1", "hydra.launcher.fail_fast=true", f"hydra.sweep.dir={sweep}")
     assert code == 1, err[-3000:]
     console = out + err
-    assert "job 1 failed: " in console and "optimizer.lr must be > 0" in console
+    assert "job 1 failed: " in console and "Invalid learning rate: -1" in console
     assert "hydra.launcher.fail_fast=true: job 1 failed, so no new job starts (1 left" in console
     assert "1 job(s) of the sweep failed" in console and "Traceback" not in console
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "error.txt").is_file()
