@@ -77,7 +77,7 @@ def lr_find_command(cfg: DictConfig, out_dir: Path) -> dict:
                 run.train_loader.sampler.set_epoch(epoch)
                 batches = iter(run.train_loader)
                 images_target = next(batches)
-            loss, _ = train_step(s, [images_target], 1, generator, lr=float(lr))  # as `train` steps, at this lr
+            loss = train_step(s, [images_target], 1, generator, lr=float(lr)).loss  # as `train` steps, at this lr
             value = float(loss.detach())  # one host sync per step: the test needs every value
             average = beta * average + (1 - beta) * value
             smoothed = average / (1 - beta ** (i + 1))

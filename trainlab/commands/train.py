@@ -76,7 +76,8 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
     # Resolved and plain, so the worker processes (a fresh interpreter each, no Hydra) can take it.
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     return distributed.run(train, settings.device.type, settings.device.count, int(cfg.dataset.batch_size),
-                           cfg, Path(run_dir), resumed_from=resumed_from, changed=tuple(changed), choices=choices)
+                           cfg, Path(run_dir), resumed_from=resumed_from, changed=tuple(changed), choices=choices,
+                           settings=settings)
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> float | None:

@@ -25,7 +25,8 @@ from trainlab.engine.build import Run, build_loggers, build_run
 from trainlab.engine.distributed import SINGLE, Group
 from trainlab.engine.early_stopping import BestTracker, EarlyStopping
 from trainlab.engine.interrupt import StopRequest
-from trainlab.engine.loop import EpochTally, as_input, epoch_line, epoch_row, train_epoch
+from trainlab.engine.loop import EpochTally, epoch_line, epoch_row, train_epoch
+from trainlab.engine.step import model_input
 from trainlab.loggers import flat_config
 from trainlab.models import count_parameters
 from trainlab.record.checkpoint import (
@@ -52,9 +53,9 @@ class Outcome:
     signum: int | None = None
 
 
-def _state(cfg: DictConfig, run: Run, epoch: int, step: int, monitors: tuple[BestTracker, EarlyStopping],
+def _state(cfg: DictConfig, run: Run, epoch: int, step: int, best: BestTracker, stopper: EarlyStopping,
            history: list[dict], elapsed: float) -> TrainingState:
-    s, (best, stopper) = run.stepper, monitors
+    s = run.stepper
     return TrainingState(
         epoch=epoch, step=step, model=s.model.state_dict(), optimizer=s.optimizer.state_dict(),
         scheduler=s.schedule.state_dict(), scaler=s.scaler.state_dict(), best=best.state_dict(),
@@ -136,9 +137,9 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
             OmegaConf.to_container(cfg, resolve=True), info.get("loggers", {}))
     recorder.write_json(RUN_JSON, info)
     if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
-        example = run.stepper.augment.normalize(run.data.splits["val"].images[:2]).to(run.stepper.runtime.torch_device)
         model.eval()
-        recorder.log_graph(model, as_input(example, run.stepper.runtime))
+        recorder.log_graph(model, model_input(run.data.splits["val"].images[:2], run.stepper.augment,
+                                              run.stepper.runtime))
     group = run.stepper.group
     log.info("model: %s, %s parameters; %d train batches of %d per epoch; writing to %s", type(model).__name__,
              f"{count_parameters(model):,}", run.n_train, run.data.batch_size, recorder.run_dir)
@@ -149,11 +150,12 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
 
 
 def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, changed: tuple[str, ...] = (),
-          choices: dict | None = None, group: Group = SINGLE) -> dict:
+          choices: dict | None = None, group: Group = SINGLE, settings: Settings | None = None) -> dict:
     """Train as configured, writing the whole record into `run_dir`; with `resumed_from` (a checkpoint)
     continue that run. `group`: the training processes this one is part of (rank 0 writes everything).
-    Returns the last epoch's metrics; raises RunStopped after a NaN or a signal."""
-    settings = load_settings(cfg)
+    `settings`: cfg's, when the caller has loaded them. Returns the last epoch's metrics; raises RunStopped after
+    a NaN or a signal."""
+    settings = settings or load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
     runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
                               trainer.compile, (group.local_rank, group.local_world_size), trainer.autotune)
@@ -174,46 +176,46 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
     elapsed = lambda: before + time.perf_counter() - started  # noqa: E731
 
-    def run_epochs(stop: StopRequest) -> Outcome:
-        step = first_step
+    step, outcome = first_step, Outcome("completed", f"reached trainer.epochs={trainer.epochs}")
+    with StopRequest() as stop:
         for epoch in range(start_epoch, trainer.epochs + 1):
             tally, generator = _start_epoch(run, epoch, settings.seed, step, position)
             train_epoch(run, tally, generator, recorder, stop, trainer.log_every_n_steps)
             step = tally.step
             # Agreed between the ranks (one may have seen the signal or the NaN first): all take the same branch.
             first_bad, stopping = int(group.max(tally.first_bad)), group.any(stop.requested)
-            if stopping and tally.batches < run.n_train and first_bad < 0:
-                state = _state(cfg, run, epoch - 1, step, (best, stopper), recorder.history, elapsed())
+            if stopping and tally.batches < run.n_train and first_bad < 0:  # mid-epoch: save where it is
+                state = _state(cfg, run, epoch - 1, step, best, stopper, recorder.history, elapsed())
                 mine = {"tally": tally.state_dict(), "generator": generator.get_state(),
                         "train_metrics": run.train_metrics.state_dict(), "rng": capture_rng()}
                 state.position = {"epoch": epoch, "ranks": group.gather(mine)}
                 path = checkpointer.save_interrupted(state.payload())
-                return Outcome("interrupted", f"{stop.name or 'another rank'} at epoch {epoch}, batch "
-                                              f"{tally.batches}; saved {path}", stop.signum)
-            row, confusions = epoch_row(run, tally)
+                outcome = Outcome("interrupted", f"{stop.name or 'another rank'} at epoch {epoch}, batch "
+                                                 f"{tally.batches}; saved {path}", stop.signum)
+                break
+            row, confusions = epoch_row(run, tally)  # validates
             recorder.log_epoch(row, confusions, run.stepper.model)
             if first_bad >= 0:  # recorded for the diagnosis, never checkpointed: last.ckpt stays the last good state
-                return Outcome("nan", f"non-finite loss or gradient at epoch {epoch}, step {first_bad}; lower "
-                                      "optimizer.lr, set trainer.grad_clip, or use trainer.precision=bf16-mixed "
-                                      "instead of 16-mixed (last.ckpt holds the last good epoch)")
+                outcome = Outcome("nan", f"non-finite loss or gradient at epoch {epoch}, step {first_bad}; lower "
+                                         "optimizer.lr, set trainer.grad_clip, or use trainer.precision=bf16-mixed "
+                                         "instead of 16-mixed (last.ckpt holds the last good epoch)")
+                break
             if trainer.activations_every_n_epochs and epoch % trainer.activations_every_n_epochs == 0:
                 _watch(run, recorder, epoch, step)
             run.stepper.schedule.after_epoch(row)
             improved = best.update(row)
             stopper.update(row)
             log.info(epoch_line(row, trainer.epochs, improved))
-            state = _state(cfg, run, epoch, step, (best, stopper), recorder.history, elapsed())
+            state = _state(cfg, run, epoch, step, best, stopper, recorder.history, elapsed())
             checkpointer.save_epoch(state.payload(), epoch, improved)
             if group.any(stop.requested):
-                return Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; saved "
-                                              "last.ckpt", stop.signum)
+                outcome = Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; "
+                                                 "saved last.ckpt", stop.signum)
+                break
             if stopper.should_stop():
                 log.info("stopping early: %s", stopper.reason())
-                return Outcome("early_stopping", stopper.reason())
-        return Outcome("completed", f"reached trainer.epochs={trainer.epochs}")
-
-    with StopRequest() as stop:
-        outcome = run_epochs(stop)
+                outcome = Outcome("early_stopping", stopper.reason())
+                break
         # A signal while the summary and plots are written (seconds) waits for them: stopping there would leave a
         # run whose epochs all ran without its summary.json. (A second one still aborts.)
         stop.finishing = True
@@ -229,7 +231,7 @@ def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
         return
     s = run.stepper
     images = run.data.splits["val"].images[:32]
-    x = as_input(s.augment.normalize(images.to(s.runtime.torch_device)), s.runtime)
+    x = model_input(images, s.augment, s.runtime)
     outputs = capture(s.model, x, watched_layers(s.model))
     recorder.log_activations(epoch, step, images[0], outputs)
 

@@ -15,7 +15,7 @@ from trainlab.core.progress import EpochProgress
 from trainlab.core.runtime import peak_memory_mb
 from trainlab.engine.build import Run
 from trainlab.engine.interrupt import StopRequest
-from trainlab.engine.step import Stepper, as_input, to_device, train_step
+from trainlab.engine.step import Stepper, forward_split, train_step
 from trainlab.metrics import ClassificationMetrics
 from trainlab.record.recorder import RunRecorder
 
@@ -64,18 +64,17 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
     s, metrics, n_batches = run.stepper, run.train_metrics, run.n_train
     s.model.train()
     batches = iter(run.train_loader)  # after a mid-epoch resume the sampler starts at tally.batches
-
-    def observe(logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        tally.correct += (logits.argmax(1) == target).sum()
-        tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
-        metrics.update(logits, target, loss)
-
     start = time.perf_counter()
     with EpochProgress(f"epoch {tally.epoch} train", n_batches) as progress:
         while tally.batches < n_batches and not s.group.any(stop.requested):  # every rank at the same step
             size = min(s.accumulate, n_batches - tally.batches)
             tally.lr_sum += s.schedule.lr  # the lr this step takes (a float on the host: no sync)
-            loss, norm = train_step(s, itertools.islice(batches, size), size, generator, observe)
+            result = train_step(s, itertools.islice(batches, size), size, generator)
+            loss, norm = result.loss, result.norm
+            for logits, target, batch_loss in result.scored:
+                metrics.update(logits, target, batch_loss)
+                tally.correct += (logits.argmax(1) == target).sum()
+                tally.batches, tally.seen = tally.batches + 1, tally.seen + target.shape[0]
             tally.step += 1
             step = tally.step
             tally.optimizer_steps += 1
@@ -109,7 +108,6 @@ def train_epoch(run: Run, tally: EpochTally, generator: torch.Generator, recorde
     tally.elapsed += time.perf_counter() - start
 
 
-@torch.no_grad()
 def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int,
              model: torch.nn.Module | None = None) -> dict:
     """Metrics of one pass over `loader` (every rank validates its share of rank 0's model). `model`: another
@@ -120,12 +118,7 @@ def validate(s: Stepper, loader, metrics: ClassificationMetrics, n_batches: int,
     s.group.sync_buffers(model)  # every rank validates rank 0's model: the one the checkpoint holds
     metrics.reset()
     start = time.perf_counter()
-    for i, (images, target) in enumerate(loader):
-        if i >= n_batches:
-            break
-        images, target = to_device(images, target, s.runtime)
-        with s.runtime.autocast():
-            logits = forward(as_input(s.augment.normalize(images), s.runtime))
+    for logits, target in forward_split(forward, loader, s.augment, s.runtime, limit=n_batches):
         # Plain cross-entropy whatever the training loss (label smoothing, another criterion): comparable across
         # runs, and what early stopping, the plateau schedule and the best checkpoint watch.
         metrics.update(logits, target, F.cross_entropy(logits.float(), target))

@@ -18,6 +18,7 @@ from trainlab.core.errors import ConfigError, DataError
 from trainlab.core.runtime import Runtime, check_hardware, resolve_runtime
 from trainlab.data import check_root
 from trainlab.engine.build import build_model, check_components, data_channels, input_channels
+from trainlab.engine.step import forward_split, model_input
 from trainlab.record.checkpoint import load_checkpoint
 from trainlab.record.exports import load_export
 from trainlab.record.stored_run import config_from_checkpoint, on_this_machine
@@ -132,23 +133,16 @@ class ReadyModel:
         return predict_logits(self.model, batches, self.normalize, self.runtime)
 
 
-def model_input(images: torch.Tensor, normalize: Normalize, runtime: Runtime) -> torch.Tensor:
-    x = normalize.normalize(images.to(runtime.torch_device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
-
-
-@torch.inference_mode()
 def predict_logits(model: torch.nn.Module, batches, normalize: Normalize,
                    runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits as float32 on the CPU, labels) for every (uint8 images, labels) batch, batched, at the runtime's
-    precision and memory format."""
+    """(logits as float32 on the CPU, labels) for every (uint8 images, labels) batch: the pass validation takes
+    (step.forward_split), collected."""
     model.eval()
     all_logits, all_labels = [], []
-    for images, labels in batches:
-        with runtime.autocast():
-            all_logits.append(model(model_input(images, normalize, runtime)).float())
+    for logits, labels in forward_split(model, batches, normalize, runtime):
+        all_logits.append(logits.float())
         all_labels.append(labels)
-    return torch.cat(all_logits).cpu(), torch.cat(all_labels)
+    return torch.cat(all_logits).cpu(), torch.cat(all_labels).cpu()
 
 
 def ready_model(ckpt: dict, cfg: DictConfig, runtime: Runtime, weights: str = "model", path="") -> ReadyModel:

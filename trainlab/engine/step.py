@@ -6,7 +6,7 @@ L1 or clipping: there is none."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +47,28 @@ def to_device(images: torch.Tensor, target: torch.Tensor, runtime: Runtime):
 
 
 def as_input(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """A normalised (augmented) batch in the memory format the model was put in."""
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+
+
+def model_input(images: torch.Tensor, normalize, runtime: Runtime) -> torch.Tensor:
+    """uint8 (N, C, H, W) images as the model takes them: on its device, normalised (`normalize`: an
+    augment.Normalize, the data's mean/std), in its memory format. Training adds augmentation in between."""
+    return as_input(normalize.normalize(images.to(runtime.torch_device, non_blocking=True)), runtime)
+
+
+@torch.no_grad()
+def forward_split(forward: torch.nn.Module, batches: Iterable, normalize, runtime: Runtime,
+                  limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The one pass of a model over a split, in eval mode at the runtime's precision, that validation (each epoch,
+    and val_ema) and `evaluate`/`predict` all take, so their numbers cannot drift apart: (logits, labels on the
+    device) per (uint8 images, labels) batch, at most `limit` batches."""
+    for i, (images, labels) in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
+        with runtime.autocast():
+            logits = forward(model_input(images, normalize, runtime))
+        yield logits, labels.to(runtime.torch_device, non_blocking=True)
 
 
 def _no_sync(module: torch.nn.Module):
@@ -55,22 +76,27 @@ def _no_sync(module: torch.nn.Module):
     return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
 
 
-Observer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]  # (logits, target, loss) of a micro-batch
+@dataclass
+class StepResult:
+    """What one optimizer step leaves for the loop to record, all on the device (no host sync)."""
+    loss: torch.Tensor     # the last micro-batch's training loss
+    norm: torch.Tensor     # the global gradient norm before clipping (inf when an fp16 step overflowed)
+    # Per micro-batch: (logits, the target they are scored against, its loss). Under MixUp/CutMix the target is
+    # the class the mixed image mostly shows (torchvision's rule), so a perfect model scores 1.0.
+    scored: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def train_step(s: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], size: int,
-               generator: torch.Generator, observe: Observer | None = None,
-               lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator, lr: float | None = None) -> StepResult:
     """One optimizer step over `size` micro-batches (the epoch's last step may have fewer than
     accumulate_grad_batches: its loss is the mean over its own batches, as one batch that size would have it).
-    `lr`: this step's learning rate instead of the schedule's (lr-find), and the schedule is not stepped.
-    Returns the last micro-batch's loss and the gradient norm before clipping, both on the device (no host sync)."""
+    `lr`: this step's learning rate instead of the schedule's (lr-find), and the schedule is not stepped."""
     params = s.trainable
     if lr is not None:
         for group in s.optimizer.param_groups:
             group["lr"] = float(lr)
     s.optimizer.zero_grad(set_to_none=True)
-    loss = None
+    loss, scored = None, []
     for i, (images, target) in enumerate(batches):
         images, target = to_device(images, target, s.runtime)
         x, soft = s.augment.mix(s.augment.train(images, generator), target, s.num_classes, generator)
@@ -81,8 +107,7 @@ def train_step(s: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 loss = s.criterion(logits, soft)
             objective = loss + s.l1 * l1_norm(s.model) if s.l1 else loss
             s.scaler.scale(objective / size if size > 1 else objective).backward()
-        if observe is not None:  # a mixed image is scored against the class it mostly shows (torchvision's rule)
-            observe(logits, soft.argmax(1) if soft.dim() == 2 else target, loss)
+        scored.append((logits.detach(), soft.argmax(1) if soft.dim() == 2 else target, loss.detach()))
     if loss is None:
         raise RuntimeError("train_step was given no batch")
     s.scaler.unscale_(s.optimizer)
@@ -95,4 +120,4 @@ def train_step(s: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         s.schedule.after_step()
     if s.ema is not None:
         s.ema.update_parameters(s.model)
-    return loss, norm
+    return StepResult(loss, norm, scored)
