@@ -242,14 +242,13 @@ def compose_hydra(overrides: list[str]):
 
 def test_torchrun_needs_one_run_directory(monkeypatch, capsys, tmp_path):
     from trainlab.cli.hydra_job import torchrun_args
+    from trainlab.core.errors import ConfigError
 
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(ConfigError, match="under torchrun every rank must write into the same run: pass "
+                       "hydra.run.dir=<a directory every machine can reach>"):
         torchrun_args(["dataset=fake"])
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("under torchrun every rank must write into the same run: "
-                                                    "pass hydra.run.dir=<a directory every machine can reach>")
     # rank 1 neither writes Hydra's files nor the log file: rank 0 does
     args = torchrun_args(["hydra.run.dir=/shared/run", "hydra.output_subdir=.hydra/resume-x"])
     assert args[:3] == ["hydra.run.dir=/shared/run", "hydra.output_subdir=null",

@@ -307,22 +307,3 @@ def test_checkpoints_without_optimizer_are_smaller_and_last_still_resumes(tmp_pa
         train_command(compose(FAST + [f"resume={folder / 'best.ckpt'}"]), tmp_path, overrides=[])
     train_command(compose(FAST + ["trainer.epochs=3", f"resume={tmp_path}"]), tmp_path, overrides=["trainer.epochs=3"])
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == 3
-
-
-def test_a_resume_reads_its_checkpoint_once_and_checks_its_components_once(tmp_path, capsys, monkeypatch):
-    """The CLI (the run's group options), the preflight, the command and the fit all consult the checkpoint of a
-    resume: one read and one check of the components per process."""
-    from trainlab.engine import ready
-    from trainlab.record import checkpoint
-
-    from helpers import run
-
-    code, _, err = run(capsys, "train", *FAST, "scheduler=step", "trainer.epochs=1", f"hydra.run.dir={tmp_path}")
-    assert code == 0, err
-    reads, checks = [], []
-    real_load, real_check = checkpoint.load_checkpoint, ready.check_components
-    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: reads.append(a) or real_load(*a, **k))
-    monkeypatch.setattr(ready, "check_components", lambda *a, **k: checks.append(a) or real_check(*a, **k))
-    code, _, err = run(capsys, "train", f"resume={tmp_path}", "trainer.epochs=2")
-    assert code == 0, err
-    assert len(reads) == 1 and len(checks) == 1, (len(reads), len(checks))

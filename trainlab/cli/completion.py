@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trainlab.cli.output import fail
+from trainlab.core.errors import TrainlabError
 
 BASH_COMPLETION = """# trainlab's bash completion: eval "$(trainlab train -sc install=bash)" (in ~/.bashrc to keep it)
 _trainlab_completion()
@@ -43,8 +43,8 @@ def shell_completion(command: str, args: list[str], commands) -> None:
     action = args[flag + 1]
     if action.startswith("install="):
         if action != "install=bash":
-            fail(f"{action}: trainlab installs bash completion (zsh: autoload bashcompinit && bashcompinit, then the "
-                 "same line)")
+            raise TrainlabError(f"{action}: trainlab installs bash completion (zsh: autoload bashcompinit && "
+                                "bashcompinit, then the same line)")
         print(BASH_COMPLETION.replace('"COMMANDS"', f'"{" ".join(commands)}"')
               .replace("HYDRA_COMMANDS)", "|".join(n for n, c in commands.items() if c.config) + ")"), end="")
         sys.exit(0)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainlab.cli.output import fail, one_line
-from trainlab.core.errors import TrainlabError, yaml_error
+from trainlab.cli.output import one_line
+from trainlab.core.errors import ConfigError, TrainlabError, yaml_error
 from trainlab.core.options import unquote
 
 CONFIG_MODULE = "trainlab.conf"
@@ -161,10 +161,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
 
     if hydra_flag(args):
         return None
-    try:  # a user's own config folders: their options and experiments count too
-        args, configs = config_source(args, config_name)
-    except TrainlabError as e:
-        fail(str(e))
+    args, configs = config_source(args, config_name)  # a user's own config folders: their options count too
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     # Hydra's own groups (hydra/launcher=submitit_slurm) are composed too: a plugin that is missing is one line.
@@ -186,28 +183,26 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
         if check is not None:
             check(cfg, overrides)
         return cfg
-    except TrainlabError as e:
-        fail(str(e))
     except yaml.YAMLError as e:  # a group, experiment or -cp/-cn file of the user's that does not parse
-        fail(str(yaml_error(e)))
+        raise yaml_error(e) from None
     except OverrideParseException as e:
         bad = next((a for a in overrides if _unparsable(a)), "")
-        fail(f"cannot read the override {bad!r}: put values with spaces or non-ASCII characters in quotes, e.g. "
-             f"'dataset.root=\"/my data/photos\"' (the single quotes keep the shell from eating the double ones)"
-             if bad else one_line(str(e)))
+        raise ConfigError(f"cannot read the override {bad!r}: put values with spaces or non-ASCII characters in "
+                          "quotes, e.g. 'dataset.root=\"/my data/photos\"' (the single quotes keep the shell from "
+                          "eating the double ones)" if bad else one_line(str(e))) from None
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", str(e))
         if plugin:  # a Hydra plugin that is not installed: the package that brings it
             kind, name = plugin.groups()
             package = "'trainlab[optuna]'" if name == "optuna" else "'trainlab[slurm]'" if "submitit" in name \
                 else f"hydra-{name.split('_')[0]}-{kind}"
-            fail(f"the Hydra {kind} '{name}' is not installed: pip install {package}")
+            raise ConfigError(f"the Hydra {kind} '{name}' is not installed: pip install {package}") from None
         misspelt = re.match(r"Could not override '([^']+)'", str(e))
         if misspelt and "not in" in str(e.__cause__ or e):
-            fail(_unknown_key(overrides, misspelt.group(1), configs))
+            raise ConfigError(_unknown_key(overrides, misspelt.group(1), configs)) from None
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         # "Error merging override trainer.epochs=abc" alone does not say what is wrong; the cause does.
-        fail(one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e)))
+        raise ConfigError(one_line(f"{e}: {str(cause).splitlines()[0]}" if cause else str(e))) from None
 
 def hydra_flag(args: list[str]) -> bool:
     """A flag Hydra answers without running a job: --help, --cfg job, -sc (a shell's completion), ..."""

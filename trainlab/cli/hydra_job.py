@@ -26,7 +26,7 @@ from trainlab.cli.compose import (
     quoted,
 )
 from trainlab.cli.output import OWN_FULL_ERROR, debug, fail, log_to_files, one_line
-from trainlab.core.errors import RunStopped, TrainlabError
+from trainlab.core.errors import ConfigError, Crashed, RunStopped, SweepFailed, TrainlabError
 from trainlab.core.options import unquote
 from trainlab.record import sweep
 from trainlab.record.run_dir import default_folder
@@ -65,24 +65,21 @@ def resume_args(args: list[str]) -> list[str]:
     start's Hydra files in their own subfolder so the original .hydra/ stays as it was."""
     spec = option(args, "resume") or ""
     if spec and is_sweep_dir(spec):
-        try:
-            return sweep.resume_args(args, Path(spec).expanduser(), MULTIRUN_FLAGS) + [
-                "hydra.output_subdir='${trainlab.output_subdir:${hydra.runtime.output_dir}}'"]
-        except TrainlabError as e:
-            fail(str(e))
+        return sweep.resume_args(args, Path(spec).expanduser(), MULTIRUN_FLAGS) + [
+            "hydra.output_subdir='${trainlab.output_subdir:${hydra.runtime.output_dir}}'"]
     if not spec or spec == "null" or any(a in MULTIRUN_FLAGS for a in args):
         return args
     from datetime import datetime
 
-    from trainlab.record.checkpoint import find_checkpoint, read_once  # torch: only for a resume
-    from trainlab.record.run_dir import OUTPUTS_ROOT
+    from trainlab.record.checkpoint import find_checkpoint, load_checkpoint  # torch: only for a resume
+    from trainlab.record.run_dir import OUTPUTS_ROOT, read_choices
 
-    try:
-        path = find_checkpoint(spec, OUTPUTS_ROOT)
-        choices = read_once(path).get("choices", {})  # read once: the command and the fit take this copy
-    except TrainlabError as e:
-        fail(str(e))
+    path = find_checkpoint(spec, OUTPUTS_ROOT)
     run_dir = path.parent.parent
+    # The run's own record of its options; a checkpoint outside its run folder carries them too.
+    choices = read_choices(run_dir)
+    if choices is None:
+        choices = load_checkpoint(path).get("choices", {})
     # Compose with the run's own group options, so that keys of its groups (model.width of a small_cnn run,
     # dataset.val_size of fake data) parse as they did when it started.
     given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
@@ -99,10 +96,11 @@ def torchrun_args(args: list[str]) -> list[str]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return args
     if any(a in MULTIRUN_FLAGS for a in args):
-        fail("-m does not combine with torchrun: torchrun starts one run; start one torchrun per configuration")
+        raise ConfigError("-m does not combine with torchrun: torchrun starts one run; start one torchrun per "
+                          "configuration")
     if not any(a.startswith("hydra.run.dir=") for a in args):
-        fail("under torchrun every rank must write into the same run: pass hydra.run.dir=<a directory every "
-             "machine can reach>")
+        raise ConfigError("under torchrun every rank must write into the same run: pass hydra.run.dir=<a directory "
+                          "every machine can reach>")
     if os.environ["RANK"] == "0":
         return args
     # logging's dictConfig opens every FileHandler it defines, used or not: without delay, rank 1 could create
@@ -123,17 +121,15 @@ def claim_output(command, args: list[str], cfg, training: bool) -> list[str]:
         sweep_dir = option(args, "hydra.sweep.dir")
         resuming = option(args, "resume") not in (None, "", "null")
         if sweep_dir and is_sweep_dir(sweep_dir) and option(args, "overwrite") != "true" and not resuming:
-            fail(f"{sweep_dir} already holds a sweep: continue it with trainlab train -m resume={sweep_dir}, pick "
-                 "another hydra.sweep.dir=<folder>, or pass overwrite=true to run every job again in it")
+            raise TrainlabError(f"{sweep_dir} already holds a sweep: continue it with trainlab train -m "
+                                f"resume={sweep_dir}, pick another hydra.sweep.dir=<folder>, or pass overwrite=true "
+                                "to run every job again in it")
         if not sweep_dir and cfg is not None:  # named once here, so it is known (and printed) before the jobs run
             sweep_dir = free_run_dir(Path(OmegaConf.select(cfg, "hydra.sweep.dir")))
             args = args + [as_override("hydra.sweep.dir", sweep_dir)]
         if sweep_dir and not resuming:  # the record `resume=` replays; the folder also holds Optuna's study file
             sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False) if cfg is not None else None
-            try:
-                sweep.record_start(Path(sweep_dir), args, MULTIRUN_FLAGS, sweeper)
-            except TrainlabError as e:
-                fail(str(e))
+            sweep.record_start(Path(sweep_dir), args, MULTIRUN_FLAGS, sweeper)
         return args
     if cfg is None:  # a Hydra flag (--cfg, --help, ...)
         return args
@@ -146,10 +142,7 @@ def claim_output(command, args: list[str], cfg, training: bool) -> list[str]:
         args = args + [as_override("hydra.run.dir", folder)]
     resumed = training and option(args, "resume") not in (None, "", "null")
     mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
-    try:
-        _held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
-    except TrainlabError as e:
-        fail(str(e))
+    _held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
     return args
 
 def _default_dir(command, args: list[str]) -> Path | None:
@@ -157,10 +150,7 @@ def _default_dir(command, args: list[str]) -> Path | None:
     if not hasattr(command, "default_dir"):
         return None
     values = {k: unquote(v) for k, v in (a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))}
-    try:
-        return command.default_dir(values)
-    except TrainlabError as e:
-        fail(str(e))
+    return command.default_dir(values)
 
 
 def job(run: Callable, cfg) -> object:
@@ -195,7 +185,8 @@ def job(run: Callable, cfg) -> object:
             requeue(requeue_signal())  # submitit's own requeue: it exits this process
         if hydra_cfg.mode == RunMode.MULTIRUN and isinstance(e, RunStopped) and e.exit_code > 128:
             # A signal (Ctrl-C, a scheduler's SIGTERM) stops the whole sweep, not just this job; the job saved its
-            # checkpoint, and the sweep continues where it stopped.
+            # checkpoint, and the sweep continues where it stopped. The process ends here, inside Hydra's launcher
+            # (which would record an exception as one failed job and go on): the one exit below cli.main.
             sweep_dir = Path(hydra_cfg.sweep.dir)
             fail(f"job {run_dir.name} {str(e).split('; continue with:')[0]}; the sweep stopped: continue it with "
                  "trainlab train -m "
@@ -205,7 +196,7 @@ def job(run: Callable, cfg) -> object:
             (run_dir / "error.txt").write_text(str(e) + "\n")
             _failed_jobs.append(str(run_dir))
             return None
-        fail(str(e), code=e.exit_code, prefix="" if isinstance(e, RunStopped) else "error: ")
+        raise  # cli.main says it in one line
 
 def _claim_job_dir(run_dir: Path, cfg) -> str:
     """A sweep's job directory (Hydra made it and wrote .hydra/ already): lock it, and refuse to train over
@@ -316,7 +307,7 @@ def run_hydra(name: str, args: list[str], commands) -> None:
     if _failed_jobs:
         failed = list(_failed_jobs)
         _failed_jobs.clear()
-        fail(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}", code=1)
+        raise SweepFailed(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}")
 
 
 def _run_task(task: Callable) -> None:
@@ -329,15 +320,15 @@ def _run_task(task: Callable) -> None:
         os.environ["HYDRA_FULL_ERROR"], os.environ[OWN_FULL_ERROR] = "1", "1"
     try:
         task()
+    except TrainlabError:  # a job's (one run), or a launcher's own setting: cli.main says it
+        raise
     except Exception as e:  # what Hydra would have printed (a bug, or a Hydra error the preflight missed)
-        if isinstance(e, TrainlabError) and not debug():  # raised outside a job: a launcher's own setting
-            fail(str(e), code=e.exit_code)
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and not debug():
-            fail(str(write_error(Path(e.filename or "?"), e)))
+            raise write_error(Path(e.filename or "?"), e) from None
         if debug():  # the whole traceback, as Hydra prints it with HYDRA_FULL_ERROR=1
             traceback.print_exc()
             sys.exit(1)
-        fail(one_line(f"{type(e).__name__}: {e}"), code=1, prefix="")
+        raise Crashed(one_line(f"{type(e).__name__}: {e}")) from None
     finally:
         if own:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -71,18 +71,7 @@ def _plain(name: str, module, args: list[str]) -> None:
         print(module.USAGE, end="")
         sys.exit(0 if args else 2)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", force=True)
-    try:
-        module.main(args)
-    except TrainlabError as e:
-        if debug():
-            raise
-        fail(str(e))
-    except OSError as e:  # a full disk or a read-only folder met by a library's own writer (matplotlib, pandas)
-        from trainlab.core.fs import WRITE_ERRNOS, write_error
-
-        if e.errno not in WRITE_ERRNOS or debug():
-            raise
-        fail(str(write_error(e.filename or "a file", e)))
+    module.main(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,12 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trainlab {trainlab.__version__}")
         return
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        from trainlab.cli.compose import choose
-        from trainlab.core.suggest import did_you_mean
-
-        fail(f"unknown command '{name}'" + choose(did_you_mean(name, COMMANDS), COMMANDS) + " (see trainlab --help)")
     try:
+        if name not in COMMANDS:
+            from trainlab.cli.compose import choose
+            from trainlab.core.suggest import did_you_mean
+
+            raise TrainlabError(f"unknown command '{name}'" + choose(did_you_mean(name, COMMANDS), COMMANDS)
+                                + " (see trainlab --help)")
         if COMMANDS[name].config:
             from trainlab.cli.hydra_job import run_hydra
 
@@ -109,3 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         sys.exit(130)
+    except TrainlabError as e:  # the one place a user error becomes its line and exit status
+        if debug():
+            raise
+        fail(str(e), code=e.exit_code, prefix=e.label)
+    except OSError as e:  # a full disk or a read-only folder met by a library's own writer (matplotlib, pandas)
+        from trainlab.core.fs import WRITE_ERRNOS, write_error
+
+        if e.errno not in WRITE_ERRNOS or debug():
+            raise
+        fail(str(write_error(e.filename or "a file", e)))

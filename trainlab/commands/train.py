@@ -17,14 +17,12 @@ from trainlab.engine.build import check_components
 from trainlab.engine.fit import train
 from trainlab.engine.ready import stored_run
 from trainlab.engine.resume import check_length
-from trainlab.record.checkpoint import find_checkpoint, forget_checkpoint, read_once
+from trainlab.record.checkpoint import find_checkpoint
 from trainlab.record.run_dir import OUTPUTS_ROOT, best_value
-from trainlab.record.stored_run import GROUPS
 from trainlab.record.sweep import is_sweep_dir
 
 log = logging.getLogger(__name__)
 
-_checked: dict = {}  # the one resume this process has checked (see _resumed)
 OWN_KEYS = ("resume",)
 
 
@@ -33,15 +31,7 @@ def _resumed(spec: str, overrides: list[str], say: bool = False) -> tuple[Path, 
     whose schedule cannot continue is refused here (engine.resume). `say`: log what its learning rate does (in the
     job, where the run's log is open; the preflight only checks)."""
     path = find_checkpoint(spec, OUTPUTS_ROOT)
-    # The preflight and the job of one command check the same resume: the second takes the first's result (the
-    # job's overrides also repeat the run's group options, which a resume may only repeat).
-    key = (str(path.resolve()), tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in GROUPS)))
-    if key not in _checked:
-        _checked.clear()
-        ckpt, cfg, changed = stored_run(path, overrides, OWN_KEYS, ckpt=read_once(path))
-        _checked[key] = (ckpt, cfg, changed)
-    ckpt, cfg, changed = _checked[key]
-    cfg = cfg.copy()
+    ckpt, cfg, changed = stored_run(path, overrides, OWN_KEYS)
     length = check_length(ckpt, cfg, path) if "position" in ckpt or "optimizer" in ckpt else None
     if length and say:
         log.info("resume: %s", length)
@@ -67,12 +57,9 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
     resumed_from, changed = None, ()
     if cfg.get("resume"):
         path, ckpt, cfg, changed = _resumed(str(cfg.resume), overrides, say=True)
-        _checked.clear()  # the fit takes the checkpoint from here (read_once): no second reference stays
         cfg.resume, run_dir, resumed_from, choices = str(path), path.parent.parent, str(path), ckpt.get("choices")
         del ckpt
     settings = load_settings(cfg)
-    if settings.device.count > 1:
-        forget_checkpoint()  # each training process reads it itself: no copy stays in this one
     # Resolved and plain, so the worker processes (a fresh interpreter each, no Hydra) can take it.
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     return distributed.run(train, settings.device.type, settings.device.count, int(cfg.dataset.batch_size),

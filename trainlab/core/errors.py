@@ -2,9 +2,11 @@
 
 
 class TrainlabError(Exception):
-    """A problem the user can fix (bad config, data, path or checkpoint). The message names the fix."""
+    """A problem the user can fix (bad config, data, path or checkpoint). The message names the fix. Raised
+    anywhere below the CLI; cli/main.py turns it into one line, `trainlab: <label><message>`, and the exit status."""
 
     exit_code = 2
+    label = "error: "
 
 
 class ConfigError(TrainlabError):
@@ -29,9 +31,24 @@ class RunStopped(TrainlabError):
     """Training stopped before its end (non-finite loss, a signal) after saving what can be saved.
     Everything is already written; the message says how to continue."""
 
+    label = ""
+
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class SweepFailed(TrainlabError):
+    """Some jobs of a sweep failed (each said why as it ended); the others ran."""
+
+    exit_code = 1
+
+
+class Crashed(TrainlabError):
+    """Not the user's mistake: an exception trainlab did not expect, as one line (TRAINLAB_DEBUG=1 shows where)."""
+
+    exit_code = 1
+    label = ""
 
 
 def yaml_error(error: Exception, path: object = None, fix: str = "") -> ConfigError:

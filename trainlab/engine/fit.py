@@ -33,8 +33,7 @@ from trainlab.record.checkpoint import (
     Checkpointer,
     TrainingState,
     capture_rng,
-    forget_checkpoint,
-    read_once,
+    load_checkpoint,
     restore_rng,
 )
 from trainlab.record.environment import environment, requirements
@@ -160,8 +159,8 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
                               trainer.compile, (group.local_rank, group.local_world_size), trainer.autotune)
     seed_everything(settings.seed)
-    resume = TrainingState.from_payload(read_once(Path(resumed_from)), Path(resumed_from)) if resumed_from else None
-    forget_checkpoint()  # its tensors now live in `resume` only
+    resume = TrainingState.from_payload(load_checkpoint(Path(resumed_from)), Path(resumed_from)) \
+        if resumed_from else None
     run = build_run(cfg, settings, runtime, group, resume=resume)
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)

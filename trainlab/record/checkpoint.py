@@ -109,28 +109,6 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     return payload
 
 
-_read: dict = {}  # the one checkpoint this process has read for a resume, by (path, size, mtime)
-
-
-def read_once(path: Path) -> dict[str, Any]:
-    """`load_checkpoint`, at most once per process for the same unchanged file: a resume consults its checkpoint
-    in the CLI (the run's group options), the preflight, the command and the fit. `forget_checkpoint` drops it."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        return load_checkpoint(path)  # its own one-line error
-    if key not in _read:
-        _read.clear()
-        _read[key] = load_checkpoint(path)
-    return _read[key]
-
-
-def forget_checkpoint() -> None:
-    _read.clear()
-
-
 # What only continuing the training needs (a checkpoint without them still evaluates, predicts and exports).
 TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "early_stopping", "position")
 

@@ -173,6 +173,19 @@ def read_settings(folder: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in _NOT_SETTINGS}
 
 
+def read_choices(folder: Path) -> dict[str, str] | None:
+    """The config group options the run first started with (Hydra's runtime.choices in .hydra/hydra.yaml, Hydra's
+    own groups left out), or None when the folder has no readable record of them."""
+    path = Path(folder) / ".hydra" / "hydra.yaml"
+    try:
+        choices = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("runtime", {}).get("choices")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(choices, dict):
+        return None
+    return {str(k): v for k, v in choices.items() if not str(k).startswith("hydra")}
+
+
 def read_config(folder: Path) -> dict:
     """The run's composed config: Hydra's .hydra/config.yaml, else the one in run.json."""
     path = Path(folder) / ".hydra" / "config.yaml"
