@@ -18,7 +18,7 @@ import torch
 
 from trainlab.core.config import component
 from trainlab.core.errors import DataError
-from trainlab.data import archive, check_root
+from trainlab.data import archive
 from trainlab.data.decode import decode_file
 
 from helpers import assert_one_line, hashes, run, write_tiny_imagenet
@@ -152,11 +152,11 @@ def test_a_broken_archive_is_named_before_anything_is_read(tmp_path, tiny_zip):
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(official.read_bytes()[: official.stat().st_size // 2])
     with pytest.raises(DataError, match=r"truncated.zip is not a readable zip archive .*download or pack it again"):
-        check_root({"_target_": "trainlab.data.TinyImageNet", "root": str(truncated)})
+        component("dataset", "tiny_imagenet", root=str(truncated)).check_root()
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"\x1f\x8b not really gzip" * 20)
     with pytest.raises(DataError, match="garbage.tar.gz is not a readable tar archive"):
-        check_root({"_target_": "trainlab.data.ImageFolderData", "root": str(garbage)})
+        component("dataset", "image_folder", root=str(garbage)).check_root()
 
 
 @pytest.mark.parametrize("case", ["truncated", "not_an_image", "no_layout", "not_an_archive"])

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
+from trainlab.core.runtime import usable_cores
 from trainlab.engine import processes
 from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
 
@@ -147,7 +148,7 @@ class ParallelLauncher(Launcher):
                                                        if self.jobs_per_device > 1 else ""))
         from trainlab.engine import cpu_split  # (torch: only when the launcher has to measure)
 
-        return cpu_split.jobs_at_once([j.work for j in jobs if j.work[0]], _cores(), len(jobs))
+        return cpu_split.jobs_at_once([j.work for j in jobs if j.work[0]], usable_cores(), len(jobs))
 
 
 class _Run:
@@ -223,9 +224,9 @@ class _Run:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)
             where = f"GPU {','.join(job.gpus)}"
         else:
-            threads = cpu_share(_cores(), self.at_once)
+            threads = cpu_share(usable_cores(), self.at_once)
             where = f"cpu, {threads} thread{'s' if threads > 1 else ''}"
-        env[JOB_CORES] = f"{_cores()}/{self.at_once}"
+        env[JOB_CORES] = f"{usable_cores()}/{self.at_once}"
         console = self.sweep_dir / CONSOLE_DIR / f"job-{job.idx}.log"
         context = processes.context(cuda=job.device == "cuda")  # a clean process, started in ~0.1 s on a CPU
         parent, child = context.Pipe(duplex=False)
@@ -303,10 +304,6 @@ def _returned(job: _Job, status: JobStatus, value) -> JobReturn:
     ret = JobReturn(overrides=job.overrides, working_dir=str(job.folder), task_name="train", status=status)
     ret.return_value = value
     return ret
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _gpus() -> list[str]:

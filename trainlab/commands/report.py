@@ -20,8 +20,12 @@ from trainlab.core.errors import TrainlabError
 from trainlab.core.fs import claim_out_folder, free_run_dir
 from trainlab.core.suggest import did_you_mean
 from trainlab.record.run_dir import (
+    CONFUSION_DIR,
+    ERROR_TXT,
     METRICS_CSV,
     OUTPUTS_ROOT,
+    RUN_JSON,
+    SUMMARY_JSON,
     diagnose_run,
     is_training_run,
     read_config,
@@ -112,7 +116,7 @@ def _config_yaml(run_dir: Path) -> str:
 def report(path: Path, rows: str | None = None, cols: str | None = None,
            metric: str = "final val/acc1") -> tuple[Path, Path]:
     path = Path(path)
-    if (path / "metrics.csv").is_file():
+    if (path / METRICS_CSV).is_file():
         if rows or cols:
             raise TrainlabError(f"--rows/--cols pivot the jobs of a sweep; {path} is a single run")
         return run_report(path)
@@ -123,10 +127,10 @@ def report(path: Path, rows: str | None = None, cols: str | None = None,
 
 def run_report(run_dir: Path) -> tuple[Path, Path]:
     history = read_metrics(run_dir)  # every file read before anything is written: a damaged one writes nothing
-    summary = read_json(run_dir, "summary.json")
+    summary = read_json(run_dir, SUMMARY_JSON)
     config = _config_yaml(run_dir)
     doc = Document(f"trainlab report: {run_dir}", run_dir)
-    group = read_json(run_dir, "run.json").get("distributed", {})
+    group = read_json(run_dir, RUN_JSON).get("distributed", {})
     processes = (f" x {group['world_size']} processes ({group.get('nodes', 1)} machine(s), {group.get('backend')}, "
                  f"global batch {group.get('batch_size_global')})" if group.get("world_size", 1) > 1 else "")
     if summary:
@@ -163,7 +167,7 @@ def run_report(run_dir: Path) -> tuple[Path, Path]:
 
 
 def _confusion_sections(doc: Document, run_dir: Path) -> None:
-    files = sorted((run_dir / "confusion").glob("val_epoch*.csv"))
+    files = sorted((run_dir / CONFUSION_DIR).glob("val_epoch*.csv"))
     if not files:
         return
     table = pd.read_csv(files[-1], index_col=0)
@@ -206,10 +210,10 @@ def _job_entry(job: Path, label: str) -> dict:
     column the report reads) does not stop the report: `damaged` holds its one line, and what could be read
     is used."""
     entry = {"job": label, "settings": {}, "overrides": [], "history": None, "summary": {},
-             "failed": (job / "error.txt").is_file(), "damaged": None}
+             "failed": (job / ERROR_TXT).is_file(), "damaged": None}
     try:
         entry["overrides"], entry["settings"] = read_overrides(job), read_settings(job)
-        entry["history"], entry["summary"] = read_metrics(job), read_json(job, "summary.json")
+        entry["history"], entry["summary"] = read_metrics(job), read_json(job, SUMMARY_JSON)
     except TrainlabError as e:
         entry["damaged"] = str(e)
         return entry
@@ -258,7 +262,7 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
         label = " ".join(o for o in overrides[job] if o not in common) or name(job)
         history = entry["history"]
         if history is None:
-            reason = (job / "error.txt").read_text().strip() if entry["failed"] else ""
+            reason = (job / ERROR_TXT).read_text().strip() if entry["failed"] else ""
             rows.append({"job": name(job), "overrides": label,
                          "status": f"damaged: {entry['damaged']}" if entry["damaged"] else
                          f"failed: {reason}" if reason else "no epoch recorded"})
@@ -331,7 +335,7 @@ def scaling_table(jobs: list[Path]) -> pd.DataFrame:
     overrides = {job: read_overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     for job in jobs:
-        config, run = read_config(job), read_json(job, "run.json")
+        config, run = read_config(job), read_json(job, RUN_JSON)
         group = run.get("distributed", {})
         device = config.get("device", {})
         count = int(group.get("world_size", device.get("count", 1)))
@@ -347,7 +351,7 @@ def scaling_table(jobs: list[Path]) -> pd.DataFrame:
                         "epoch s": float((history["time/train_s"] + history["time/val_s"]).mean()),
                         **{k: float(last[k]) for k in ("val/acc1", "val/loss", "train/loss")}, "status": "ok"})
         else:
-            error = job / "error.txt"
+            error = job / ERROR_TXT
             row["status"] = "failed: " + (error.read_text().strip() if error.is_file() else "?")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -11,9 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab.core.config import load_settings
 from trainlab.core.runtime import check_hardware
-from trainlab.data import check_root
 from trainlab.engine import distributed
-from trainlab.engine.build import check_components
+from trainlab.engine.build import build, check_components
 from trainlab.engine.fit import train
 from trainlab.engine.ready import stored_run
 from trainlab.engine.resume import check_length
@@ -47,7 +46,7 @@ def check(cfg: DictConfig, overrides: list[str]) -> None:
     settings = load_settings(cfg)
     check_hardware(settings.device.type, settings.trainer.precision)
     check_components(cfg, settings)
-    check_root(cfg.dataset)
+    build(cfg.dataset, "dataset").check_root()
 
 
 def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict | None = None) -> dict:

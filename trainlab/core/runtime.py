@@ -56,9 +56,10 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may use (cgroups, taskset, SLURM), else the machine's."""
     try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (cgroups, taskset, SLURM)
+        return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
 
@@ -120,9 +121,9 @@ def resolve_runtime(device_type: str, precision: str, channels_last: str, thread
                               + (f", each with {processes_per_node} processes" if processes_per_node > 1 else ""))
     elif threads == "auto" and processes_per_node > 1:
         # N processes with all cores each would oversubscribe the machine (torchrun sets 1 thread instead).
-        n_threads = max(1, _cores() // processes_per_node)
+        n_threads = max(1, usable_cores() // processes_per_node)
         torch.set_num_threads(n_threads)
-        reasons["threads"] = f"auto: {_cores()} cores shared by {processes_per_node} processes on this machine"
+        reasons["threads"] = f"auto: {usable_cores()} cores shared by {processes_per_node} processes on this machine"
     elif threads == "auto":
         n_threads = torch.get_num_threads()
         reasons["threads"] = f"auto: torch's default of {n_threads} compute threads"

@@ -199,6 +199,10 @@ class ImageData:
         log.info("dataset.batch_size=%d is larger than the %d training images: each step takes one batch of %d, "
                  "the whole training set (recorded in run.json)", self.batch_size_configured, size, self.batch_size)
 
+    def check_root(self) -> None:
+        """The checks of the data's files that read no image, made before a run folder exists (each data set
+        checks its own; one made in memory has none)."""
+
     def setup(self, splits: tuple[str, ...] = ("train", "val")) -> None:
         raise NotImplementedError
 

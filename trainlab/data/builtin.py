@@ -88,13 +88,16 @@ class TorchvisionData(ImageData):
         self.name, self.root, self.download = self.cls.__name__, Path(str(self.root)).expanduser(), bool(self.download)
         self.val_fraction, self.split_seed = float(self.val_fraction), int(self.split_seed)
 
+    def check_root(self) -> None:
+        if not self.download and not self.root.is_dir():
+            raise DataError(f"dataset.root {self.root} does not exist: {missing_files_hint(self.name, self.root)}, "
+                            "or pass dataset.download=true on a machine with network")
+
     def _open(self, train: bool):
         cls = _without_checksums(self.cls)
         params = inspect.signature(cls).parameters
         part = {"train": train} if "train" in params else {"split": "train" if train else "test"}
-        if not self.download and not self.root.is_dir():
-            raise DataError(f"dataset.root {self.root} does not exist: {missing_files_hint(self.name, self.root)}, "
-                            "or pass dataset.download=true on a machine with network")
+        self.check_root()
         try:
             return cls(str(self.root), download=self.download, **part)
         except RuntimeError as e:  # torchvision: "Dataset not found ... You can use download=True"

@@ -123,6 +123,10 @@ class Digits(TinyImageNet):
         self.root = self.root or default_root()
         super().__post_init__()
 
+    def check_root(self) -> None:
+        """The demo's folder is trainlab's (marked), missing or empty: never a folder of the user's."""
+        check_root(self.root)
+
     def index(self):
         ensure_digits_tree(self.root)
         return super().index()

@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -53,6 +54,15 @@ class FileImageData(ImageData):
     def index(self) -> dict[str, tuple[list[str], list[int] | None]]:
         """Fill `classes`/`class_names`; return split -> (paths, labels or None)."""
         raise NotImplementedError
+
+    ROOT_HINT = "point it at the folder (or a .zip, .tar, .tar.gz or .tgz) that holds the data"
+    MARKER: ClassVar[str | None] = None  # a file at the top of the tree (to find it inside a wrapping folder)
+
+    def check_root(self) -> None:
+        """`root` is a folder or a readable archive (an archive is indexed once, before any folder exists)."""
+        require_folder(self.root, self.ROOT_HINT)
+        if is_archive(self.root):
+            archive_root(self.root, self.MARKER)
 
     def tree(self, marker: str | None = None) -> Path | ArchivePath:
         """Where the data set's folders are: `root` itself, or inside the archive `root` names (`marker`: a
@@ -103,6 +113,14 @@ class FileImageData(ImageData):
 
 class TinyImageNet(FileImageData):
     """Tiny-ImageNet-200: class index = position in the sorted wnids; val labels from val_annotations.txt."""
+
+    ROOT_HINT, MARKER = TINY_HINT, "wnids.txt"
+
+    def check_root(self) -> None:
+        super().check_root()
+        if is_archive(self.root) and not (archive_root(self.root, self.MARKER) / self.MARKER).is_file():
+            raise DataError(f"{archive_root(self.root, self.MARKER)} is not in the tiny-imagenet-200 layout: "
+                            f"wnids.txt is missing; {TINY_HINT}")
 
     def index(self):
         require_folder(self.root, TINY_HINT)

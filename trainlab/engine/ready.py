@@ -16,8 +16,7 @@ from trainlab.augment import Normalize
 from trainlab.core.config import load_settings
 from trainlab.core.errors import ConfigError, DataError
 from trainlab.core.runtime import Runtime, check_hardware, resolve_runtime
-from trainlab.data import check_root
-from trainlab.engine.build import build_model, check_components, data_channels, input_channels
+from trainlab.engine.build import build, build_model, check_components, data_channels, input_channels
 from trainlab.engine.step import forward_split, model_input
 from trainlab.record.checkpoint import load_checkpoint
 from trainlab.record.exports import load_export
@@ -54,7 +53,7 @@ def stored_run(path: Path, overrides: list[str], own_keys: tuple[str, ...], need
         raise DataError(f"the data this checkpoint was trained on is no longer at {root}: pass "
                         "dataset.root=<where the data is now>")
     if needs_data:
-        check_root(cfg.dataset)
+        build(cfg.dataset, "dataset").check_root()
     return ckpt, cfg, changed
 
 

@@ -17,6 +17,7 @@ from trainlab.analysis.plots import confusion_figure, plot_history
 from trainlab.core.columns import COLUMNS, EMA_COLUMNS
 from trainlab.core.fs import atomic_write_text
 from trainlab.loggers import Logger, TensorBoardLogger
+from trainlab.record.run_dir import CONFUSION_DIR
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class RunRecorder:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = board.writer(self.run_dir) if board is not None else _NoWriter()
-        (self.run_dir / "confusion").mkdir(exist_ok=True)
+        (self.run_dir / CONFUSION_DIR).mkdir(exist_ok=True)
         write_classes(self.run_dir / "classes.csv", class_ids, class_names)
 
     def read_json(self, name: str) -> dict:
@@ -154,7 +155,7 @@ class RunRecorder:
                 self.writer.add_scalar(key, value, step)
         self._each_tracker("logging", lambda tracker: tracker.log_epoch(row, step))
         for split, confusion in confusions.items():
-            write_confusion(self.run_dir / "confusion" / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
+            write_confusion(self.run_dir / CONFUSION_DIR / f"{split}_epoch{epoch:03d}.csv", confusion, self.labels)
         self._pending = (frame, epoch, step, confusions)
         if self._figures_due():
             self._draw_figures()

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 OUTPUTS_ROOT = Path("outputs")  # where hydra.run.dir puts runs by default; `latest` and dates look here
 SWEEPS_ROOT = Path("multirun")  # where hydra.sweep.dir puts sweeps by default
 RUN_JSON, SUMMARY_JSON, METRICS_CSV, ERROR_TXT = "run.json", "summary.json", "metrics.csv", "error.txt"
+CONFUSION_DIR = "confusion"  # val_epochNNN.csv / train_epochNNN.csv
 # What a run, an evaluation or a summary leaves in its directory: the names `overwrite=true` may remove.
 RUN_ENTRIES = (RUN_JSON, SUMMARY_JSON, METRICS_CSV, "classes.csv", "train.log", "evaluate.log", "summary.log",
-               ERROR_TXT, "checkpoints", "tensorboard", "confusion", "plots", ".hydra", "report.md",
+               ERROR_TXT, "checkpoints", "tensorboard", CONFUSION_DIR, "plots", ".hydra", "report.md",
                "report.html", "report_files", "metrics.json", "predictions.csv", "confusion.csv", "summary.txt",
                "requirements.txt", "activations.csv", "lr_find.csv", "lr_find.json", "lr_find.png", "lr_find.log")
 # Any of these means "a trainlab run (or evaluation, or summary) lives here".
