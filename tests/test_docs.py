@@ -56,6 +56,7 @@ def problem(line: str, data_root: Path) -> str | None:
     from trainlab.cli.compose import preflight
     from trainlab.cli.main import COMMANDS
     from trainlab.core.config import load_settings
+    from trainlab.core.errors import TrainlabError
 
     # bash expands `~` after `=` (`model.weights=~/w.pth`) and `$PWD`: so does this reading of the line.
     words = [re.sub(r"(^|=)~/", r"\1/home/user/", w).replace("$PWD", "/home/user") for w in shlex.split(line)[1:]]
@@ -93,8 +94,8 @@ def problem(line: str, data_root: Path) -> str | None:
         cfg = preflight(kept, name, None)
         if cfg is not None and not any(a in ("-m", "--multirun") for a in kept):
             load_settings(cfg, require_data=False)
-    except SystemExit:
-        return "does not compose (see the captured stderr)"
+    except TrainlabError as e:
+        return f"does not compose: {e}"
     except Exception as e:  # noqa: BLE001  (a schema error is the finding here)
         return f"{type(e).__name__}: {e}"
     return None

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
-from trainlab.core.runtime import usable_cores
+from trainlab.core.machine import usable_cores
 from trainlab.engine import processes
 from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from trainlab.core.errors import ConfigError
+from trainlab.core.machine import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,6 @@ def _cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def usable_cores() -> int:
-    """The cores this process may use (cgroups, taskset, SLURM), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def check_hardware(device_type: str, precision: str) -> None:
