@@ -5,10 +5,9 @@ Wall time of the whole `trainlab train -m`, start-up included; A B C in one proc
 
     .venv/bin/python scripts/bench_sweep.py [--rounds 1] [--epochs 1] [--train-size 512]
 
-RATIO parallel_vs_sequential = basic launcher's seconds / parallel's (>= 1: no slower). On a CPU the default is
-what trainlab.engine.cpu_split measures for this model and these jobs (one at a time where splitting the cores, and
-starting a process per job, would lose; the measurement is made first, once per machine and model, and not counted:
-a user's later sweeps read it from the cache); `parallel2_vs_sequential` shows what 2 at once gives here regardless.
+RATIO parallel_vs_sequential = basic launcher's seconds / parallel's (>= 1: no slower). On a CPU the default runs
+one job per 8 cores (one at a time on a small machine, in the launcher's own process); `parallel2_vs_sequential`
+shows what 2 at once, each in a spawned process with half the cores, gives here.
 On a machine with N GPUs (pass --device cuda) the default runs N jobs at once and the ratio approaches N.
 """
 
@@ -22,21 +21,13 @@ from pathlib import Path
 from benchlib import report
 
 
-def default_choice(sweep: list[str], jobs: int) -> None:
-    """The CPU default's measurement, made (or read from the cache) as the launcher makes it, and said."""
-    import os
+def default_choice(jobs: int) -> None:
+    """The CPU default (hydra/launcher=parallel without hydra.launcher.jobs), as the launcher decides it, said."""
+    from trainlab.cli.placement import cpu_jobs_at_once
+    from trainlab.core.machine import usable_cores
 
-    from hydra import compose, initialize_config_module
-
-    from trainlab.engine import cpu_split
-
-    single = [o for o in sweep if o != "-m" and not o.startswith("seed=")] + ["seed=0"]
-    with initialize_config_module("trainlab.conf", version_base="1.3"):
-        work, images = cpu_split.workload(compose("config", overrides=single))
-    start = time.perf_counter()
-    choice = cpu_split.choose(work, len(os.sched_getaffinity(0)), jobs, images)
-    print(f"  the default on this CPU ({time.perf_counter() - start:.1f} s, not counted): {choice.jobs} at once: "
-          f"{choice.reason(work.label)}", flush=True)
+    at_once, why = cpu_jobs_at_once(usable_cores(), jobs)
+    print(f"  the default on this CPU: {at_once} at once ({why})", flush=True)
 
 
 def main() -> None:
@@ -54,7 +45,7 @@ def main() -> None:
              f"device={args.device}", "trainer.autotune=false", "trainer.histogram_every_n_epochs=0",
              "trainer.activations_every_n_epochs=0", "logger=[]", "seed=" + ",".join(str(s) for s in range(args.jobs))]
     if args.device == "cpu":
-        default_choice(sweep, args.jobs)
+        default_choice(args.jobs)
     sides = {"basic launcher (sequential)": [],
              "hydra/launcher=parallel (default)": ["hydra/launcher=parallel"],
              "hydra/launcher=parallel jobs=2": ["hydra/launcher=parallel", "hydra.launcher.jobs=2"]}

@@ -55,42 +55,17 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120
 
 
 def run_limited(*args, max_file_bytes: int, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
-    """`trainlab <args>` in a process of its own whose files cannot grow past `max_file_bytes` (RLIMIT_FSIZE: what a
-    full disk looks like to a writer): (exit status, stdout, stderr). It forks from trainlab's process server, which
-    imported torch once, instead of a fresh interpreter's ~10 s of imports; it gets this environment and folder."""
-    from trainlab.engine import processes
-
-    ctx = processes.context(cuda=False)
-    receive, send = ctx.Pipe(duplex=False)  # (a pipe: not a file, so the limit does not apply to the output)
-    proc = ctx.Process(target=_limited_main, args=(list(args), max_file_bytes, str(cwd), _env(), send), daemon=True)
-    proc.start()
-    send.close()
-    if not receive.poll(timeout):
-        proc.kill()
-        raise AssertionError(f"trainlab {' '.join(args)} did not end within {timeout} s")
-    result = receive.recv()
-    proc.join(timeout=60)
-    return result
-
-
-def _limited_main(args: list[str], limit: int, cwd: str, env: dict, send) -> None:
-    import contextlib
-    import io
+    """`trainlab <args>` in a fresh interpreter whose files cannot grow past `max_file_bytes` (RLIMIT_FSIZE: what a
+    full disk looks like to a writer): (exit status, stdout, stderr). Its output goes through pipes, which the limit
+    does not reach."""
     import resource
-    import traceback
 
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = exit_status(args)
-        except BaseException:  # what the interpreter would print before exiting 1
-            traceback.print_exc()
-            code = 1
-    send.send((code, out.getvalue(), err.getvalue()))
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    done = subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit)
+    return done.returncode, done.stdout, done.stderr
 
 
 def signal_when(path: Path, text: str, pid_file: Path, signum: int, timeout: float = 240) -> threading.Event:

@@ -4,7 +4,6 @@ lacks), and sweeps that run several jobs at once on the CPU with every guarantee
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 from datetime import datetime
@@ -12,10 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
-from trainlab.engine import cpu_split, processes
+from trainlab.cli.placement import DevicePool, Unplaceable, cpu_jobs_at_once, cpu_share, visible_gpus
 from trainlab.record.sweep import job_saved
 
 from helpers import FAST, LONGER_STEPS, assert_one_line, hashes, run, start_cli, wait_for
@@ -63,87 +60,11 @@ def test_the_visible_gpus_are_the_launchers_own_and_cores_are_split():
     assert (cpu_share(2, 2), cpu_share(16, 3), cpu_share(2, 4)) == (1, 5, 1)
 
 
-SMALL = cpu_split.Workload({"_target_": "trainlab.models.small_cnn", "_partial_": True, "width": 8, "dropout": 0.0,
-                            "init": "default", "freeze": None, "in_channels": None}, (3, 16, 16), 10, 16)
-
-
-def test_the_cpu_splits_timed_are_powers_of_two_up_to_the_cores_and_jobs():
-    assert cpu_split.splits(2, 4) == [1, 2] and cpu_split.splits(16, 3) == [1, 2]
-    assert cpu_split.splits(64, 100) == [1, 2, 4, 8] and cpu_split.splits(1, 4) == [1] and cpu_split.splits(8, 1) == [1]
-
-
-def test_jobs_run_at_once_only_when_they_train_more_than_gain_faster():
-    assert cpu_split.pick({1: 100.0, 2: 100 * (1 + cpu_split.GAIN) - 1}) == 1  # not enough to pay for processes
-    assert cpu_split.pick({1: 100.0, 2: 115.0}) == 2 and cpu_split.pick({1: 100.0, 2: 80.0}) == 1
-    assert cpu_split.pick({1: 100.0, 2: 140.0, 4: 150.0, 8: 120.0}) == 4
-
-
-def test_short_jobs_run_one_at_a_time_where_starting_their_processes_costs_more_than_sharing_the_cores_gains():
-    timing = cpu_split.Timing({1: 100.0, 2: 170.0}, {1: 0.0, 2: 2.0}, server=7.0)
-    # 4 jobs of 500 images: one at a time 4 x 5 s in this process; 2 at once wait 7 s for their process server, then
-    # 2 rounds of 2 s start-up + 500*2/170 s.
-    short = cpu_split.expected_seconds(timing, 4, 500)
-    assert short == {1: 20.0, 2: pytest.approx(7 + 2 * (2 + 1000 / 170), abs=0.1)}
-    assert cpu_split.pick(timing.rates, short) == 1
-    long = cpu_split.expected_seconds(timing, 4, 100_000)  # 1000 s against ~1194 s: the start-up is paid back
-    assert cpu_split.pick(timing.rates, long) == 2
-
-
-def _measure(table: dict[int, float], timed: list[int] | None = None):
-    def measure(work, n, cores):
-        if timed is not None:
-            timed.append(n)
-        return table[n], 5.0, (7.0 if n == 2 else 0.0)  # (the process server gets ready before the first n > 1)
-    return measure
-
-
-def test_the_split_is_measured_once_per_machine_and_model_then_read_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path))
-    timed: list[int] = []
-    rates = {1: 100.0, 2: 150.0, 4: 140.0, 8: 500.0}  # 8 is never timed: 4 was already slower than 2
-    first = cpu_split.choose(SMALL, 16, 10, measure=_measure(rates, timed))
-    assert (first.jobs, first.timing.cached, timed) == (2, False, [1, 2, 4])
-    why = first.reason("m")
-    one = torch.get_num_threads()  # one job at a time runs with the launcher's threads
-    assert f"1 job x {one} thread{'s' if one > 1 else ''} 100; 2 jobs x 8 threads 150; 4 jobs x 4 threads 140" in why
-    assert "2 at once trained 50% faster (the jobs' length is not in their config" in why
-    again = cpu_split.choose(SMALL, 16, 10, images=10 ** 6, measure=_measure(rates, timed))  # the sweep's own rule
-    assert (again.jobs, again.timing.cached, timed) == (2, True, [1, 2, 4]) and "cached" in again.reason("m")
-    assert "2 at once is fastest" in again.reason("m")
-    short = cpu_split.choose(SMALL, 16, 10, images=100, measure=_measure(rates, timed))
-    assert short.jobs == 1 and "wait ~7 s for their process server, then each starts in ~5 s" in short.reason("m")
-    assert short.sweep_s[2] == pytest.approx(7 + 5 * (5 + 100 * 2 / 150), abs=0.1)  # one wait, 5 rounds of 2
-    bigger = cpu_split.Workload(SMALL.model, (3, 32, 32), 10, 16)  # another input: measured for itself
-    slow = cpu_split.choose(bigger, 16, 10, measure=_measure({1: 100.0, 2: 105.0, 4: 90.0}))
-    assert slow.jobs == 1 and not slow.timing.cached and "only 5% faster, under 10%" in slow.reason("m")
-
-
-def test_a_jobs_length_is_read_from_its_config():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"model": {**SMALL.model, "weights": "x.ckpt"}, "trainer": {"epochs": 3,
-                            "limit_train_batches": None}, "dataset": {"image_size": 16, "batch_size": 8,
-                                                                      "train_size": 100}})
-    work, images = cpu_split.workload(cfg)
-    assert work == cpu_split.Workload(SMALL.model, (3, 16, 16), 10, 8)  # the weights are not timed
-    assert images == 300
-    cfg.trainer.limit_train_batches = 5
-    assert cpu_split.workload(cfg)[1] == 3 * 40
-    del cfg.dataset["train_size"]
-    cfg.trainer.limit_train_batches = None
-    assert cpu_split.workload(cfg)[1] is None  # (image folders, Tiny-ImageNet: their size is read when they load)
-    cfg.dataset.image_size = "${missing}"
-    assert cpu_split.workload(cfg) == (None, None)  # that job fails by itself, with its own message
-
-
-@pytest.mark.slow
-def test_one_job_is_timed_here_and_a_timing_process_that_fails_says_why():
-    # (A real timing of 1 and 2 jobs at once: scripts/bench_sweep.py's test, through the launcher's own code.)
-    rate, startup, server = cpu_split.measure_split(SMALL, 1, 2)
-    assert rate > 0 and startup == server == 0  # one job at a time: timed in this process, with nothing to start
-    broken = cpu_split.Workload({**SMALL.model, "width": "wide"}, (3, 16, 16), 10, 16)
-    with pytest.raises(RuntimeError, match="wide"):  # a process that fails says why, and the others stop waiting
-        cpu_split.measure_split(broken, 2, 2)
+def test_a_cpu_sweep_runs_one_job_per_eight_cores_unless_told():
+    """The documented default (docs/sweeps.md): a 2-core laptop runs the jobs one after another, a 64-core server 8
+    at once, never more than the sweep has; hydra.launcher.jobs=N overrides it (the launcher tests below)."""
+    assert cpu_jobs_at_once(2, 4)[0] == 1 and cpu_jobs_at_once(16, 4)[0] == 2
+    assert cpu_jobs_at_once(64, 100)[0] == 8 and cpu_jobs_at_once(64, 3)[0] == 3
 
 
 @pytest.mark.parametrize("setting", ["jobs", "jobs_per_device"])
@@ -182,32 +103,6 @@ def test_fail_fast_stops_launching_at_the_first_failure(tmp_path, capsys, monkey
     assert "1 job(s) of the sweep failed" in console and "Traceback" not in console
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "error.txt").is_file()
     assert not (sweep / "2").exists()  # (without fail_fast it runs: the basic launcher's tests in test_sweep.py)
-
-
-def test_a_cpu_job_forks_from_the_forkserver_with_the_environment_of_its_start_and_a_cuda_job_is_spawned(monkeypatch):
-    forkserver = processes.context(cuda=False)
-    assert forkserver.get_start_method() == "forkserver" and processes.context(cuda=True).get_start_method() == "spawn"
-    monkeypatch.setenv("TRAINLAB_PROBE", "set before")
-    processes.wait_ready()  # (the server may start now, with TRAINLAB_PROBE in its environment, or have run before)
-    seen = []
-    for value in ("changed after the server started", None):
-        if value is None:
-            monkeypatch.delenv("TRAINLAB_PROBE")
-        else:
-            monkeypatch.setenv("TRAINLAB_PROBE", value)
-        answers = forkserver.Queue()
-        child = forkserver.Process(target=_adopting, args=(answers, processes.environment()))
-        child.start()
-        seen.append(answers.get(timeout=60))
-        child.join(timeout=60)
-    (parent, changed), (_, removed) = seen
-    assert parent != os.getpid()  # forked by the server, which imported torch once, not started by this process
-    assert changed == "changed after the server started" and removed is None
-
-
-def _adopting(answers, env) -> None:
-    processes.adopt(env)
-    answers.put((os.getppid(), os.environ.get("TRAINLAB_PROBE")))
 
 
 @pytest.mark.parametrize("reason, line", [

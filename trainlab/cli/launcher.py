@@ -4,9 +4,8 @@ Hydra's basic launcher runs the jobs one after another in this process; joblib's
 every job on the same GPU. This one gives each job `device.count` GPUs of its own through CUDA_VISIBLE_DEVICES
 (`hydra.launcher.jobs_per_device` lets jobs share one), or on a CPU a share of the cores (each job's
 `trainer.threads=auto`). A job runs exactly as under the basic launcher — Hydra's `run_job` with trainlab's
-job wrapper, in a fresh process (on a CPU forked from a forkserver that imported torch once, for CUDA spawned:
-trainlab.engine.processes) — so its folder, `resume=`, one-line errors and error.txt are the same; only its
-console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one line when a job
+job wrapper, in a fresh (spawned) process — so its folder, `resume=`, one-line errors and error.txt are the same;
+only its console output goes to `<sweep>/.launcher/job-<n>.log` instead of the terminal, which gets one line when a job
 starts and one when it ends. Ctrl-C or SIGTERM stops every running job (each saves
 interrupted.ckpt, or last.ckpt when the signal finds it past an epoch's last batch) and the sweep continues with
 `trainlab train -m resume=<sweep>`; `hydra.launcher.fail_fast=true` starts no new job after the first failure.
@@ -30,10 +29,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from trainlab.cli.placement import DevicePool, Unplaceable, cpu_share, visible_gpus
+from trainlab.cli.placement import DevicePool, Unplaceable, cpu_jobs_at_once, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
 from trainlab.core.machine import usable_cores
-from trainlab.engine import processes
 from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
 
 log = logging.getLogger("trainlab.launcher")
@@ -49,7 +47,6 @@ class _Job:
     count: int                       # GPUs it needs (cuda)
     folder: Path
     config: DictConfig               # its own config, as _plan composed it
-    work: tuple = (None, None)       # (what it trains, images in all) as trainlab.engine.cpu_split times it (CPU)
     gpus: list[str] = field(default_factory=list)
     process: multiprocessing.Process | None = None
     conn: object = None
@@ -74,8 +71,6 @@ class ParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if self.jobs is not None and int(self.jobs) > 1:
-            processes.warm_up()  # its imports (seconds) run while the jobs are planned
         jobs = [self._plan(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         resume = OmegaConf.select(self.config, "resume", default=None)
         self.resuming = bool(resume) and Path(str(resume)).expanduser().resolve() == sweep_dir.expanduser().resolve()
@@ -91,8 +86,8 @@ class ParallelLauncher(Launcher):
         return _Run(self, jobs, pool, at_once, sweep_dir).until_done()
 
     def _one_by_one(self, jobs: list[_Job]) -> list[JobReturn]:
-        """One job at a time in this process, as Hydra's basic launcher runs them (a spawned process per job
-        costs seconds of start-up, measured: scripts/bench_sweep.py), with the same console lines and fail_fast."""
+        """One job at a time in this process, as Hydra's basic launcher runs them (no process to start per job),
+        with the same console lines and fail_fast."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import configure_log, run_job
 
@@ -122,18 +117,14 @@ class ParallelLauncher(Launcher):
         return results
 
     def _plan(self, idx: int, overrides: list[str]) -> _Job:
-        """The job's own config, composed once: its devices, its folder, what it trains (the CPU split) and, one
-        at a time, what it runs with."""
+        """The job's own config, composed once: its devices, its folder and, one at a time, what it runs with."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
             cfg.hydra.job.num, cfg.hydra.job.id = idx, f"{cfg.hydra.job.name}_{idx}"
         device = str(OmegaConf.select(cfg, "device.type", default="cpu"))
         count = int(OmegaConf.select(cfg, "device.count", default=1) or 1)
         folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        from trainlab.engine.cpu_split import workload
-
-        work = workload(cfg) if device == "cpu" else (None, None)
-        return _Job(idx, overrides, device, count, folder, cfg, work)
+        return _Job(idx, overrides, device, count, folder, cfg)
 
     def _at_once(self, jobs: list[_Job], pool: DevicePool) -> tuple[int, str]:
         gpu_jobs = any(j.device == "cuda" for j in jobs)
@@ -146,9 +137,7 @@ class ParallelLauncher(Launcher):
             return max(1, pool.slots // per_job), (f"one per {per_job} of the {len(pool.gpus)} visible GPU(s)"
                                                     + (f", {self.jobs_per_device} per GPU"
                                                        if self.jobs_per_device > 1 else ""))
-        from trainlab.engine import cpu_split  # (torch: only when the launcher has to measure)
-
-        return cpu_split.jobs_at_once([j.work for j in jobs if j.work[0]], usable_cores(), len(jobs))
+        return cpu_jobs_at_once(usable_cores(), len(jobs))
 
 
 class _Run:
@@ -228,12 +217,12 @@ class _Run:
             where = f"cpu, {threads} thread{'s' if threads > 1 else ''}"
         env[JOB_CORES] = f"{usable_cores()}/{self.at_once}"
         console = self.sweep_dir / CONSOLE_DIR / f"job-{job.idx}.log"
-        context = processes.context(cuda=job.device == "cuda")  # a clean process, started in ~0.1 s on a CPU
+        context = multiprocessing.get_context("spawn")  # a clean interpreter: its devices apply from its start
         parent, child = context.Pipe(duplex=False)
         from trainlab.cli import hydra_job
 
         spec = _Spawn(job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config, _singleton_state(),
-                      processes.environment(env), str(console), hydra_job.running_command())
+                      env, str(console), hydra_job.running_command())
         job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False,
                                       args=(child, spec))
         job.process.start()
@@ -341,7 +330,7 @@ def _run_job(conn, spec: _Spawn) -> None:
     idx, overrides, hydra_context, config = spec.idx, spec.overrides, spec.hydra_context, spec.config
     singleton_state, env, console, command = spec.singleton_state, spec.env, spec.console, spec.command
     os.setpgrp()  # Ctrl-C reaches the launcher only; it forwards the signal, once, to every job
-    processes.adopt(env)
+    os.environ.update(env)  # its devices or its share of the cores (set before torch is imported here)
     out = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)

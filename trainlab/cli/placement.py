@@ -65,3 +65,16 @@ def visible_gpus(environ: dict, count: int) -> list[str]:
 def cpu_share(cores: int, jobs: int) -> int:
     """Threads of each of `jobs` CPU jobs running at once on `cores` cores."""
     return max(1, cores // max(1, jobs))
+
+
+# torch's CPU kernels for the models of a typical sweep use up to about this many threads well; past it, another
+# job gains more than more threads for one (a rule of thumb: hydra.launcher.jobs=N sets it for a sweep).
+THREADS_PER_CPU_JOB = 8
+
+
+def cpu_jobs_at_once(cores: int, jobs: int) -> tuple[int, str]:
+    """(jobs at once, why) for a sweep of `jobs` CPU jobs on `cores` cores: one per THREADS_PER_CPU_JOB cores, so a
+    laptop or a small VM runs them one after another (in the launcher's own process) and a many-core server several
+    at once, each with its share of the cores."""
+    at_once = max(1, min(jobs, cores // THREADS_PER_CPU_JOB))
+    return at_once, (f"{cores} cores, one job per {THREADS_PER_CPU_JOB}; hydra.launcher.jobs=N to choose")

@@ -74,17 +74,15 @@ class Workload:
     batch: int
     steps: int = STEPS
     warmup: int = WARMUP_STEPS
-    seconds: float = 0.0     # and timed for at least this long (trainlab.engine.cpu_split: processes side by side)
 
 
 def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, device: torch.device, work: Workload,
-                 best: float = 0.0, make_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 warmed: Callable[[], None] | None = None) -> float:
+                 best: float = 0.0, make_optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> float:
     """Training images/s of a fresh copy of the model under `candidate` (forward, backward, SGD step) on one
-    fixed random batch, over `work.steps` steps (and `work.seconds`) after `work.warmup` untimed ones. `best`: the
+    fixed random batch, over `work.steps` steps after `work.warmup` untimed ones. `best`: the
     fastest rate measured so far; a CPU candidate hopelessly slower than it is not timed further (emulated bf16 runs
     at a tenth of fp32's speed, and would take most of the calibration time). `make_optimizer(params)`: plain SGD if
-    None. `warmed()`: called between the warm-up and the timed steps (processes timed side by side wait there)."""
+    None."""
     batch, steps, warmup = work.batch, work.steps, work.warmup
     fmt = torch.channels_last if candidate.channels_last else torch.contiguous_format
     model = make_model().to(device, memory_format=fmt).train()
@@ -107,7 +105,7 @@ def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, devi
             return probe_rate
     start = first = time.perf_counter()
     step = 0
-    while step < warmup + steps or time.perf_counter() - start < work.seconds:
+    while step < warmup + steps:
         if step == warmup:
             _sync(device)
             start = time.perf_counter()
@@ -117,9 +115,6 @@ def measure_step(make_model: Callable[[], nn.Module], candidate: Candidate, devi
                          start - first)
             elif device.type == "cpu" and first_rate * HOPELESS < best:
                 return first_rate
-            if warmed is not None:
-                warmed()
-                start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)

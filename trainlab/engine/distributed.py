@@ -32,7 +32,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainlab.core.errors import ConfigError, RunStopped, TrainlabError
 from trainlab.core.runtime import check_hardware
-from trainlab.engine import processes
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +237,10 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
     backend = "nccl" if device_type == "cuda" else "gloo"
     log.info("launching %d training processes (%s backend) through torch's elastic agent", count, backend)
     errors = Path(tempfile.mkdtemp(prefix="trainlab-ranks-"))
-    # CPU ranks fork from the forkserver that imported torch once (seconds saved per rank); CUDA ranks spawn.
-    start = processes.context(cuda=device_type == "cuda").get_start_method()
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=count, run_id=f"trainlab-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",  # port 0: the agent picks a free one (torchrun --standalone)
-        max_restarts=0, start_method=start, monitor_interval=0.1,
+        max_restarts=0, start_method="spawn", monitor_interval=0.1,  # each rank a clean interpreter
         shutdown_timeout=120,  # on a signal, workers get time to finish the step and save interrupted.ckpt
         logs_specs=DefaultLogsSpecs(log_dir=str(errors / "agent")),  # the agent's files go with ours, not left in /tmp
     )
@@ -251,8 +248,7 @@ def _launch(fn: Callable, device_type: str, count: int, args: tuple, kwargs: dic
     requeue = _RequeueAsTerm()
     try:
         with requeue:
-            results = elastic_launch(config, _worker)(fn, device_type, args, kwargs, log_files, str(errors),
-                                                      processes.environment())
+            results = elastic_launch(config, _worker)(fn, device_type, args, kwargs, log_files, str(errors))
     except SignalException as e:  # the agent forwarded the signal; the workers saved what they could
         name = signal.Signals(e.sigval).name
         stopped = _first_error(errors) or RunStopped(f"interrupted by {name}; the training processes saved no "
@@ -311,10 +307,9 @@ def _first_error(folder: Path) -> TrainlabError | None:
     return error
 
 
-def _worker(fn: Callable, device_type: str, args: tuple, kwargs: dict, log_files: list[str], errors: str,
-            env: dict) -> Any:
-    """One training process started by the elastic agent (a fresh process: it sets its logging up anew)."""
-    processes.adopt(env)  # the launching process's environment, with the agent's RANK, WORLD_SIZE, ... kept
+def _worker(fn: Callable, device_type: str, args: tuple, kwargs: dict, log_files: list[str], errors: str) -> Any:
+    """One training process started by the elastic agent (a fresh process with the launching process's environment
+    and the agent's RANK, WORLD_SIZE, ...: it sets its logging up anew)."""
     rank = int(os.environ["RANK"])
     _setup_worker_logging(rank, log_files)
     try:
