@@ -154,10 +154,11 @@ def test_a_cpu_candidate_far_slower_than_the_best_is_dropped_after_a_two_image_p
 
     work = Workload((3, 4, 4), 10, batch=16)
     # 2 images in 50 ms are 40 images/s: hopeless against 1000, so only the probe ran and its rate is returned.
+    # (The rates depend on the machine's load: what is checked is which steps ran.)
     rate = autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work, best=1000.0)
-    assert made[-1].forwards == 1 and rate == pytest.approx(40, rel=0.5)
+    assert made[-1].forwards == 1 and rate * autotune.PROBE_HOPELESS < 1000
     # Against 100 it may still win: the probe, the warm-up and the timed steps all run.
-    rate = autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work, best=100.0)
-    assert made[-1].forwards == 1 + autotune.WARMUP_STEPS + autotune.STEPS and rate == pytest.approx(320, rel=0.5)
+    autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work, best=100.0)
+    assert made[-1].forwards == 1 + autotune.WARMUP_STEPS + autotune.STEPS
     autotune.measure_step(make, Candidate("32", False), torch.device("cpu"), work)  # the first candidate: no probe
     assert made[-1].forwards == autotune.WARMUP_STEPS + autotune.STEPS

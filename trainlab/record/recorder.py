@@ -203,7 +203,7 @@ class RunRecorder:
         """plots/*.png from the whole history, and the TensorBoard confusion images of the pending epoch."""
         frame, epoch, step, confusions = self._pending
         start = time.monotonic()
-        for split, confusion in confusions.items():
+        for split, confusion in confusions.items() if self.tensorboard else ():  # (a figure no writer closes)
             self.writer.add_figure(f"confusion/{split}", confusion_figure(confusion, self.labels,
                                                                           f"{split} confusion, epoch {epoch}"), step)
         plot_history(frame, self.run_dir / "plots")
