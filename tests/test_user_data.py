@@ -112,11 +112,26 @@ def test_trainlab_cache_lists_and_removes_only_its_own_entries(story):
     name = next(line.split()[1] for line in listed.stdout.splitlines() if "decoded/" in line)
     assert name.startswith("decoded/我的照片-") and "decoded images of" in listed.stdout
     outside = run_cli("cache", "remove", "../../我的照片", cwd=base, env_extra=env)
-    assert outside.returncode == 2 and "is not an entry of the cache folder" in outside.stderr
+    assert outside.returncode == 2 and "is not an entry trainlab wrote into the cache folder" in outside.stderr
     assert photos.is_dir()
     removed = run_cli("cache", "remove", name, cwd=base, env_extra=env)
     assert removed.returncode == 0, removed.stderr
     assert not list((base / "cache" / "decoded").iterdir())
+
+
+def test_trainlab_cache_leaves_what_it_did_not_write_in_the_cache_folder(tmp_path, capsys, monkeypatch):
+    """TRAINLAB_CACHE_DIR may name a folder that holds other things too: only trainlab's entries are listed or
+    removed."""
+    monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path / "scratch"))
+    for folder in ("mine", "decoded/not-trainlabs", "digits"):
+        (tmp_path / "scratch" / folder).mkdir(parents=True)
+        (tmp_path / "scratch" / folder / "notes.json").write_text('{"format": "mine"}')
+    before = hashes(tmp_path / "scratch")
+    code, out, err = run(capsys, "cache")
+    assert code == 0 and "nothing cached" in out, out + err
+    for name in ("mine", "decoded/not-trainlabs", "digits"):
+        assert_one_line(*run(capsys, "cache", "remove", name), "is not an entry trainlab wrote")
+    assert hashes(tmp_path / "scratch") == before
 
 
 def test_a_cache_an_earlier_version_left_in_the_data_folder_is_named_and_left_alone(tmp_path, capsys, monkeypatch):

@@ -26,35 +26,43 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _source(folder: Path) -> str:
-    """The data folder a decoded cache was made from, as its arrays' descriptions say."""
+def _decoded(folder: Path) -> str | None:
+    """'decoded images of <data folder>' when `folder` holds arrays trainlab wrote (their descriptions say so and
+    name the data they came from), else None: never listed, never removed."""
+    from trainlab.data.decode import CACHE_FORMAT
+
     sources = set()
     for meta in folder.glob("*.json"):
         try:
-            sources.add(str(json.loads(meta.read_text()).get("source") or "?"))
-        except (OSError, ValueError, AttributeError):
-            sources.add("? (an unreadable description)")
-    return ", ".join(sorted(sources)) or "(empty)"
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("format") == CACHE_FORMAT:
+            sources.add(str(record.get("source") or "?"))
+    return f"decoded images of {', '.join(sorted(sources))}" if sources else None
 
 
 def entries(home: Path) -> list[tuple[str, Path, str]]:
-    """(name, path, what it holds) of every entry: each decoded data set on its own, the rest as they are."""
+    """(name, path, what it holds) of every entry trainlab wrote into `home`: each data set's decoded arrays, the
+    digits demo (its marker), autotune's choices. Anything else there is not trainlab's: left out, and alone."""
+    from trainlab.data.digits import MARKER
+
     found = []
     if not home.is_dir():
         return found
-    for path in sorted(home.iterdir()):
-        if path.name == DECODED and path.is_dir():
-            found += [(f"{DECODED}/{d.name}", d, f"decoded images of {_source(d)}")
-                      for d in sorted(path.iterdir()) if d.is_dir()]
-        elif path.is_dir() and any(path.glob("*.npy")):  # a data set's folder in an explicit dataset.cache_dir
-            found.append((path.name, path, f"decoded images of {_source(path)}"))
-        elif path.name == "digits":
-            found.append((path.name, path, "the digits demo data (made again when needed)"))
-        elif path.name == "autotune.json":
-            found.append((path.name, path, "autotune's measured choices per machine and model (measured again)"))
-        elif not path.name.startswith("."):
-            found.append((path.name, path, ""))
-    return found
+    folders = [(f"{DECODED}/{d.name}", d) for d in sorted((home / DECODED).iterdir()) if d.is_dir()] \
+        if (home / DECODED).is_dir() else []
+    folders += [(d.name, d) for d in sorted(home.iterdir()) if d.is_dir() and d.name != DECODED]
+    for name, folder in folders:  # (a data set's folder in an explicit dataset.cache_dir sits at the top)
+        holds = _decoded(folder)
+        if holds:
+            found.append((name, folder, holds))
+        elif name == "digits" and (folder / MARKER).is_file():
+            found.append((name, folder, "the digits demo data (made again when needed)"))
+    if (home / "autotune.json").is_file():
+        found.append(("autotune.json", home / "autotune.json",
+                      "autotune's measured choices per machine and model (measured again)"))
+    return sorted(found)
 
 
 def _human(size: int) -> str:
@@ -86,10 +94,11 @@ def show(home: Path) -> None:
 
 
 def remove(home: Path, name: str) -> None:
-    """Delete the entry `name` of the cache folder: never a path outside it, never one a running trainlab holds."""
+    """Delete the entry `name` of the cache folder: only one trainlab wrote (entries), never a path outside it,
+    never one a running trainlab holds."""
     known = {entry_name: path for entry_name, path, _ in entries(home)}
     if name not in known:
-        raise TrainlabError(f"{name} is not an entry of the cache folder {home}: "
+        raise TrainlabError(f"{name} is not an entry trainlab wrote into the cache folder {home}: "
                             f"choose one of {', '.join(known) or '(none: it is empty)'} (trainlab cache list)")
     path = known[name]
     if not path.resolve().is_relative_to(home.resolve()):
