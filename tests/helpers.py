@@ -1,5 +1,6 @@
-"""What the tests share: the shrunken config, the CLI (in-process and as a subprocess), and the checks that
-files were left alone. Fixtures live in conftest.py; everything importable lives here."""
+"""What the tests share: the shrunken config, the CLI (as users meet it, in a subprocess: `shell`, `run_cli`; in
+this process, for what a command computes and writes: `run`), and the checks that files were left alone.
+Fixtures live in conftest.py; everything importable lives here."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def run_cli(*args, cwd=None, env_extra=None, timeout=600, **kwargs) -> subproces
     """`trainlab <args>` in a fresh interpreter: for exit codes, signals, torchrun and resource limits."""
     return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=_env(env_extra),
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def shell(*args, **kwargs) -> tuple[int, str, str]:
+    """`trainlab <args>` as a user meets it from a shell (a fresh interpreter, in this test's working directory):
+    (exit status, stdout, stderr). For what a process shows: its exit status and its one-line errors."""
+    done = run_cli(*args, **kwargs)
+    return done.returncode, done.stdout, done.stderr
 
 
 def start_cli(args, cwd, log: Path) -> subprocess.Popen:

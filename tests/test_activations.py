@@ -15,7 +15,7 @@ from trainlab.analysis.activations import capture, channel_grid, statistics, wat
 from trainlab.analysis.diagnostics import diagnose
 from trainlab.models import mlp, resnet, small_cnn
 
-from helpers import FAST, assert_one_line, run
+from helpers import FAST, assert_one_line, run, shell
 
 
 def test_watched_layers_are_a_resnets_stages_and_other_models_relus():
@@ -95,5 +95,5 @@ def test_training_records_activations_and_visualize_draws_feature_maps(tmp_path,
                             f"out={tmp_path / 'vis2'}")
     assert code == 0, err
     assert json.loads((tmp_path / "vis2" / "visualize.json").read_text())["layers"] == ["2.2"]
-    assert_one_line(*run(capsys, "visualize", f"ckpt={run_dir}", "layers=layer9"), "no module 'layer9'")
-    assert_one_line(*run(capsys, "visualize", f"ckpt={run_dir}", "image=100000"), "image=100000")
+    assert_one_line(*shell("visualize", f"ckpt={run_dir}", "layers=layer9"), "no module 'layer9'")
+    assert_one_line(*shell("visualize", f"ckpt={run_dir}", "image=100000"), "image=100000")

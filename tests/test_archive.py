@@ -21,7 +21,7 @@ from trainlab.core.errors import DataError
 from trainlab.data import archive
 from trainlab.data.decode import decode_file
 
-from helpers import assert_one_line, hashes, run, write_tiny_imagenet
+from helpers import assert_one_line, hashes, run, shell, write_tiny_imagenet
 
 
 def zip_tree(folder: Path, target: Path, top: bool = True) -> Path:
@@ -159,6 +159,7 @@ def test_a_broken_archive_is_named_before_anything_is_read(tmp_path, tiny_zip):
         component("dataset", "image_folder", root=str(garbage)).check_root()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated", "not_an_image", "no_layout", "not_an_archive"])
 def test_bad_archives_are_one_line_and_leave_nothing_behind(tmp_path, tiny_zip, capsys, monkeypatch, case):
     tree, official = tiny_zip
@@ -185,7 +186,7 @@ def test_bad_archives_are_one_line_and_leave_nothing_behind(tmp_path, tiny_zip, 
     monkeypatch.setenv("TRAINLAB_CACHE_DIR", str(tmp_path / "cache"))
     before = hashes(bad)
     run_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "+experiment=resnet18_tiny", f"dataset.root={source}", "model=small_cnn",
+    code, out, err = shell("train", "+experiment=resnet18_tiny", f"dataset.root={source}", "model=small_cnn",
                          "trainer.epochs=1", "lr_schedule.warmup_epochs=0", "trainer.autotune=false",
                          f"hydra.run.dir={run_dir}")
     assert_one_line(code, out, err, *expected)
@@ -237,5 +238,5 @@ def test_train_evaluate_compare_and_predict_from_the_official_zip(tmp_path, caps
     assert all(before[p] == h for p, h in hashes(tmp_path).items() if p in before)
     # The archive moved: the stored run says so in one line, as for a moved folder.
     official.rename(tmp_path / "elsewhere.zip")
-    code, out, err = run(capsys, "evaluate", f"ckpt={run_dir}")
+    code, out, err = shell("evaluate", f"ckpt={run_dir}")
     assert_one_line(code, out, err, "no longer at")

@@ -16,7 +16,7 @@ from trainlab.core.errors import DataError
 from trainlab.data.builtin import _stratified
 from trainlab.data.testing import write_cifar10, write_mnist
 
-from helpers import assert_one_line, run
+from helpers import assert_one_line, run, shell
 
 
 def test_mnist_idx_files_become_one_channel_tensors_with_a_stratified_val_split(tmp_path):
@@ -74,15 +74,16 @@ def test_stratified_split_is_seeded_and_per_class():
     assert torch.bincount(labels[a]).tolist() == [5, 5, 5, 5]
 
 
+@pytest.mark.slow
 def test_missing_files_name_what_to_put_where(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"put data_batch_1, .* into .*cifar-10-batches-py") as error:
         component("dataset", "cifar10", root=str(tmp_path / "empty"), image_size=32, batch_size=8).setup()
     assert "download=True" not in str(error.value)  # torchvision's argument, not a trainlab key
-    line = assert_one_line(*run(capsys, "train", "+experiment=mnist_mlp", f"dataset.root={tmp_path / 'none'}"),
+    line = assert_one_line(*shell("train", "+experiment=mnist_mlp", f"dataset.root={tmp_path / 'none'}"),
                            "train-images-idx3-ubyte", "MNIST/raw", "dataset.download=true")
     assert not (tmp_path / "none").exists(), line  # nothing was created in its place
-    assert_one_line(*run(capsys, "train", "dataset=torchvision", "dataset.name=MNSIT", f"dataset.root={tmp_path}"),
+    assert_one_line(*shell("train", "dataset=torchvision", "dataset.name=MNSIT", f"dataset.root={tmp_path}"),
                     "did you mean MNIST")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, assert_one_line, run
+from helpers import FAST, assert_one_line, run, shell
 
 EXPERIMENT = """# @package _global_
 defaults:
@@ -59,6 +59,7 @@ def test_the_installed_bash_completer_completes_commands_and_overrides(tmp_path)
     assert complete("trainlab", "train", "scheduler=one") == ["scheduler=onecycle"]
 
 
+@pytest.mark.slow
 def test_a_users_config_folder_counts_for_options_and_experiments(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
@@ -66,12 +67,13 @@ def test_a_users_config_folder_counts_for_options_and_experiments(tmp_path, caps
     for where in (["-cd", str(tmp_path / "mine")], [f"hydra.searchpath=[file://{tmp_path / 'mine'}]"]):
         code, out, err = run(capsys, "train", *where, "+experiment=small", "--cfg", "job")
         assert code == 0, err
-        code, out, err = run(capsys, "train", *where, "+experiment=smal", "trainer.limit_train_batches=1")
+        code, out, err = shell("train", *where, "+experiment=smal", "trainer.limit_train_batches=1")
         assert_one_line(code, out, err, "unknown experiment 'smal'; did you mean small?", "quickstart")
-    code, out, err = run(capsys, "train", "+experiment=small")  # without the folder: not an option
+    code, out, err = shell("train", "+experiment=small")  # without the folder: not an option
     assert_one_line(code, out, err, "unknown experiment 'small': choose one of mnist_mlp, quickstart, resnet18_tiny")
 
 
+@pytest.mark.slow
 def test_a_users_own_primary_config_with_cp_and_cn_is_checked_like_trainlabs(tmp_path, capsys, monkeypatch):
     """-cp DIR replaces trainlab's config folder (a relative DIR is the current folder's, not the Python file's
     as in a Hydra app of one's own), -cn picks the primary config in it; the preflight checks both."""
@@ -87,14 +89,14 @@ def test_a_users_own_primary_config_with_cp_and_cn_is_checked_like_trainlabs(tmp
     assert code == 0 and "epochs: 7" in out, err
     code, out, err = run(capsys, "train", "--config-path=mine", "-cn", "short", "--cfg", "job")
     assert code == 0 and "_target_: torch.optim.AdamW" in out, err
-    assert_one_line(*run(capsys, "train", "-cp", "mine", "optimzer.lr=0.1"), "unknown key 'optimzer.lr'; did you "
+    assert_one_line(*shell("train", "-cp", "mine", "optimzer.lr=0.1"), "unknown key 'optimzer.lr'; did you "
                                                                             "mean optimizer.lr?")
-    assert_one_line(*run(capsys, "train", "-cp", "mine", "-cn", "short", "optimizer=adamm"), "unknown optimizer "
+    assert_one_line(*shell("train", "-cp", "mine", "-cn", "short", "optimizer=adamm"), "unknown optimizer "
                                                                                              "'adamm'; did you mean")
-    assert_one_line(*run(capsys, "train", "-cp", "elsewhere"), "-cp elsewhere: ",
+    assert_one_line(*shell("train", "-cp", "elsewhere"), "-cp elsewhere: ",
                     f"{tmp_path / 'elsewhere'} holds no config.yaml", "use -cd DIR")
-    assert_one_line(*run(capsys, "train", "-cd", "nowhere"), "-cd nowhere: no such folder")
-    assert_one_line(*run(capsys, "train", "-cp"), "--config-path needs a value: --config-path DIR")
+    assert_one_line(*shell("train", "-cd", "nowhere"), "-cd nowhere: no such folder")
+    assert_one_line(*shell("train", "-cp"), "--config-path needs a value: --config-path DIR")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # refused before anything was written
 
 
@@ -109,15 +111,16 @@ def test_an_experiment_from_the_searchpath_trains(tmp_path, capsys, monkeypatch)
     assert (tmp_path / "run" / "summary.json").is_file() and "epoch 1/1" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_plugin_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "hparams_search").mkdir(parents=True)
     (tmp_path / "mine" / "hparams_search" / "ng.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: nevergrad\n")
-    code, out, err = run(capsys, "train", "-cd", str(tmp_path / "mine"), "+hparams_search=ng")
+    code, out, err = shell("train", "-cd", str(tmp_path / "mine"), "+hparams_search=ng")
     assert_one_line(code, out, err, "the Hydra sweeper 'nevergrad' is not installed: pip install "
                                     "hydra-nevergrad-sweeper")
-    code, out, err = run(capsys, "train", "-m", *FAST, "seed=0,1", "hydra/launcher=ray")
+    code, out, err = shell("train", "-m", *FAST, "seed=0,1", "hydra/launcher=ray")
     assert_one_line(code, out, err, "the Hydra launcher 'ray' is not installed: pip install hydra-ray-launcher")
     assert not (tmp_path / "multirun").exists()
 

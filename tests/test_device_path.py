@@ -25,7 +25,7 @@ from trainlab.engine.interrupt import StopRequest
 from trainlab.engine.loop import EpochTally, train_epoch
 from trainlab.metrics import ClassificationMetrics
 from trainlab.optim import fused_choice
-from trainlab.record.recorder import RunRecorder
+from trainlab.record.recorder import SilentRecorder
 
 from helpers import FAST, TIMING, compose
 
@@ -131,7 +131,7 @@ def test_a_training_epoch_reads_nothing_back_between_log_intervals(tmp_path, ext
     cfg = compose(FAST + ["dataset.train_size=64", "dataset.val_size=16", "dataset.batch_size=16"] + extra)
     run = build_run(cfg, load_settings(cfg), resolve_runtime("cpu", "32", "false", "auto", "false"))
     assert isinstance(run.train_loader, DeviceBatches)
-    recorder = RunRecorder(tmp_path, run.data.classes, run.data.class_names, 0, active=False)
+    recorder = SilentRecorder(tmp_path)
     tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
     run.train_loader.sampler.set_epoch(1)
     if run.stepper.ema is not None:  # its one read of the step counter happens at the first update, here

@@ -29,7 +29,7 @@ from trainlab.engine.distributed import SINGLE
 from trainlab.engine.loop import validate
 from trainlab.record.checkpoint import load_checkpoint
 
-from helpers import TIMING, assert_one_line, compose, run, run_here, start_cli, wait_for
+from helpers import TIMING, assert_one_line, compose, run, run_here, shell, start_cli, wait_for
 
 # Real learning in a few seconds: lr low enough that the curves move over several epochs.
 BASE = ["dataset=fake", "dataset.train_size=192", "dataset.val_size=45", "dataset.batch_size=16", "augment=none",
@@ -219,7 +219,7 @@ def test_sigterm_stops_every_rank_and_two_processes_resume_exactly(sweep, tmp_pa
     ckpt = load_checkpoint(run_dir / "checkpoints" / "interrupted.ckpt")
     assert ckpt["position"]["epoch"] == 2 and len(ckpt["position"]["ranks"]) == 2
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "train", f"resume={run_dir}", "device.count=1")
+    code, out, err = shell("train", f"resume={run_dir}", "device.count=1")
     assert_one_line(code, out, err, "resume it with device.count=2")
     code, _, err = run(capsys, "train", f"resume={run_dir}")
     assert code == 0, err

@@ -17,7 +17,7 @@ from trainlab.core.errors import CheckpointError
 from trainlab.engine.fit import train
 
 from helpers import FAST as SHRUNK
-from helpers import assert_one_line, compose, run, write_tiny_imagenet
+from helpers import assert_one_line, compose, run, shell, write_tiny_imagenet
 
 FAST = [*SHRUNK, "optimizer.lr=0.05", "dataset.val_size=100", "model.width=16"]
 
@@ -114,7 +114,7 @@ def test_evaluate_cli_on_the_unlabelled_test_split(tmp_path, capsys, monkeypatch
     assert len(pred) == 5 and "target" not in pred
     assert set(pred["pred_name"]) <= {f"name of n0{k}, alias" for k in (1, 2, 3)}
     assert json.loads((out / "metrics.json").read_text())["metrics"] == {}
-    assert_one_line(*run(capsys, "evaluate", f"ckpt={root / 'wnids.txt'}"), "not a loadable trainlab checkpoint")
+    assert_one_line(*shell("evaluate", f"ckpt={root / 'wnids.txt'}"), "not a loadable trainlab checkpoint")
 
 
 @pytest.mark.slow

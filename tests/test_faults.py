@@ -14,7 +14,7 @@ import pytest
 from trainlab.core.errors import TrainlabError
 from trainlab.record.run_dir import read_json, read_metrics
 
-from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_here, run_limited
+from helpers import FAST, assert_one_line, assert_untouched, hashes, run, run_here, run_limited, shell
 
 SCHEDULERS = ["cosine", "cyclic", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
 FITTED = {"cosine": "T_max", "onecycle": "total_steps"}  # their length comes from trainer.epochs
@@ -67,7 +67,7 @@ def test_a_schedule_that_would_sit_at_lr_zero_is_refused(finished, tmp_path, cap
     code, _, err = run(capsys, "train", *SMALL, "scheduler=cosine", "scheduler.T_max=2", f"hydra.run.dir={run_dir}")
     assert code == 0, err
     before = hashes(run_dir)
-    assert_one_line(*run(capsys, "train", f"resume={run_dir}", "trainer.epochs=4"),
+    assert_one_line(*shell("train", f"resume={run_dir}", "trainer.epochs=4"),
                     "would train epoch 3 at lr 0", "model.weights=")
     assert_untouched(before, run_dir, new_allowed="-none-")
 
@@ -140,6 +140,7 @@ def test_a_decoded_cache_too_large_for_the_disk_is_one_line(tiny_root, tmp_path)
     _no_temporary_files(tmp_path / "cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["empty", "truncated", "not csv", "no epochs"])
 def test_a_damaged_metrics_csv_is_one_line_in_report_diagnose_and_a_damaged_row_in_runs(small_run, tmp_path,
                                                                                        capsys, damage):
@@ -150,7 +151,7 @@ def test_a_damaged_metrics_csv_is_one_line_in_report_diagnose_and_a_damaged_row_
     metrics.write_text({"empty": "", "truncated": text[: len(text) // 3].rsplit("\n", 1)[0][:40],
                         "not csv": "\x00\x01garbage\n\"unclosed", "no epochs": "a,b\n"}[damage])
     for command in (["report", str(run_dir)], ["diagnose", str(run_dir)]):
-        assert_one_line(*run(capsys, *command), str(metrics), "is damaged")
+        assert_one_line(*shell(*command), str(metrics), "is damaged")
     code, out, err = run(capsys, "runs", str(tmp_path / "runs"))
     assert code == 0, err
     assert "damaged" in out.splitlines()[1] and str(metrics) in err
@@ -160,7 +161,7 @@ def test_damaged_json_files_are_one_line_naming_them(small_run, tmp_path, capsys
     run_dir = tmp_path / "runs" / "run"
     shutil.copytree(small_run, run_dir)
     (run_dir / "summary.json").write_text('{"stopped": "compl')
-    assert_one_line(*run(capsys, "report", str(run_dir)), str(run_dir / "summary.json"), "not valid JSON")
+    assert_one_line(*shell("report", str(run_dir)), str(run_dir / "summary.json"), "not valid JSON")
     code, out, err = run(capsys, "runs", str(tmp_path / "runs"))
     assert code == 0 and "damaged" in out
     (run_dir / "summary.json").write_text("[1, 2]")  # valid JSON, but not what trainlab writes
@@ -171,13 +172,14 @@ def test_damaged_json_files_are_one_line_naming_them(small_run, tmp_path, capsys
     assert code == 0 and "damaged" in out
 
 
+@pytest.mark.slow
 def test_a_compare_of_a_damaged_evaluation_is_one_line(small_run, tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", f"ckpt={small_run}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert code == 0, err
     (tmp_path / "eval" / "predictions.csv").write_text("")
-    assert_one_line(*run(capsys, "compare", str(tmp_path / "eval"), str(small_run)), "predictions.csv", "damaged")
+    assert_one_line(*shell("compare", str(tmp_path / "eval"), str(small_run)), "predictions.csv", "damaged")
     (tmp_path / "eval" / "metrics.json").write_text("")
-    assert_one_line(*run(capsys, "compare", str(tmp_path / "eval"), str(small_run)), "metrics.json", "not valid JSON")
+    assert_one_line(*shell("compare", str(tmp_path / "eval"), str(small_run)), "metrics.json", "not valid JSON")
 
 
 def test_read_metrics_accepts_what_the_recorder_wrote(small_run):
@@ -189,4 +191,4 @@ def test_a_damaged_export_description_is_one_line(small_run, tmp_path, capsys):
     code, _, err = run(capsys, "export", f"ckpt={small_run}", "format=safetensors", f"out={tmp_path / 'export'}")
     assert code == 0, err
     (tmp_path / "export" / "model.json").write_text('{"format": "safet')
-    assert_one_line(*run(capsys, "evaluate", f"ckpt={tmp_path / 'export'}"), "model.json", "damaged")
+    assert_one_line(*shell("evaluate", f"ckpt={tmp_path / 'export'}"), "model.json", "damaged")

@@ -15,7 +15,7 @@ from trainlab.engine.build import build_model
 from trainlab.engine.fit import train
 from trainlab.models import frozen, small_cnn
 
-from helpers import FAST, assert_one_line, compose, run
+from helpers import FAST, assert_one_line, compose, run, shell
 
 SMALL = FAST + ["dataset.train_size=48", "dataset.val_size=16", "trainer.epochs=1"]
 CPU = resolve_runtime("cpu", "32", "false", "auto", False)
@@ -62,7 +62,7 @@ def test_files_that_are_not_weights_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "notes.pt").write_text("not torch")
     for name, message in (("evil.pth", "pickled objects other than tensors"),
                           ("notes.pt", "it is not a file torch.save wrote")):
-        assert_one_line(*run(capsys, "train", *SMALL, f"model.weights={tmp_path / name}",
+        assert_one_line(*shell("train", *SMALL, f"model.weights={tmp_path / name}",
                              f"hydra.run.dir={tmp_path / name}-run"), "cannot be loaded as a plain state dict", message)
         assert not (tmp_path / f"{name}-run").exists()  # refused before the run directory is made
     assert not (tmp_path / "pwned").exists()
@@ -111,5 +111,5 @@ def test_normalize_weights_uses_what_the_starting_weights_expect(tmp_path, capsy
     assert code == 0, err
     stored = torch.load(own / "checkpoints" / "last.ckpt", weights_only=True)["normalization"]
     assert json.loads((tmp_path / "from_ckpt" / "run.json").read_text())["data"]["mean"] == stored["mean"]
-    assert_one_line(*run(capsys, "train", *args, "hydra.run.dir=none"), "dataset.normalize=weights needs model.weights")
+    assert_one_line(*shell("train", *args, "hydra.run.dir=none"), "dataset.normalize=weights needs model.weights")
     assert not (tmp_path / "none").exists()

@@ -15,7 +15,7 @@ import pytest
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_jobs_at_once, cpu_share, visible_gpus
 from trainlab.record.sweep import job_saved
 
-from helpers import FAST, LONGER_STEPS, assert_one_line, hashes, run, start_cli, wait_for
+from helpers import FAST, LONGER_STEPS, assert_one_line, hashes, run, shell, start_cli, wait_for
 
 
 @pytest.mark.parametrize("gpus", [1, 4, 8])
@@ -67,10 +67,11 @@ def test_a_cpu_sweep_runs_one_job_per_eight_cores_unless_told():
     assert cpu_jobs_at_once(64, 100)[0] == 8 and cpu_jobs_at_once(64, 3)[0] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["jobs", "jobs_per_device"])
 def test_a_bad_launcher_setting_is_one_line(tmp_path, capsys, monkeypatch, setting):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "train", "-m", *FAST, "seed=0,1", "hydra/launcher=parallel",
+    code, out, err = shell("train", "-m", *FAST, "seed=0,1", "hydra/launcher=parallel",
                          f"hydra.launcher.{setting}=0", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert_one_line(code, out, err, f"hydra.launcher.{setting} must be >= 1 (got 0)")
     assert not (tmp_path / "sweep" / "0").exists()

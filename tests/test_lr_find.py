@@ -10,7 +10,7 @@ import pytest
 
 from trainlab.commands.lr_find import suggest
 
-from helpers import FAST, assert_one_line, run
+from helpers import FAST, assert_one_line, run, shell
 
 
 def test_the_suggestion_is_the_steepest_descent_against_log_lr():
@@ -47,9 +47,10 @@ def test_lr_find_writes_the_curve_and_suggests_an_lr(tmp_path, capsys):
     assert f"optimizer.lr={record['suggested_lr']:.3g}" in stdout
 
 
+@pytest.mark.slow
 def test_lr_find_options_are_checked(capsys):
-    assert_one_line(*run(capsys, "lr-find", *FAST, "lr_find.min_lr=1", "lr_find.max_lr=0.1"), "lr_find.min_lr")
-    assert_one_line(*run(capsys, "lr-find", *FAST, "lr_find.step=3"), "lr_find.num_steps")
+    assert_one_line(*shell("lr-find", *FAST, "lr_find.min_lr=1", "lr_find.max_lr=0.1"), "lr_find.min_lr")
+    assert_one_line(*shell("lr-find", *FAST, "lr_find.step=3"), "lr_find.num_steps")
 
 
 def test_a_fall_after_the_divergence_is_no_suggestion():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import FAST, assert_one_line, assert_untouched, hashes, run, write_tiny_imagenet
+from helpers import FAST, assert_one_line, assert_untouched, hashes, run, shell, write_tiny_imagenet
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_any_images_at_any_depth_junk_skipped_and_counted(trained, tmp_path, cap
     assert len(pd.read_csv(tmp_path / "listed" / "predictions.csv")) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["input=photos"], "predict needs ckpt="),
     (["ckpt=RUN", "input=nowhere"], "input=nowhere does not exist"),
@@ -104,7 +105,7 @@ def test_bad_predict_arguments_are_one_line(trained, tmp_path, capsys, monkeypat
     (tmp_path / "empty" / "readme.md").write_text("no images here")
     args = [a.replace("RUN", str(run_dir)) for a in args]
     made_before = sorted((run_dir / "predict").glob("*")) if (run_dir / "predict").exists() else []
-    assert_one_line(*run(capsys, "predict", *args), message)
+    assert_one_line(*shell("predict", *args), message)
     made_after = sorted((run_dir / "predict").glob("*")) if (run_dir / "predict").exists() else []
     assert not (tmp_path / "photos" / "results").exists() and made_after == made_before  # nothing written
 

@@ -12,7 +12,7 @@ import torch
 from trainlab.augment import random_erase
 from trainlab.core.config import component
 
-from helpers import FAST, TIMING, assert_one_line, run
+from helpers import FAST, TIMING, assert_one_line, run, shell
 
 
 def _batch(n=8, c=3, size=16, seed=0):
@@ -73,13 +73,14 @@ def test_auto_augment_changes_images_repeatably(policy):
     assert int((a != plain).flatten(1).any(1).sum()) >= 8  # most images got an op that changed them
 
 
+@pytest.mark.slow
 def test_switches_are_refused_with_one_line(capsys):
-    assert_one_line(*run(capsys, "train", *FAST, "augment.auto_augment=autoaugment"), "augment.auto_augment",
+    assert_one_line(*shell("train", *FAST, "augment.auto_augment=autoaugment"), "augment.auto_augment",
                     "randaugment")
-    assert_one_line(*run(capsys, "train", *FAST, "augment.mixup_alpha=0.2", "loss._target_=torch.nn.MultiMarginLoss",
+    assert_one_line(*shell("train", *FAST, "augment.mixup_alpha=0.2", "loss._target_=torch.nn.MultiMarginLoss",
                          "~loss.label_smoothing"), "soft targets", "loss=cross_entropy")
-    assert_one_line(*run(capsys, "train", *FAST, "checkpoint.monitor=val_ema/acc1"), "trainer.ema_decay")
-    assert_one_line(*run(capsys, "train", *FAST, "trainer.accumulate_grad_batches=0"), "accumulate_grad_batches")
+    assert_one_line(*shell("train", *FAST, "checkpoint.monitor=val_ema/acc1"), "trainer.ema_decay")
+    assert_one_line(*shell("train", *FAST, "trainer.accumulate_grad_batches=0"), "accumulate_grad_batches")
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn import metrics as skm
 
-from helpers import assert_one_line, run
+from helpers import assert_one_line, run, shell
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE, BATCH = 6, 8, 4, 8, 8
 EPOCHS, SEED, LR, HIDDEN = 4, 3, 0.05, 16
@@ -345,21 +345,22 @@ def test_a_checkpoint_chosen_by_the_ema_metric_is_evaluated_with_the_ema_weights
 
 def test_a_loss_that_expects_log_probabilities_is_refused_in_one_line(capsys, tmp_path):
     """NLLLoss of raw logits has no lower bound: the logits run off and the loss goes negative."""
-    code, out, err = run(capsys, "train", "+debug=fast", "loss._target_=torch.nn.NLLLoss", "~loss.label_smoothing",
+    code, out, err = shell("train", "+debug=fast", "loss._target_=torch.nn.NLLLoss", "~loss.label_smoothing",
                          f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(code, out, err, "NLLLoss", "log-probabilities", "cross_entropy")
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["onecycle", "plateau"])
 def test_a_schedule_with_its_own_start_refuses_a_warm_up_in_one_line(scheduler, capsys, tmp_path):
-    code, out, err = run(capsys, "train", "+debug=fast", f"scheduler={scheduler}", "lr_schedule.warmup_epochs=1",
+    code, out, err = shell("train", "+debug=fast", f"scheduler={scheduler}", "lr_schedule.warmup_epochs=1",
                          f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(code, out, err, f"scheduler={scheduler}", "lr_schedule.warmup_epochs=0")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_milestone_inside_the_warm_up_is_refused_in_one_line(capsys, tmp_path):
-    code, out, err = run(capsys, "train", "+debug=fast", "trainer.epochs=4", "scheduler=multistep",
+    code, out, err = shell("train", "+debug=fast", "trainer.epochs=4", "scheduler=multistep",
                          "scheduler.milestones=[1,3]", "lr_schedule.warmup_epochs=2", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line(code, out, err, "milestone", "warm-up")

@@ -26,6 +26,7 @@ from helpers import (
     assert_one_line,
     compose,
     run,
+    shell,
     start_cli,
     wait_for,
     write_tiny_imagenet,
@@ -86,7 +87,7 @@ def test_pickled_code_is_refused_and_never_run(tmp_path, capsys, monkeypatch):
     torch.save({"format": "trainlab-checkpoint-v1", "model": Evil()}, path)
     with pytest.raises(CheckpointError, match="pickled"):
         load_checkpoint(path)
-    assert_one_line(*run(capsys, "train", f"resume={path}"), "pickled")
+    assert_one_line(*shell("train", f"resume={path}"), "pickled")
     assert not marker.exists()
 
 
@@ -250,15 +251,15 @@ def test_a_stop_after_an_epochs_last_batch_saves_last_ckpt_and_the_resume_runs_t
 
 
 def test_a_stop_while_the_run_writes_its_summary_lets_it_finish(tmp_path, monkeypatch, caplog):
-    from trainlab.engine import fit
+    from trainlab.record import recorder
 
-    real = fit.diagnose
+    real = recorder.diagnose
 
     def signal_then_diagnose(*args):
         os.kill(os.getpid(), signal.SIGTERM)  # every epoch ran; summary.json, plots and report are being written
         return real(*args)
 
-    monkeypatch.setattr(fit, "diagnose", signal_then_diagnose)
+    monkeypatch.setattr(recorder, "diagnose", signal_then_diagnose)
     train(compose(FAST), tmp_path)  # returns: no RunStopped
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["epochs_run"] == 2

@@ -15,7 +15,7 @@ import torch
 
 from trainlab.core.fs import FolderLock
 
-from helpers import FAST, assert_one_line, run
+from helpers import FAST, assert_one_line, run, shell
 
 
 def git(cwd, *args) -> str:
@@ -67,12 +67,12 @@ def test_runs_lists_every_run_with_its_status_and_metrics(tmp_path, capsys, monk
     assert list(pd.read_csv(io.StringIO(out))["status"]) == ["completed", "failed"]
     code, out, _ = run(capsys, "runs")  # the table for people: one line per run, none wrapped
     assert code == 0 and len(out.strip().splitlines()) == 6 and "killed" in out
-    assert_one_line(*run(capsys, "runs", "--sort", "best acc"), "did you mean best val/acc1")
-    assert_one_line(*run(capsys, "runs", "--fliter", "a=b"), "unknown option --fliter; did you mean --filter?")
+    assert_one_line(*shell("runs", "--sort", "best acc"), "did you mean best val/acc1")
+    assert_one_line(*shell("runs", "--fliter", "a=b"), "unknown option --fliter; did you mean --filter?")
 
     # Any runs side by side, into a folder of their own.
     code, out, err = run(capsys, "report", "outputs/day/a", "multirun/day/sweep/0", "--out", "side")
     assert code == 0, err
     text = (tmp_path / "side" / "report.md").read_text()
     assert "2 runs side by side" in text and "| outputs/day/a |" in text and "multirun/day/sweep/0" in text
-    assert_one_line(*run(capsys, "report", "outputs/day/a", str(tmp_path)), "holds no run")
+    assert_one_line(*shell("report", "outputs/day/a", str(tmp_path)), "holds no run")

@@ -1,8 +1,8 @@
 """trainlab never touches what it did not create, and meets every bad input with one line on stderr, a non-zero
 exit, no traceback, and every file that existed before byte-identical afterwards.
 
-Most tests call the CLI in-process (`trainlab.cli.main`): the same code path as the console script, without
-the cost of a fresh interpreter. Other processes only where a resource limit or a second process is the point."""
+What a user sees (the exit status, the one line) comes from the CLI run in a fresh interpreter, as a shell runs it;
+runs whose files a test then inspects may be called in this process (`trainlab.cli.main`)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from trainlab.data.digits import MARKER, ensure_digits_tree
 from trainlab.data.testing import write_tiny_imagenet
 
 from helpers import FAST as SHRUNK
-from helpers import assert_one_line, assert_untouched, hashes, run, run_limited
+from helpers import assert_one_line, assert_untouched, hashes, run, run_limited, shell
 
 FAST = [*SHRUNK, "trainer.threads=1", "trainer.epochs=1"]  # the tests name their dataset
 
@@ -54,7 +54,7 @@ def _photos(root: Path, classes=("cats", "dogs"), per_class=3, size=(40, 52)) ->
 def test_pets_story_leaves_the_photos_intact(tmp_path, capsys):
     pets = _photos(tmp_path / "pets")
     before = hashes(pets)
-    line = assert_one_line(*run(capsys, "train", f"dataset.root={pets}", "trainer.epochs=1"),
+    line = assert_one_line(*shell("train", f"dataset.root={pets}", "trainer.epochs=1"),
                            f"{pets} is not a digits folder made by trainlab", "dataset=image_folder")
     assert "empty folder" in line
     assert_untouched(before, pets, new_allowed="-none-")
@@ -101,7 +101,7 @@ def test_digits_default_to_the_cache_folder(tmp_path, capsys):
     # "Score my new images" with the demo run: refused before anything is written, the photos intact.
     pets = _photos(tmp_path / "pets")
     before = hashes(pets, tmp_path / "run")
-    assert_one_line(*run(capsys, "evaluate", "ckpt=run", "split=test", f"dataset.root={pets}"),
+    assert_one_line(*shell("evaluate", "ckpt=run", "split=test", f"dataset.root={pets}"),
                     "is not a digits folder made by trainlab")
     assert_untouched(before, pets, tmp_path / "run", new_allowed="-none-")
 
@@ -125,6 +125,7 @@ def _break(root: Path, how: str) -> None:
         (root / "train" / "n03" / "images" / "n03_2.JPEG").write_text("not an image")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, message", [
     ("wnid_without_folder", "train/n04/images is missing (wnids.txt lists n04)"),
     ("annotation_of_missing_file", "names val_0.JPEG, which is not in"),
@@ -137,13 +138,14 @@ def test_broken_tiny_imagenet_is_one_line(tmp_path, capsys, how, message):
     root = write_tiny_imagenet(tmp_path / "tiny dätä" / "tiny-imagenet-200")
     _break(root, how)
     before = hashes(root)
-    line = assert_one_line(*run(capsys, "train", "dataset=tiny_imagenet", f"dataset.root='{root}'",
+    line = assert_one_line(*shell("train", "dataset=tiny_imagenet", f"dataset.root='{root}'",
                                 "dataset.batch_size=4", *FAST), message)
     if how in ("zero_byte", "truncated", "text_named_jpeg"):
         assert "dataset.skip_bad_images=true" in line
     assert_untouched(before, root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, make, message", [
     ("tiny_imagenet", lambda p: None, "does not exist; get tiny-imagenet-200.zip"),
     ("tiny_imagenet", lambda p: p.write_text("a file"), "is a file but not an archive trainlab reads"),
@@ -155,7 +157,7 @@ def test_missing_wrong_and_empty_roots(tmp_path, capsys, dataset, make, message)
     root = tmp_path / "data"
     make(root)
     before = hashes(tmp_path)
-    assert_one_line(*run(capsys, "train", f"dataset={dataset}", f"dataset.root={root}", *FAST), message)
+    assert_one_line(*shell("train", f"dataset={dataset}", f"dataset.root={root}", *FAST), message)
     assert_untouched(before, root) if root.is_dir() else None
 
 
@@ -256,6 +258,7 @@ def test_two_runs_building_one_cache_take_turns(tmp_path, monkeypatch):
 
 # --- config: one line before anything is written ----------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["optimizer=adm"], "unknown optimizer 'adm'"),
     (["trainer.epoch=3"], "trainer.epoch"),
@@ -269,23 +272,24 @@ def test_two_runs_building_one_cache_take_turns(tmp_path, monkeypatch):
     (["dataset.root=/my dätä,/b"], "put values with spaces or non-ASCII characters in quotes"),
 ])
 def test_config_mistakes_stop_before_a_run_directory(tmp_path, capsys, args, message):
-    assert_one_line(*run(capsys, "train", *args), message)
+    assert_one_line(*shell("train", *args), message)
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_absent_gpu_is_one_line(tmp_path, capsys):
-    assert_one_line(*run(capsys, "train", "device=cuda"), "no CUDA GPU is visible", "device=cpu")
+    assert_one_line(*shell("train", "device=cuda"), "no CUDA GPU is visible", "device=cpu")
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["model._target_=nowhere.Model"], "cannot build model (nowhere.Model)"),
     (["model=resnet18", "model.weights=IMAGENET1K_V9"], "neither a file nor one of resnet18's torchvision weights"),
 ])
 def test_config_mistakes_found_when_building(capsys, args, message):
     fake = ["dataset=fake", "dataset.train_size=64", "dataset.val_size=16", "dataset.image_size=32"]
-    assert_one_line(*run(capsys, "train", *fake, *FAST, *args), message)
+    assert_one_line(*shell("train", *fake, *FAST, *args), message)
 
 
 def test_pretrained_weights_offline_is_one_line(tmp_path, capsys, monkeypatch):
@@ -296,7 +300,7 @@ def test_pretrained_weights_offline_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, "model=resnet18", "model.weights=IMAGENET1K_V1"),
+    assert_one_line(*shell("train", "dataset=fake", *FAST, "model=resnet18", "model.weights=IMAGENET1K_V1"),
                     "cannot download resnet18 weights IMAGENET1K_V1", "resnet18-f37072fd.pth",
                     str(tmp_path / "torch" / "hub" / "checkpoints"), "model.weights=null")
 
@@ -320,7 +324,7 @@ def finished_run(_trained_once, tmp_path) -> Path:
 
 def test_new_run_into_an_existing_run_is_refused(finished_run, capsys):
     before = hashes(finished_run)
-    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={finished_run}"),
+    assert_one_line(*shell("train", "dataset=fake", *FAST, f"hydra.run.dir={finished_run}"),
                     "already holds a trainlab run", f"resume={finished_run}", "overwrite=true")
     assert_untouched(before, finished_run, new_allowed="-none-")
 
@@ -339,7 +343,7 @@ def test_a_users_folder_is_never_a_run_directory(tmp_path, capsys):
     mine = _photos(tmp_path / "holiday")
     before = hashes(mine)
     for extra in ([], ["overwrite=true"]):
-        assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={mine}", *extra),
+        assert_one_line(*shell("train", "dataset=fake", *FAST, f"hydra.run.dir={mine}", *extra),
                         "is not empty and holds no trainlab run")
     assert_untouched(before, mine, new_allowed="-none-")
 
@@ -352,7 +356,7 @@ def test_another_tools_output_folder_is_never_overwritten(tmp_path, capsys):
     (other / "checkpoints" / "epoch=3.ckpt").write_bytes(b"someone else's weights")
     (other / "metrics.csv").write_text("epoch,loss\n")
     before = hashes(other)
-    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={other}", "overwrite=true"),
+    assert_one_line(*shell("train", "dataset=fake", *FAST, f"hydra.run.dir={other}", "overwrite=true"),
                     "holds no trainlab run")
     assert_untouched(before, other, new_allowed="-none-")
 
@@ -363,7 +367,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
     lock = FolderLock(busy)
     assert lock.acquire()  # what a first run holds while it writes
     try:
-        assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={busy}"), "is in use")
+        assert_one_line(*shell("train", "dataset=fake", *FAST, f"hydra.run.dir={busy}"), "is in use")
     finally:
         lock.release()
     assert [p.name for p in busy.iterdir()] == [".trainlab.lock"]
@@ -379,7 +383,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
 
 def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "plain_file").write_text("x")
-    assert_one_line(*run(capsys, "train", "dataset=fake", *FAST, f"hydra.run.dir={tmp_path / 'plain_file' / 'run'}"),
+    assert_one_line(*shell("train", "dataset=fake", *FAST, f"hydra.run.dir={tmp_path / 'plain_file' / 'run'}"),
                     "cannot create the run directory", "hydra.run.dir")
 
 
@@ -415,9 +419,10 @@ def test_existing_sweep_directory_is_refused(tmp_path, capsys):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "multirun.yaml").write_text("{}")
     args = ["train", "-m", "dataset=fake", "optimizer=sgd,adam", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    assert_one_line(*run(capsys, *args), "already holds a sweep")
+    assert_one_line(*shell(*args), "already holds a sweep")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, extra, message", [
     ("missing", [], "no such checkpoint file or run directory"),
     ("no_checkpoints", [], "has no interrupted.ckpt or last.ckpt"),
@@ -428,7 +433,7 @@ def test_bad_resumes_are_one_line(finished_run, capsys, tmp_path, spec, extra, m
     (tmp_path / "no_checkpoints").mkdir()
     target = {"missing": tmp_path / "nope", "no_checkpoints": tmp_path / "no_checkpoints", "run": finished_run}[spec]
     before = hashes(finished_run)
-    assert_one_line(*run(capsys, "train", f"resume={target}", *extra), message)
+    assert_one_line(*shell("train", f"resume={target}", *extra), message)
     assert_untouched(before, finished_run, new_allowed="-none-")
 
 
@@ -441,7 +446,7 @@ def test_evaluate_after_the_data_moved(tmp_path, capsys):
     run_dir = tmp_path / "rün 1"
     root.rename(tmp_path / "data" / "moved")
     before = hashes(run_dir)
-    assert_one_line(*run(capsys, "evaluate", "ckpt='rün 1'"), f"no longer at {root}",
+    assert_one_line(*shell("evaluate", "ckpt='rün 1'"), f"no longer at {root}",
                     "dataset.root=<where the data is now>")
     assert_untouched(before, run_dir, new_allowed="-none-")
     code, out, err = run(capsys, "evaluate", "ckpt='rün 1'", f"dataset.root={tmp_path / 'data' / 'moved'}")
@@ -463,7 +468,7 @@ def test_compare_never_writes_into_a_users_folder(finished_run, tmp_path, capsys
     mine = _photos(tmp_path / "album")
     before = hashes(mine)
     ckpt = finished_run / "checkpoints"
-    assert_one_line(*run(capsys, "compare", str(ckpt / "epoch_001.ckpt"), str(ckpt / "epoch_002.ckpt"), f"out={mine}"),
+    assert_one_line(*shell("compare", str(ckpt / "epoch_001.ckpt"), str(ckpt / "epoch_002.ckpt"), f"out={mine}"),
                     "is not empty and holds no earlier comparison")
     assert_untouched(before, mine, new_allowed="-none-")
 

@@ -15,7 +15,7 @@ from trainlab.core.runtime import resolve_runtime, seed_everything
 from trainlab.engine.build import build_run
 from trainlab.engine.interrupt import StopRequest
 from trainlab.engine.loop import EpochTally, train_epoch
-from trainlab.record.recorder import RunRecorder
+from trainlab.record.recorder import SilentRecorder
 
 from helpers import FAST, run
 
@@ -47,7 +47,7 @@ def test_the_epochs_last_shorter_accumulation_step_is_the_mean_over_its_own_batc
         _sgd_step(reference, 0.5)
 
     run_.train_loader = batches
-    recorder = RunRecorder(tmp_path, run_.data.classes, run_.data.class_names, 0, active=False)
+    recorder = SilentRecorder(tmp_path)
     tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
     with StopRequest() as stop:
         train_epoch(run_, tally, torch.Generator().manual_seed(0), recorder, stop, log_every=10**6)
@@ -108,7 +108,7 @@ def test_steps_the_fp16_scaler_skips_are_counted_and_left_out_of_the_gradient_no
         measured.append(total_norm(*args, **kwargs))
         return measured[-1]
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", recording)
-    recorder = RunRecorder(tmp_path, run_.data.classes, run_.data.class_names, 0, active=False)
+    recorder = SilentRecorder(tmp_path)
     tally = EpochTally(torch.device("cpu"), epoch=1, step=0)
     run_.train_loader.sampler.set_epoch(1)
     with StopRequest() as stop:

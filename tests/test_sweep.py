@@ -16,7 +16,7 @@ import yaml
 
 from trainlab.record.sweep import job_state
 
-from helpers import FAST, LONGER_STEPS, TIMING, assert_one_line, hashes, run, signal_when, start_cli, wait_for
+from helpers import FAST, LONGER_STEPS, TIMING, assert_one_line, hashes, run, shell, signal_when, start_cli, wait_for
 
 # 12 batches of 32 per epoch. One thread, as the jobs and the reference runs in this process take: the same numbers.
 SWEEP = [*FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2", "trainer.threads=1"]
@@ -35,6 +35,7 @@ def record_of(folder: Path) -> dict[str, str]:
     return {p: h for p, h in hashes(folder).items() if ".trainlab.lock" not in p and "/resume-" not in p}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["trainer.epoch=3"], "unknown key 'trainer.epoch'; did you mean trainer.epochs?"),
     (["optimizer.learning_rate=0.1"], "unknown key 'optimizer.learning_rate'; did you mean optimizer.lr?"),
@@ -48,14 +49,15 @@ def record_of(folder: Path) -> dict[str, str]:
 ])
 def test_misspelt_names_get_the_closest_valid_ones(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "train", *FAST, *args)
+    code, out, err = shell("train", *FAST, *args)
     assert_one_line(code, out, err, message)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # refused before any run
 
 
+@pytest.mark.slow
 def test_misspelt_command_gets_the_closest_one(capsys):
-    assert_one_line(*run(capsys, "evalute", "ckpt=x"), "unknown command 'evalute'; did you mean evaluate?")
-    assert_one_line(*run(capsys, "report", ".", "--row", "seed"), "unknown option --row; did you mean --rows?")
+    assert_one_line(*shell("evalute", "ckpt=x"), "unknown command 'evalute'; did you mean evaluate?")
+    assert_one_line(*shell("report", ".", "--row", "seed"), "unknown option --row; did you mean --rows?")
 
 
 def test_job_state_reads_what_a_job_directory_holds(tmp_path):
@@ -160,7 +162,7 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
         assert listed.loc[lr, "final val/acc1 mean"] == pytest.approx(expected.loc[lr, ("final", "mean")], abs=1e-12)
         assert listed.loc[lr, "final val/acc1 std"] == pytest.approx(expected.loc[lr, ("final", "std")], abs=1e-12)
     assert listed.loc["-1.0", "failed"] == 3
-    code, out, err = run(capsys, "report", str(sweep), "--rows", "optimizer.momentum", "--cols", "seed")
+    code, out, err = shell("report", str(sweep), "--rows", "optimizer.momentum", "--cols", "seed")
     assert_one_line(code, out, err, "'optimizer.momentum' is not an override that differs", "optimizer.lr, seed")
 
 
@@ -249,6 +251,6 @@ def test_a_sweep_dir_of_the_users_is_refused(tmp_path, capsys, monkeypatch):
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     before = hashes(mine)
-    code, out, err = run(capsys, "train", "-m", *FAST, "seed=0,1", f"hydra.sweep.dir={mine}")
+    code, out, err = shell("train", "-m", *FAST, "seed=0,1", f"hydra.sweep.dir={mine}")
     assert_one_line(code, out, err, "is not empty and holds no trainlab sweep")
     assert hashes(mine) == before and [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -20,7 +20,7 @@ from trainlab.engine.fit import time_to_target, train
 from trainlab.models import small_cnn
 
 from helpers import FAST as SHRUNK
-from helpers import REPO, assert_one_line, blown_checkpoint, compose, run, run_cli, write_tiny_imagenet
+from helpers import REPO, assert_one_line, blown_checkpoint, compose, run, run_cli, shell, write_tiny_imagenet
 
 FAST = [*SHRUNK, "trainer.log_every_n_steps=2", "trainer.histogram_every_n_epochs=1", "optimizer.lr=0.05",
         "model.width=16"]
@@ -118,7 +118,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_data_errors_are_one_line_from_the_cli(tmp_path, capsys):
     root = write_tiny_imagenet(tmp_path / "t")
     (root / "val" / "val_annotations.txt").unlink()
-    code, out, err = run(capsys, "train", "dataset=tiny_imagenet", f"dataset.root={root}",
+    code, out, err = shell("train", "dataset=tiny_imagenet", f"dataset.root={root}",
                          f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(code, out, err, "val_annotations.txt does not")
     assert "val_annotations.txt does not" in (tmp_path / "run" / "train.log").read_text()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import FAST, assert_one_line, hashes, run, run_cli
+from helpers import FAST, assert_one_line, hashes, run, run_cli, shell
 
 CLASSES = {"猫": 4, "狗": 3, "鸟": 3}  # 10 images: far fewer than the default batch of 128
 
@@ -130,7 +130,7 @@ def test_trainlab_cache_leaves_what_it_did_not_write_in_the_cache_folder(tmp_pat
     code, out, err = run(capsys, "cache")
     assert code == 0 and "nothing cached" in out, out + err
     for name in ("mine", "decoded/not-trainlabs", "digits"):
-        assert_one_line(*run(capsys, "cache", "remove", name), "is not an entry trainlab wrote")
+        assert_one_line(*shell("cache", "remove", name), "is not an entry trainlab wrote")
     assert hashes(tmp_path / "scratch") == before
 
 
@@ -257,6 +257,7 @@ def _broken(folder: Path, relative: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("place", ["experiment", "group", "primary"])
 def test_a_yaml_file_that_does_not_parse_is_one_line_naming_file_line_and_column(place, tmp_path, capsys,
                                                                                   monkeypatch):
@@ -271,7 +272,7 @@ def test_a_yaml_file_that_does_not_parse_is_one_line_naming_file_line_and_column
     else:
         path = _broken(mine, "config.yaml")
         args = ["train", "-cp", str(mine), "-cn", "config"]
-    code, out, err = run(capsys, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    code, out, err = shell(*args, f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(code, out, err, f"trainlab: error: {path}:4:5: expected ',' or ']', but got ':'")
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
@@ -282,7 +283,7 @@ def test_a_runs_stored_config_that_does_not_parse_is_one_line(tmp_path, capsys):
     stored = tmp_path / "run" / ".hydra" / "config.yaml"
     stored.write_text(stored.read_text() + "dataset: {root: [\n")
     before = hashes(tmp_path / "run")
-    code, out, err = run(capsys, "report", str(tmp_path / "run"))
+    code, out, err = shell("report", str(tmp_path / "run"))
     assert_one_line(code, out, err, f"{stored}:")
     assert hashes(tmp_path / "run") == before  # nothing written
 

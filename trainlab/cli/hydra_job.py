@@ -38,25 +38,23 @@ OmegaConf.register_new_resolver("trainlab.job_number", sweep.job_number, replace
 # The default run and sweep folders (conf/*.yaml's hydra.run.dir and hydra.sweep.dir), decided in record.run_dir.
 OmegaConf.register_new_resolver("trainlab.outputs", default_folder, replace=True)
 
-_failed_jobs: list[str] = []
+class CommandRun:
+    """One `trainlab <command>` process (or one job process of a launcher): the command module its Hydra jobs run,
+    the locks on the output folders it claimed (released when it ends) and the sweep jobs that failed (named
+    together at the end). Hydra is handed its `job` method as the task function, so a launcher finds it there."""
 
-_held: list = []  # the locks on this command's output directories, released when it ends
+    def __init__(self, module: str):
+        self.module = module
+        self.held: list = []
+        self.failed: list[str] = []
 
-_running: list[str] = []  # the command module this process runs (a launcher's job processes run it too)
+    def job(self, cfg) -> object:
+        return job(self, cfg)
 
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()
 
-def running_command() -> str:
-    return _running[-1]
-
-
-def report_failed(job_dir: str) -> None:
-    """A job a launcher could not run: named with the sweep's other failures at its end."""
-    _failed_jobs.append(job_dir)
-
-
-def release_held() -> None:
-    while _held:
-        _held.pop().release()
 
 _ADDED_GROUPS = ("experiment", "debug", "hparams_search")  # not in config.yaml's defaults: picked with `+`
 
@@ -109,11 +107,11 @@ def torchrun_args(args: list[str]) -> list[str]:
         "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
         "++hydra.job_logging.handlers.file.delay=true"]
 
-def claim_output(command, args: list[str], cfg, training: bool) -> list[str]:
+def claim_output(command, args: list[str], cfg, training: bool, held: list) -> list[str]:
     """Lock this run's directory before Hydra writes anything into it, and refuse a folder that already
     holds a run (unless resume= or overwrite=true) or that is not trainlab's. A directory trainlab names
     itself gets a free neighbour (`_1`, ...) when two runs start in the same second. Returns the arguments
-    with that directory made explicit, so Hydra uses exactly it."""
+    with that directory made explicit, so Hydra uses exactly it; the lock goes into `held`."""
     from trainlab.core.fs import free_run_dir
     from trainlab.record.run_dir import claim_run_dir
 
@@ -142,7 +140,7 @@ def claim_output(command, args: list[str], cfg, training: bool) -> list[str]:
         args = args + [as_override("hydra.run.dir", folder)]
     resumed = training and option(args, "resume") not in (None, "", "null")
     mode = "resume" if resumed else "overwrite" if cfg.get("overwrite") else "new"
-    _held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
+    held.append(claim_run_dir(Path(given or folder), mode))  # held until the command ends
     return args
 
 def _default_dir(command, args: list[str]) -> Path | None:
@@ -153,8 +151,9 @@ def _default_dir(command, args: list[str]) -> Path | None:
     return command.default_dir(values)
 
 
-def job(run: Callable, cfg) -> object:
-    """Run one Hydra job; a user error ends this job with one line (and, in a sweep, lets the others run)."""
+def job(command: CommandRun, cfg) -> object:
+    """Run one Hydra job of `command`; a user error ends this job with one line (and, in a sweep, lets the others
+    run)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -165,12 +164,13 @@ def job(run: Callable, cfg) -> object:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            if _claim_job_dir(run_dir, cfg) == "finished":
+            if _claim_job_dir(run_dir, cfg, command.held) == "finished":
                 print(f"trainlab: job {run_dir.name} ({run_dir}) finished before: kept as it is", file=sys.stderr)
                 from trainlab.record.run_dir import best_value
 
                 return best_value(run_dir)
         try:
+            run = importlib.import_module(command.module).run
             return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
         except OSError as e:  # a full disk or a read-only folder met while writing the record
             if e.errno not in WRITE_ERRNOS or debug():
@@ -194,11 +194,11 @@ def job(run: Callable, cfg) -> object:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             print(f"trainlab: error: job {hydra_cfg.job.num} ({run_dir}): {e}", file=sys.stderr)
             (run_dir / "error.txt").write_text(str(e) + "\n")
-            _failed_jobs.append(str(run_dir))
+            command.failed.append(str(run_dir))
             return None
         raise  # cli.main says it in one line
 
-def _claim_job_dir(run_dir: Path, cfg) -> str:
+def _claim_job_dir(run_dir: Path, cfg, held: list) -> str:
     """A sweep's job directory (Hydra made it and wrote .hydra/ already): lock it, and refuse to train over
     an earlier job's record unless overwrite=true. In a resumed sweep, returns what the job's directory holds
     (sweep.job_state) and points `cfg.resume` at its checkpoint when it was interrupted."""
@@ -214,7 +214,7 @@ def _claim_job_dir(run_dir: Path, cfg) -> str:
     lock = FolderLock(run_dir)
     if not lock.acquire():
         raise TrainlabError(f"{run_dir} is in use: {lock.holder()} of trainlab is writing into it")
-    _held.append(lock)
+    held.append(lock)
     log_name = f"{HydraConfig.get().job.name}.log"
     if cfg.get("resume") and is_sweep_dir(cfg.resume):
         state = sweep.job_state(run_dir)
@@ -277,37 +277,31 @@ def run_hydra(name: str, args: list[str], commands) -> None:
     cfg = preflight(args, config, getattr(command, "check", None))
     if training:
         args = torchrun_args(args)
-    args = claim_output(command, config_path_args(args), cfg, training)
-    sys.argv = [f"trainlab {name}"] + args
-
-    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config, version_base="1.3")
-    def task(cfg):
-        return job(importlib.import_module(module).run, cfg)
-
-    given = option(args, "hydra.sweep.dir") if is_sweep(args) else None
-    sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
-    before = _job_errors(sweep_dir)
-    _running.append(module)
+    this = CommandRun(module)
     try:
+        args = claim_output(command, config_path_args(args), cfg, training, this.held)
+        sys.argv = [f"trainlab {name}"] + args
+        task = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config, version_base="1.3")(this.job)
+        given = option(args, "hydra.sweep.dir") if is_sweep(args) else None
+        sweep_dir = Path(given).expanduser() if given else None  # unnamed: only the jobs of this process count
+        before = _job_errors(sweep_dir)
         _run_task(task)
     finally:
-        release_held()
+        this.release()
     # A launcher that runs the jobs in other processes (submitit: SLURM or local) only returns their results;
     # what failed is the error.txt each failed job wrote, the new ones since the sweep started.
     elsewhere = sorted(set(_job_errors(sweep_dir).items()) - set(before.items()))
-    seen = {Path(f).resolve() for f in _failed_jobs}  # those the jobs run in this process reported
+    seen = {Path(f).resolve() for f in this.failed}  # those the jobs run in this process reported
     for error_txt, _ in elsewhere:
         if error_txt.parent.resolve() not in seen:
             reason = (error_txt.read_text().strip() or "?").splitlines()[0]
             print(f"trainlab: error: job {error_txt.parent.name} ({error_txt.parent}): {reason}", file=sys.stderr)
-            _failed_jobs.append(str(error_txt.parent))
+            this.failed.append(str(error_txt.parent))
     best = sweep.best_trial_line(sweep_dir) if sweep_dir is not None else None
     if best:  # an Optuna search: which folder holds the trial it found best
         print(f"trainlab: {best}", file=sys.stderr)
-    if _failed_jobs:
-        failed = list(_failed_jobs)
-        _failed_jobs.clear()
-        raise SweepFailed(f"{len(failed)} job(s) of the sweep failed: {', '.join(failed)}")
+    if this.failed:
+        raise SweepFailed(f"{len(this.failed)} job(s) of the sweep failed: {', '.join(this.failed)}")
 
 
 def _run_task(task: Callable) -> None:

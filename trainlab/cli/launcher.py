@@ -14,7 +14,6 @@ The Hydra plugin class is hydra_plugins/trainlab_launcher.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import os
@@ -61,9 +60,13 @@ class ParallelLauncher(Launcher):
         self.resuming = False  # `trainlab train -m resume=<this sweep>`
         self.hydra_context = None
         self.task_function = None
+        self.command = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        # trainlab's task function is the `job` method of the command's run (CommandRun in cli/hydra_job): its
+        # module is what each job process runs, and a job this launcher cannot place is named among its failures.
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.command = task_function.__self__
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra.core.utils import configure_log, setup_globals
@@ -150,13 +153,11 @@ class _Run:
         self.stopped_launching = False
 
     def until_done(self) -> list[JobReturn]:
-        from trainlab.cli import hydra_job
-
         (self.sweep_dir / CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.waiting or self.running:
-                self._start_what_fits(hydra_job)
+                self._start_what_fits()
                 self._collect()
                 time.sleep(0.05 if self.running else 0)
         finally:
@@ -180,7 +181,7 @@ class _Run:
             if job.process.is_alive():
                 os.kill(job.process.pid, signum)
 
-    def _start_what_fits(self, hydra_job) -> None:
+    def _start_what_fits(self) -> None:
         while self.waiting and len(self.running) < self.at_once and self.stop_signal is None \
                 and not self.stopped_launching:
             job = self.waiting[0]
@@ -193,7 +194,7 @@ class _Run:
                     gpus = self.pool.take(job.count)
                 except Unplaceable as e:
                     self.waiting.pop(0)
-                    self._unplaceable(job, str(e), hydra_job)
+                    self._unplaceable(job, str(e))
                     continue
                 if gpus is None:
                     return  # its GPUs are busy: wait for a job to end (keeps the sweep's order)
@@ -219,10 +220,8 @@ class _Run:
         console = self.sweep_dir / CONSOLE_DIR / f"job-{job.idx}.log"
         context = multiprocessing.get_context("spawn")  # a clean interpreter: its devices apply from its start
         parent, child = context.Pipe(duplex=False)
-        from trainlab.cli import hydra_job
-
         spec = _Spawn(job.idx, job.overrides, self.launcher.hydra_context, self.launcher.config, _singleton_state(),
-                      env, str(console), hydra_job.running_command())
+                      env, str(console), self.launcher.command.module)
         job.process = context.Process(target=_run_job, name=f"trainlab-job-{job.idx}", daemon=False,
                                       args=(child, spec))
         job.process.start()
@@ -274,10 +273,10 @@ class _Run:
                      "finish): continue the sweep with trainlab train -m resume=%s", job.idx, len(self.waiting),
                      self.sweep_dir)
 
-    def _unplaceable(self, job: _Job, why: str, hydra_job) -> None:
+    def _unplaceable(self, job: _Job, why: str) -> None:
         message = f"job {job.idx} ({' '.join(job.overrides)}) {why}"
         print(f"trainlab: error: {message}", file=sys.stderr)
-        hydra_job.report_failed(str(job.folder))
+        self.launcher.command.failed.append(str(job.folder))
         job.result = _returned(job, JobStatus.COMPLETED, None)
         if self.launcher.fail_fast:
             self.stopped_launching = True
@@ -339,7 +338,7 @@ def _run_job(conn, spec: _Spawn) -> None:
     from hydra.core.utils import run_job, setup_globals
     from omegaconf.basecontainer import BaseContainer
 
-    from trainlab.cli import hydra_job
+    from trainlab.cli.hydra_job import CommandRun
 
     setup_globals()
     Singleton.set_state({**singleton_state, "omegaconf_resolvers": BaseContainer._resolvers})
@@ -347,10 +346,10 @@ def _run_job(conn, spec: _Spawn) -> None:
     with open_dict(sweep_config):
         sweep_config.hydra.job.num, sweep_config.hydra.job.id = idx, f"{sweep_config.hydra.job.name}_{idx}"
     HydraConfig.instance().set_config(sweep_config)
-    module = importlib.import_module(command)
+    this = CommandRun(command)
     message: dict = {"status": "COMPLETED"}
     try:
-        ret = run_job(hydra_context=hydra_context, task_function=lambda cfg: hydra_job.job(module.run, cfg),
+        ret = run_job(hydra_context=hydra_context, task_function=this.job,
                       config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         message["status"] = ret.status.name
         if ret.status == JobStatus.COMPLETED:
@@ -363,6 +362,6 @@ def _run_job(conn, spec: _Spawn) -> None:
             if ret.working_dir and not error_txt.exists():
                 error_txt.write_text(message["error"] + "\n")
     finally:
-        hydra_job.release_held()
+        this.release()
     conn.send(message)
     conn.close()

@@ -56,11 +56,12 @@ def lr_find_command(cfg: DictConfig, out_dir: Path) -> dict:
     if settings.device.count > 1:
         log.info("lr-find runs in one process: device.count=%d applies to training only", settings.device.count)
     trainer = settings.trainer
-    runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads, False,
+    planned = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads, False,
                               autotune=trainer.autotune)
     seed_everything(settings.seed)
-    run = build_run(cfg, settings, runtime)
+    run = build_run(cfg, settings, planned)
     s = run.stepper
+    runtime = s.runtime  # as built: autotune's choices settled
     if s.accumulate > 1:
         log.info("lr-find steps once per batch: trainer.accumulate_grad_batches=%d is not used here", s.accumulate)
     s.model.train()

@@ -133,6 +133,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # a holder's pid only while it holds it: the file stays the same between runs
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ from trainlab.core.machine import usable_cores
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
+    """What a run executes with. Frozen: resolve_runtime settles the plain choices, engine.build the measured and
+    data-dependent ones (`settled`) before the model is built; nothing changes it afterwards."""
     device: str
     precision: str          # 32 | bf16-mixed | 16-mixed
     channels_last: bool
@@ -48,6 +50,10 @@ class Runtime:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def settled(self, why: dict[str, str], **choices) -> Runtime:
+        """This runtime with `choices` made (precision=..., data_on_device=...) and their reasons recorded."""
+        return replace(self, **choices, reasons=self.reasons | why)
 
 
 def _cpu_has_bf16() -> bool:

@@ -132,7 +132,7 @@ def _weights_file(weights: Any) -> bool:
 
 
 def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: ImageData,
-                 group: Group = SINGLE, kept: dict | None = None) -> None:
+                 group: Group = SINGLE, kept: dict | None = None) -> Runtime:
     """Settle an `auto` precision / memory format by measuring (trainlab.engine.autotune), before the model is built
     in its final format. In a process group rank 0 measures and every rank takes its choice. `kept`: the
     choice a resumed run was trained with; it stays, so the run continues with the same numerics."""
@@ -141,19 +141,19 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     options = autotune.candidates(runtime.device, settings.trainer.precision, settings.trainer.channels_last)
     try_compile = settings.trainer.compile == "auto" and runtime.device.startswith("cuda")
     if not settings.trainer.autotune or (len(options) < 2 and not try_compile):
-        return
+        return runtime
+    tuned = ("precision", "channels_last") + (("compile",) if try_compile else ())
     if kept:
         kept = {"compile": False} | kept  # runs from before compile was a candidate
         if autotune.Candidate(kept["precision"], bool(kept["channels_last"])) in options:
-            runtime.precision, runtime.channels_last = kept["precision"], bool(kept["channels_last"])
-            runtime.compile = bool(kept["compile"]) if try_compile else runtime.compile
-            for key in ("precision", "channels_last") + (("compile",) if try_compile else ()):
-                runtime.reasons[key] = "autotune: kept from the resumed run"
-            runtime.autotune = {"kept": True, **kept}
+            runtime = runtime.settled(dict.fromkeys(tuned, "autotune: kept from the resumed run"),
+                                      precision=kept["precision"], channels_last=bool(kept["channels_last"]),
+                                      compile=bool(kept["compile"]) if try_compile else runtime.compile,
+                                      autotune={"kept": True, **kept})
             log.info("autotune: precision=%s channels_last=%s%s, as the run was trained until now",
                      runtime.precision, str(runtime.channels_last).lower(),
                      f" compile={str(runtime.compile).lower()}" if try_compile else "")
-            return
+            return runtime
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     model_config.pop("weights", None)  # timing needs the architecture, not the weights
 
@@ -171,15 +171,11 @@ def tune_runtime(runtime: Runtime, cfg: DictConfig, settings: Settings, data: Im
     choice = decision.choice
     measured = ", ".join(f"{label} {ips:.0f}" for label, ips in decision.speeds.items())
     how = "cached for this machine and model" if decision.cached else f"measured in {decision.seconds:.1f} s"
-    runtime.precision, runtime.channels_last = choice.precision, choice.channels_last
-    tuned = ("precision", "channels_last") + (("compile",) if try_compile else ())
-    if try_compile:
-        runtime.compile = choice.compile
-    for key in tuned:
-        runtime.reasons[key] = f"autotune: fastest training steps ({how})"
-    runtime.autotune = decision.to_dict()
     log.info("autotune: training images/s: %s -> %s (%s; trainer.autotune=false or explicit values skip this)",
              measured, choice.label, how)
+    return runtime.settled(dict.fromkeys(tuned, f"autotune: fastest training steps ({how})"),
+                           precision=choice.precision, channels_last=choice.channels_last,
+                           compile=choice.compile if try_compile else runtime.compile, autotune=decision.to_dict())
 
 
 def input_channels(cfg: DictConfig, data_channels: int) -> int:
@@ -344,16 +340,16 @@ def build_run(cfg: DictConfig, settings: Settings, runtime: Runtime, group: Grou
         data.mean, data.std = tuple(resume.normalization["mean"]), tuple(resume.normalization["std"])
     elif data.normalize == "weights":
         data.mean, data.std = weights_normalization(cfg.model.get("weights"))
-    tune_runtime(runtime, cfg, settings, data, group, resume.speed if resume else None)
+    runtime = tune_runtime(runtime, cfg, settings, data, group, resume.speed if resume else None)
+    make_optimizer = build(cfg.optimizer, "optimizer")
+    fused, why_fused = fused_choice(make_optimizer, runtime.device)
+    log.info("runtime: optimizer = %s", why_fused)
+    on_device, why_placed = data_placement(trainer.data_on_device, data, runtime.torch_device)
+    log.info("runtime: data_on_device = %s (%s)", str(on_device).lower(), why_placed)
+    runtime = runtime.settled({"optimizer": why_fused, "data_on_device": why_placed}, data_on_device=on_device)
     model = build_model(cfg, data.num_classes, data.classes, runtime, start_weights=resume is None,
                         channels=data.channels)
-    make_optimizer = build(cfg.optimizer, "optimizer")
-    fused, runtime.reasons["optimizer"] = fused_choice(make_optimizer, runtime.device)
-    log.info("runtime: optimizer = %s", runtime.reasons["optimizer"])
     optimizer = build_optimizer(make_optimizer, model.parameters(), **fused)
-    on_device, runtime.reasons["data_on_device"] = data_placement(trainer.data_on_device, data, runtime.torch_device)
-    runtime.data_on_device = on_device
-    log.info("runtime: data_on_device = %s (%s)", str(on_device).lower(), runtime.reasons["data_on_device"])
     shard = {"pin_memory": runtime.device != "cpu", "rank": group.rank, "world": group.world_size,
              "device": runtime.torch_device if on_device else None}
     train_loader = data.loader("train", seed=settings.seed, **shard)

@@ -11,15 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
-from trainlab.analysis.diagnostics import as_dicts, diagnose
 from trainlab.core.config import Settings, TargetSettings, load_settings, settings_dict
 from trainlab.core.errors import CheckpointError, RunStopped
-from trainlab.core.fs import atomic_write_text
 from trainlab.core.runtime import Runtime, epoch_seed, resolve_runtime, seed_everything
 from trainlab.engine.build import Run, build_loggers, build_run
 from trainlab.engine.distributed import SINGLE, Group
@@ -37,8 +34,8 @@ from trainlab.record.checkpoint import (
     restore_rng,
 )
 from trainlab.record.environment import environment, requirements
-from trainlab.record.recorder import RunRecorder
-from trainlab.record.run_dir import RUN_JSON, read_activations
+from trainlab.record.recorder import RunRecorder, SilentRecorder
+from trainlab.record.run_dir import RUN_JSON
 from trainlab.record.stored_run import check_classes
 
 log = logging.getLogger(__name__)
@@ -111,10 +108,10 @@ def _start_epoch(run: Run, epoch: int, seed: int, step: int,
     return tally, generator
 
 
-def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, run: Run,
+def _record_start(recorder: SilentRecorder, cfg: DictConfig, settings: Settings, run: Run,
                   resumed_from: str | None, changed: list[str]) -> None:
     info = recorder.read_json(RUN_JSON) if resumed_from else {}
-    where = environment() if recorder.active else {}
+    where = environment()
     if resumed_from:
         info.setdefault("resumes", []).append({"time": datetime.now().isoformat(timespec="seconds"),
                                                "from": resumed_from, "changed": changed, "environment": where})
@@ -129,13 +126,12 @@ def _record_start(recorder: RunRecorder, cfg: DictConfig, settings: Settings, ru
         "steps_per_epoch": run.n_train, "val_batches": run.n_val, "config": OmegaConf.to_container(cfg, resolve=True)})
     if not resumed_from:  # where it first ran; a resume records its own environment in `resumes`
         info["environment"] = where
-        if recorder.active:
-            atomic_write_text(recorder.run_dir / "requirements.txt", requirements())
+        recorder.write_text("requirements.txt", requirements())
     if recorder.trackers:  # MLflow / W&B: their run's id is kept, so a resume continues the same run there
         info["loggers"] = info.get("loggers", {}) | recorder.start_loggers(
             OmegaConf.to_container(cfg, resolve=True), info.get("loggers", {}))
     recorder.write_json(RUN_JSON, info)
-    if not resumed_from and recorder.active:  # the graph is the same on resume: write it once
+    if not resumed_from:  # the graph is the same on resume: write it once
         model.eval()
         recorder.log_graph(model, model_input(run.data.splits["val"].images[:2], run.stepper.augment,
                                               run.stepper.runtime))
@@ -156,20 +152,20 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
     a NaN or a signal."""
     settings = settings or load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
-    runtime = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
+    planned = resolve_runtime(settings.device.type, trainer.precision, trainer.channels_last, trainer.threads,
                               trainer.compile, (group.local_rank, group.local_world_size), trainer.autotune)
     seed_everything(settings.seed)
     resume = TrainingState.from_payload(load_checkpoint(Path(resumed_from)), Path(resumed_from)) \
         if resumed_from else None
-    run = build_run(cfg, settings, runtime, group, resume=resume)
+    run = build_run(cfg, settings, planned, group, resume=resume)  # settles autotune's and the data's choices
     run.choices = {k: v for k, v in (choices or {}).items() if v is not None and not k.startswith("hydra")}
     best = BestTracker(settings.checkpoint.monitor, settings.checkpoint.mode)
     stopper = EarlyStopping(**vars(settings.early_stopping))
     start_epoch, first_step = _restore(resume, run, best, stopper) if resume else (1, 0)
     position, before = (resume.position, resume.elapsed_s) if resume else (None, 0.0)
+    history = resume.history if resume else None
     recorder = RunRecorder(run_dir, run.data.classes, run.data.class_names, trainer.histogram_every_n_epochs,
-                           history=resume.history if resume else None, active=group.is_main,
-                           loggers=build_loggers(cfg) if group.is_main else [])
+                           history, build_loggers(cfg)) if group.is_main else SilentRecorder(run_dir, history)
     checkpointer = Checkpointer(run_dir / "checkpoints", settings.checkpoint.every_n_epochs, settings.checkpoint.keep,
                                 active=group.is_main, save_optimizer=settings.checkpoint.save_optimizer)
     _record_start(recorder, cfg, settings, run, resumed_from, list(changed))
@@ -218,16 +214,14 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
         # A signal while the summary and plots are written (seconds) waits for them: stopping there would leave a
         # run whose epochs all ran without its summary.json. (A second one still aborts.)
         stop.finishing = True
-        return _finish(recorder, cfg, runtime, best, outcome, elapsed(), settings.target)
+        return _finish(recorder, cfg, run.stepper.runtime, best, outcome, elapsed(), settings.target)
 
 
-def _watch(run: Run, recorder: RunRecorder, epoch: int, step: int) -> None:
+def _watch(run: Run, recorder: SilentRecorder, epoch: int, step: int) -> None:
     """Per-layer activation statistics on a fixed val batch (the same images every time) and its first image's
-    feature maps: rank 0 only, in eval mode, no gradients, no RNG drawn (so runs and resumes stay exact)."""
+    feature maps: in eval mode, no gradients, no RNG drawn (so runs and resumes stay exact)."""
     from trainlab.analysis.activations import capture, watched_layers
 
-    if not recorder.active:
-        return
     s = run.stepper
     images = run.data.splits["val"].images[:32]
     x = model_input(images, s.augment, s.runtime)
@@ -261,7 +255,7 @@ def _target_line(found: dict) -> str:
             f"{found['train_s']:.1f} s of training")
 
 
-def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, best: BestTracker, outcome: Outcome,
+def _finish(recorder: SilentRecorder, cfg: DictConfig, runtime: Runtime, best: BestTracker, outcome: Outcome,
             elapsed: float, target: TargetSettings) -> dict:
     history, run_dir = recorder.history, recorder.run_dir
     found = time_to_target(history, target)
@@ -272,14 +266,7 @@ def _finish(recorder: RunRecorder, cfg: DictConfig, runtime: Runtime, best: Best
         "final": history[-1] if history else {}, "total_time_s": elapsed,
         "runtime": runtime.to_dict(), "run_dir": str(run_dir),
     } | ({"time_to_target": found} if found else {})
-    findings = diagnose(pd.DataFrame(history), summary, len(recorder.labels), read_activations(run_dir)) \
-        if recorder.active else []
-    summary["diagnostics"] = as_dicts(findings)
-    recorder.finish(summary, _hparams(cfg, runtime))
-    for finding in findings:
-        (log.warning if finding.severity == "warning" else log.info)("diagnosis: %s", finding.line())
-    if history and not findings and recorder.active:
-        log.info("diagnosis: no problems found in the curves")
+    recorder.finish(summary, _hparams(cfg, runtime))  # with the diagnosis of the curves
     if outcome.kind == "nan":
         raise RunStopped(f"stopped: {outcome.reason}", exit_code=1)
     if outcome.kind == "interrupted":

@@ -1,5 +1,7 @@
 """Everything a run writes about itself: metrics.csv, TensorBoard, confusion CSVs, plots, classes.csv,
-run.json at the start and summary.json at the end. One object, called from the training loop."""
+run.json at the start and summary.json (with the diagnosis of its curves) at the end. One object, called from the
+training loop: RunRecorder in the process that writes the record, SilentRecorder (the history only) in the other
+training processes of a distributed run."""
 
 from __future__ import annotations
 
@@ -13,15 +15,16 @@ import pandas as pd
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from trainlab.analysis.diagnostics import as_dicts, diagnose
 from trainlab.analysis.plots import confusion_figure, plot_history
 from trainlab.core.columns import COLUMNS, EMA_COLUMNS
 from trainlab.core.fs import atomic_write_text
 from trainlab.loggers import Logger, TensorBoardLogger
-from trainlab.record.run_dir import CONFUSION_DIR
+from trainlab.record.run_dir import CONFUSION_DIR, read_activations
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "RunRecorder"]
+__all__ = ["COLUMNS", "RunRecorder", "SilentRecorder"]
 
 
 def class_labels(ids: list[str], names: list[str]) -> list[str]:
@@ -62,27 +65,61 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-class RunRecorder:
+class SilentRecorder:
+    """A training process other than rank 0 (which holds the same weights and, after the epoch's all-reduce, the
+    same metrics): it keeps the epochs' rows and writes nothing."""
+
+    def __init__(self, run_dir: Path, history: list[dict] | None = None):
+        self.run_dir = Path(run_dir)
+        self.history: list[dict] = list(history or [])
+        self.trackers: list[Logger] = []
+
+    def read_json(self, name: str) -> dict:
+        return {}
+
+    def write_json(self, name: str, payload: dict) -> None:
+        pass
+
+    def write_text(self, name: str, text: str) -> None:
+        pass
+
+    def start_loggers(self, config: dict, previous: dict) -> dict:
+        return {}
+
+    def log_step(self, step: int, loss: float) -> None:
+        pass
+
+    def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        pass
+
+    def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: torch.nn.Module | None) -> None:
+        self.history.append(row)
+
+    def log_activations(self, epoch: int, step: int, image: torch.Tensor, outputs: dict[str, torch.Tensor],
+                        channels: int = 16) -> None:
+        pass
+
+    def finish(self, summary: dict, hparams: dict) -> None:
+        pass
+
+
+class RunRecorder(SilentRecorder):
     def __init__(self, run_dir: Path, class_ids: list[str], class_names: list[str], histogram_every: int,
-                 history: list[dict] | None = None, active: bool = True, loggers: list[Logger] | None = None):
-        """`history`: the rows of the epochs already done (a resumed run appends to them). `active=False`
-        (training ranks other than 0) keeps the history in memory and writes nothing. `loggers`: the `logger`
+                 history: list[dict] | None = None, loggers: list[Logger] | None = None):
+        """`history`: the rows of the epochs already done (a resumed run appends to them). `loggers`: the `logger`
         group's (TensorBoard is written here; the others get every epoch's row and the run's end)."""
+        super().__init__(run_dir, history)
         loggers = [] if loggers is None else loggers
         board = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
-        self.trackers = [lg for lg in loggers if not isinstance(lg, TensorBoardLogger)] if active else []
+        self.trackers = [lg for lg in loggers if not isinstance(lg, TensorBoardLogger)]
         self.tensorboard = board is not None
-        self.run_dir, self.active = Path(run_dir), active
         self.labels = class_labels(class_ids, class_names)
         self.histogram_every = histogram_every
-        self.history: list[dict] = list(history or [])
         # Figures are redrawn when the time since the last drawing is at least 1/FIGURE_TIME_SHARE times what
         # drawing costs (on a small data set drawing would otherwise take longer than the epoch), and always
         # at the end of the run. The CSVs and scalars are written every epoch regardless.
         self._drawn_at, self._draw_cost = time.monotonic(), FIRST_DRAW_COST_S
         self._pending, self._said_throttle = None, False
-        if not active:
-            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = board.writer(self.run_dir) if board is not None else _NoWriter()
         (self.run_dir / CONFUSION_DIR).mkdir(exist_ok=True)
@@ -93,9 +130,10 @@ class RunRecorder:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_json(self, name: str, payload: dict) -> None:
-        if not self.active:
-            return
         atomic_write_text(self.run_dir / name, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.run_dir / name, text)
 
     def _each_tracker(self, what: str, call) -> None:
         """A tracker that fails (a server gone, a full disk) is dropped with a warning; the run and its
@@ -119,13 +157,9 @@ class RunRecorder:
         return started
 
     def log_step(self, step: int, loss: float) -> None:
-        if not self.active:
-            return
         self.writer.add_scalar("train/loss_step", loss, step)
 
     def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        if not self.active:
-            return
         self.add_graph(self.writer, model, example)
 
     @staticmethod
@@ -142,8 +176,6 @@ class RunRecorder:
     def log_epoch(self, row: dict, confusions: dict[str, torch.Tensor], model: torch.nn.Module | None) -> None:
         epoch = row["epoch"]
         self.history.append(row)
-        if not self.active:
-            return
         frame = pd.DataFrame(self.history)
         frame = frame.reindex(columns=COLUMNS + [c for c in EMA_COLUMNS if c in frame])
         atomic_write_text(self.run_dir / "metrics.csv", frame.to_csv(index=False))
@@ -172,8 +204,6 @@ class RunRecorder:
         first image's feature maps (TensorBoard `feature_maps/<layer>`), at the epoch's global step."""
         from trainlab.analysis.activations import channel_grid, spatial, statistics
 
-        if not self.active:
-            return
         stats = statistics(outputs)
         rows = [{"epoch": epoch, "step": step, "layer": layer, **values} for layer, values in stats.items()]
         path = self.run_dir / "activations.csv"
@@ -215,8 +245,13 @@ class RunRecorder:
             self.writer.add_histogram(tag, values, step)
 
     def finish(self, summary: dict, hparams: dict) -> None:
-        if not self.active:
-            return
+        """The last figures, summary.json with the diagnosis of the curves (also logged), and the trackers' end."""
+        findings = diagnose(pd.DataFrame(self.history), summary, len(self.labels), read_activations(self.run_dir))
+        summary["diagnostics"] = as_dicts(findings)
+        for finding in findings:
+            (log.warning if finding.severity == "warning" else log.info)("diagnosis: %s", finding.line())
+        if self.history and not findings:
+            log.info("diagnosis: no problems found in the curves")
         if self._pending is not None:
             self._draw_figures()
         self.write_json("summary.json", summary)
