@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -86,6 +87,11 @@ def test_compare_finds_exactly_the_disagreements(runs, tmp_path):
     width, height = Image.open(tmp_path / "cmp" / "disagreements.png").size
     assert (width, height) == (5 * TILE_INCHES[0] * TILE_DPI, 2 * TILE_INCHES[1] * TILE_DPI)  # 7 images: 5 + 2
     assert result["shown"] == 7
+    # McNemar's exact test on the images only one gets right, by hand: twice the smaller binomial tail at 1/2.
+    only_a, only_b = result["only_a_right"], result["only_b_right"]
+    tail = sum(math.comb(only_a + only_b, i) for i in range(min(only_a, only_b) + 1)) / 2 ** (only_a + only_b)
+    assert result["evidence"]["p_value"] == pytest.approx(min(1.0, 2 * tail))
+    assert result["evidence"]["difference"] == pytest.approx(b_right.mean() - a_right.mean())
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ optimizer step, the linear warm-up before it, the metric a plateau scheduler wat
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable
 
 import torch
@@ -65,6 +67,47 @@ def build_optimizer(make: Callable[..., torch.optim.Optimizer], params, **extra)
     return optimizer
 
 
+class WSD(LRScheduler):
+    """Warm-up, stable, decay (the trapezoid; trainlab's warm-up comes before it, as for every scheduler): the base
+    learning rate for the first total_iters - round(decay_fraction * total_iters) steps, then a linear or cosine
+    cool-down towards `min_factor` x the base, which the step after the last would reach (no step runs at 0).
+    Extendable: its stable phase is the same whatever the length, so a run continued from a checkpoint taken before
+    the decay began (checkpoints/stable.ckpt) with a longer total_iters decays over the new length exactly as a run
+    planned that long; its length is the config's, never a checkpoint's."""
+
+    LENGTH = ("total_iters", "decay_fraction", "decay", "min_factor")  # decided by the config when loading a state
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int, decay_fraction: float = 0.2,
+                 decay: str = "linear", min_factor: float = 0.0, last_epoch: int = -1):
+        require(total_iters is not None and int(total_iters) >= 1,
+                f"scheduler.total_iters must be >= 1 or null (the run's length) (got {total_iters})")
+        require(0 <= decay_fraction <= 1, f"scheduler.decay_fraction must be in [0, 1] (got {decay_fraction})")
+        require(decay in ("linear", "cosine"), f"scheduler.decay must be linear or cosine (got {decay!r})")
+        require(0 <= min_factor <= 1, f"scheduler.min_factor must be in [0, 1] (got {min_factor})")
+        self.total_iters, self.decay_fraction = int(total_iters), float(decay_fraction)
+        self.decay, self.min_factor = decay, float(min_factor)
+        super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def stable_steps(total_iters: int, decay_fraction: float) -> int:
+        """How many of its steps run at the base learning rate."""
+        return int(total_iters) - round(float(decay_fraction) * int(total_iters))
+
+    def factor(self, t: int) -> float:
+        start = self.stable_steps(self.total_iters, self.decay_fraction)
+        if t < start:
+            return 1.0
+        p = min(1.0, (t - start + 1) / (self.total_iters - start + 1))
+        shape = (1 - p) if self.decay == "linear" else (1 + math.cos(math.pi * p)) / 2
+        return self.min_factor + (1 - self.min_factor) * shape
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in self.LENGTH})
+
+
 class LRSchedule:
     """Wraps a torch scheduler so the loop calls `after_step()` every optimizer step and
     `after_epoch(metrics)` every epoch; only the one matching `interval` advances the schedule."""
@@ -80,7 +123,7 @@ class LRSchedule:
         per_unit = steps_per_epoch if interval == "step" else 1
         warmup = int(warmup_epochs) * per_unit
         remaining = max(1, (epochs - int(warmup_epochs)) * per_unit)
-        lengths = {"T_max": remaining, "total_steps": epochs * steps_per_epoch}
+        lengths = {"T_max": remaining, "total_steps": epochs * steps_per_epoch, "total_iters": remaining}
         kwargs = {key: lengths[key] for key in unset if key in lengths}
         target = getattr(make, "func", make)
         if target is OneCycleLR and interval != "step":
@@ -108,6 +151,13 @@ class LRSchedule:
             ramp = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=warmup)
             main = SequentialLR(optimizer, [ramp, main], milestones=[warmup])
         self.scheduler: LRScheduler | ReduceLROnPlateau = main
+        # The last epoch trained entirely before a WSD decay begins (its checkpoint is what a longer run continues
+        # from); None for every other schedule.
+        self.stable_epochs = None
+        wsd = main if isinstance(main, WSD) else next((s for s in getattr(main, "_schedulers", ()) if isinstance(
+            s, WSD)), None)
+        if wsd is not None:
+            self.stable_epochs = (warmup + WSD.stable_steps(wsd.total_iters, wsd.decay_fraction)) // per_unit
 
     @property
     def lr(self) -> float:
@@ -133,6 +183,14 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
+        active = self.scheduler
+        if isinstance(active, SequentialLR):
+            active = active._schedulers[bisect.bisect_right(active._milestones, active.last_epoch)]
+        if isinstance(active, WSD):  # of this run's length: the checkpoint's lr was its own length's next one
+            lrs = active.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            active._last_lr = self.scheduler._last_lr = lrs
 
 
 def _milestones_after(make, warmup: int, length: int, unit: str) -> list[int]:

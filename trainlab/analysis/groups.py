@@ -125,3 +125,37 @@ def export(frame: pd.DataFrame, out: Path, stem: str) -> list[Path]:
     paths[1].write_text(markdown(readable))
     paths[2].write_text(latex(readable))
     return paths
+
+
+# Columns where lower is better (a loss, a time, memory); every other metric is better higher.
+LOWER_IS_BETTER = ("loss", "time", "_s", "memory", "skipped")
+# Fractions shown as percentage points.
+FRACTIONS = ("acc1", "acc5", "f1", "precision", "recall")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def is_fraction(metric: str) -> bool:
+    return metric.split()[-1].split("/")[-1].split(".")[-1] in FRACTIONS
+
+
+def metric_value(history: pd.DataFrame | None, summary: dict, metric: str) -> float | None:
+    """One number per run for `metric`: "best <column>" or "final <column>" of metrics.csv (best: the highest, or
+    the lowest where lower is better), a bare column (its best), or a summary.json field ("total_time_s",
+    "time_to_target.train_s"). None when the run does not have it (not reached, not recorded)."""
+    how, _, column = metric.partition(" ") if metric.startswith(("best ", "final ")) else ("", "", metric)
+    if history is not None and column in history:
+        values = history[column].dropna()
+        if not len(values):
+            return None
+        if how == "final":
+            return float(values.iloc[-1])
+        return float(values.min() if lower_is_better(column) else values.max())
+    if how:
+        return None
+    value = summary
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -15,7 +15,7 @@ from trainlab.engine import distributed
 from trainlab.engine.build import build, check_components
 from trainlab.engine.fit import train
 from trainlab.engine.ready import stored_run
-from trainlab.engine.resume import check_length
+from trainlab.engine.resume import before_decay, check_length
 from trainlab.record.checkpoint import find_checkpoint
 from trainlab.record.run_dir import OUTPUTS_ROOT, best_value
 from trainlab.record.sweep import is_sweep_dir
@@ -31,6 +31,12 @@ def _resumed(spec: str, overrides: list[str], say: bool = False) -> tuple[Path, 
     job, where the run's log is open; the preflight only checks)."""
     path = find_checkpoint(spec, OUTPUTS_ROOT)
     ckpt, cfg, changed = stored_run(path, overrides, OWN_KEYS)
+    earlier = before_decay(ckpt, cfg, path)  # scheduler=wsd given a new length: from before its decay
+    if earlier:
+        path, line = earlier
+        ckpt, cfg, changed = stored_run(path, overrides, OWN_KEYS)
+        if say:
+            log.info("resume: %s", line)
     length = check_length(ckpt, cfg, path) if "position" in ckpt or "optimizer" in ckpt else None
     if length and say:
         log.info("resume: %s", length)

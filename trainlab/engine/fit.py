@@ -202,7 +202,7 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             stopper.update(row)
             log.info(epoch_line(row, trainer.epochs, improved))
             state = _state(cfg, run, epoch, step, best, stopper, recorder.history, elapsed())
-            checkpointer.save_epoch(state.payload(), epoch, improved)
+            checkpointer.save_epoch(state.payload(), epoch, improved, epoch == run.stepper.schedule.stable_epochs)
             if group.any(stop.requested):
                 outcome = Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; "
                                                  "saved last.ckpt", stop.signum)

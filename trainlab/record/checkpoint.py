@@ -113,10 +113,13 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
 TRAINING_ONLY = ("optimizer", "scheduler", "scaler", "rng", "early_stopping", "position")
 
 
+STABLE = "stable.ckpt"  # scheduler=wsd: the last epoch before the decay began
+
+
 class Checkpointer:
     """last.ckpt every epoch, best.ckpt on improvement, epoch_NNN.ckpt every `every_n_epochs` keeping the
-    newest `keep` (0 = all), and interrupted.ckpt for a mid-epoch stop. `active=False` (training ranks
-    other than 0, which hold the same weights) writes nothing."""
+    newest `keep` (0 = all), stable.ckpt before a WSD decay, and interrupted.ckpt for a mid-epoch stop.
+    `active=False` (training ranks other than 0, which hold the same weights) writes nothing."""
 
     def __init__(self, folder: Path, every_n_epochs: int, keep: int, active: bool = True,
                  save_optimizer: bool = True):
@@ -126,12 +129,16 @@ class Checkpointer:
         self.folder, self.every_n_epochs, self.keep, self.active = Path(folder), every_n_epochs, keep, active
         self.save_optimizer = save_optimizer
 
-    def save_epoch(self, payload: dict, epoch: int, improved: bool) -> None:
+    def save_epoch(self, payload: dict, epoch: int, improved: bool, stable: bool = False) -> None:
+        """`stable`: the last epoch before the schedule's decay (scheduler=wsd), kept as stable.ckpt: what a longer
+        run continues from."""
         if not self.active:
             return
         last = self.folder / "last.ckpt"
         save_checkpoint(last, payload)
         (self.folder / "interrupted.ckpt").unlink(missing_ok=True)  # superseded by a later complete epoch
+        if stable:
+            _atomic_copy(last, self.folder / STABLE)
         periodic = bool(self.every_n_epochs and epoch % self.every_n_epochs == 0)
         slim = None if self.save_optimizer or not (improved or periodic) else \
             {k: v for k, v in payload.items() if k not in TRAINING_ONLY}
