@@ -32,7 +32,7 @@ def test_conf_ships_every_group():
                   "debug"):
         assert options(group), group
     assert set(options("scheduler")) == {"none", "step", "multistep", "exponential", "cosine", "cyclic", "onecycle",
-                                         "plateau"}
+                                         "plateau", "wsd"}
     assert set(options("optimizer")) == {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"}
     assert set(options("dataset")) == {"tiny_imagenet", "image_folder", "digits", "fake", "mnist", "fashion_mnist",
                                        "cifar10", "cifar100", "torchvision"}

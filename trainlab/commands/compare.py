@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
@@ -358,7 +359,7 @@ def groups_figure(frame: pd.DataFrame, metric: str, a_label: str, b_label: str, 
     ax.set_xticks([0, 1], [f"A: {labels[0]}", f"B: {labels[1]}"])
     ax.set_xlim(-0.5, 1.5)
     ax.set_ylabel(metric)
-    ax.set_title(stats["verdict"] if len(stats["verdict"]) < 70 else stats["verdict"][:67] + "…", fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(stats["verdict"], 64)), fontsize=8)
     fig.savefig(path)
     plt.close(fig)
 

@@ -75,7 +75,11 @@ def before_decay(ckpt: dict, cfg: DictConfig, path: Path) -> tuple[Path, str] | 
                           f"checkpoint of an epoch <= {new_stable} (checkpoint.every_n_epochs keeps them), or "
                           f"choose trainer.epochs so the decay begins after epoch {stable_epoch or epoch}")
     return stable, (f"scheduler=wsd continues from {stable} (epoch {stable_epoch}, before its decay began) and decays "
-                    f"over epochs {new_stable + 1}-{new}; the record of epochs {stable_epoch + 1}-{old} is replaced")
+                    f"over {_epochs(new_stable + 1, new)}; the record of {_epochs(stable_epoch + 1, old)} is replaced")
+
+
+def _epochs(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def epoch_lrs(ckpt: dict, cfg: DictConfig) -> list[float]:
