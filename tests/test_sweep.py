@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy import stats
 
 from trainlab.record.sweep import job_state
 
@@ -153,6 +154,17 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
     assert list(pivot.columns) == ["optimizer.lr \\ seed", "0", "1", "2"] and len(pivot) == 3
     report = (sweep / "report.md").read_text()
     assert "## Seeds: mean ± std" in report and "the band ± one standard deviation" in report
+    # Each lr against the first that ran (0.05; -1.0 failed), paired over the seeds: scipy's numbers.
+    evidence = pd.read_csv(sweep / "evidence.csv")
+    assert list(evidence["B"]) == ["optimizer.lr=0.2"] and list(evidence["A"]) == ["optimizer.lr=0.05"]
+    final = {lr: [float(pd.read_csv(j / "metrics.csv")["val/acc1"].iloc[-1]) for j in sorted(sweep.iterdir())
+                  if (j / "metrics.csv").is_file() and f"optimizer.lr={lr}" in (j / ".hydra" / "overrides.yaml")
+                  .read_text().replace("- ", "")] for lr in ("0.05", "0.2")}
+    differences = [b - a for a, b in zip(final["0.05"], final["0.2"])]
+    assert evidence["difference"].iloc[0] == pytest.approx(sum(differences) / 3)
+    if pd.Series(differences).std() > 0:
+        assert evidence["p"].iloc[0] == pytest.approx(stats.ttest_rel(final["0.2"], final["0.05"]).pvalue)
+    assert f"optimizer.lr=0.2 vs optimizer.lr=0.05: {evidence['verdict'].iloc[0]}" in out
     # `trainlab runs --seeds` gives the same groups from any folder of runs.
     code, out, err = run(capsys, "runs", str(sweep), "--seeds", "--csv")
     assert code == 0, err

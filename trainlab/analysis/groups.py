@@ -159,3 +159,34 @@ def metric_value(history: pd.DataFrame | None, summary: dict, metric: str) -> fl
     for part in metric.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def pivot_evidence(table: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
+    """Is it better than the first? Each value of the pivot's compared key (`rows`, or `cols` when `rows` is the
+    seed) against its first value that has finished runs, over seeds, within each value of the other key (unless
+    that is the seed): trainlab.analysis.evidence.two_groups, one row per pair."""
+    from trainlab.analysis.evidence import two_groups
+
+    key, within = (cols, None) if rows == SEED else (rows, None if cols == SEED else cols)
+    done = table[table[metric].notna()] if metric in table else table.iloc[0:0]
+    values = sorted(done[key].unique(), key=str) if len(done) else []
+    slices = [(None, done)] if within is None else [(w, done[done[within] == w]) for w in
+                                                     sorted(done[within].unique(), key=str)]
+
+    def by_seed(part: pd.DataFrame) -> dict:
+        seeds = part[SEED] if SEED in part and part[SEED].is_unique else part.index
+        return dict(zip(seeds, part[metric]))
+
+    out = []
+    for value_within, part in slices:
+        base = part[part[key] == values[0]]
+        for value in values[1:]:
+            other = part[part[key] == value]
+            found = two_groups(by_seed(base), by_seed(other), not lower_is_better(metric), is_fraction(metric))
+            chosen = found["paired"] or found["welch"]
+            out.append({**({within: value_within} if within else {}), "A": f"{key}={values[0]}",
+                        "B": f"{key}={value}", "n": f"{len(base)} vs {len(other)}",
+                        "difference": found["difference"], **{k: (chosen or {}).get(k) for k in ("ci_low", "ci_high")},
+                        "p": (chosen or {}).get("p_value"), "test": found.get("test", ""),
+                        "seeds_needed": found["seeds_needed"], "verdict": found["verdict"]})
+    return pd.DataFrame(out)

@@ -43,7 +43,8 @@ USAGE = """usage: trainlab report <run_dir | multirun_dir> [--rows KEY --cols KE
        trainlab report <run_dir> <run_dir> ... [--out DIR]   (any runs side by side)
 
 A sweep's report groups the jobs that differ only in seed (mean ± std, n) and pivots two overridden keys;
-the tables are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex.
+the tables are also written as seeds.csv/.md/.tex and pivot.csv/.md/.tex, and each value of the pivot's key against
+its first (trainlab.analysis.evidence) as evidence.csv.
 """
 OPTIONS = ("--rows", "--cols", "--metric", "--out")
 FILES = "report_files"
@@ -298,6 +299,16 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
         groups.export(grid, sweep_dir, "pivot")
         doc.table(grid)
         print(groups.markdown(grid))
+        evidence = groups.pivot_evidence(table, pivot_rows, pivot_cols, metric)
+        if len(evidence):
+            doc.heading(f"Is it better than {evidence['A'].iloc[0]}? ({metric}, over seeds)")
+            doc.text("Each value against the first with finished runs: the difference B - A with its 95% interval "
+                     "(paired over the same seeds, else Welch), p and the seeds per group needed at 80% power "
+                     "(docs/comparing.md); also in evidence.csv.")
+            evidence.to_csv(sweep_dir / "evidence.csv", index=False)
+            doc.table(evidence, floats="{:.4g}")
+            for _, row in evidence.iterrows():
+                print(f"{row['B']} vs {row['A']}: {row['verdict']}")
     if curves:
         doc.heading("Validation curves")
         if by_seed:
