@@ -56,7 +56,6 @@ class CommandRun:
             self.held.pop().release()
 
 
-_ADDED_GROUPS = ("experiment", "debug", "hparams_search")  # not in config.yaml's defaults: picked with `+`
 
 def resume_args(args: list[str]) -> list[str]:
     """`resume=...` continues a run in its own directory: point Hydra's output there, and keep this
@@ -69,6 +68,7 @@ def resume_args(args: list[str]) -> list[str]:
         return args
     from datetime import datetime
 
+    from trainlab.core.config import config_groups
     from trainlab.record.checkpoint import find_checkpoint, load_checkpoint  # torch: only for a resume
     from trainlab.record.run_dir import OUTPUTS_ROOT, read_choices
 
@@ -81,7 +81,8 @@ def resume_args(args: list[str]) -> list[str]:
     # Compose with the run's own group options, so that keys of its groups (model.width of a small_cnn run,
     # dataset.val_size of fake data) parse as they did when it started.
     given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-    extra = [f"{'+' if group in _ADDED_GROUPS else ''}{group}={value}" for group, value in choices.items()
+    added = config_groups()[1]  # not in config.yaml's defaults: picked with `+`
+    extra = [f"{'+' if group in added else ''}{group}={value}" for group, value in choices.items()
              if group not in given and "/" not in group and value is not None]
     extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}")
     if not any(a.startswith("hydra.run.dir=") for a in args):

@@ -250,3 +250,18 @@ def component(group: str, option: str, **values):
 
 def settings_dict(settings: Settings) -> dict:
     return dataclasses.asdict(settings)
+
+
+def config_groups() -> tuple[list[str], list[str]]:
+    """conf/'s config groups (its folders), and those config.yaml's defaults leave out (experiment, debug,
+    hparams_search: picked with `+group=option`). Read from the shipped config package, so a group added there
+    needs no list in the code."""
+    from importlib.resources import files
+
+    import yaml
+
+    root = files("trainlab.conf")
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    defaults = yaml.safe_load(root.joinpath("config.yaml").read_text()).get("defaults", [])
+    chosen = {key for entry in defaults if isinstance(entry, dict) for key in entry}
+    return groups, [g for g in groups if g not in chosen]

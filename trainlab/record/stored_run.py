@@ -10,11 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainlab.core.config import config_groups
 from trainlab.core.errors import CheckpointError
 from trainlab.core.suggest import has_key, unknown_key
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "loss", "augment", "device", "metrics", "experiment", "debug",
-          "hparams_search", "logger")
+GROUPS = tuple(config_groups()[0])
 
 
 def config_from_checkpoint(saved: dict, overrides: list[str], choices: dict,
