@@ -121,25 +121,38 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, capsys, monkeypatch):
     assert code == 0 and err.count("finished before") == 4, err
 
 
-@pytest.mark.slow
-def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    sweep = tmp_path / "sweep"
-    code, _, err = run(capsys, "train", "-m", *FAST, "dataset.train_size=96", "trainer.epochs=2", "seed=0,1,2",
-                       "optimizer.lr=0.05,0.2,-1.0", f"hydra.sweep.dir={sweep}")
-    assert code == 1 and "3 job(s) of the sweep failed" in err  # lr=-1 is refused by each of its jobs
-    code, out, err = run(capsys, "report", str(sweep), "--rows", "optimizer.lr", "--cols", "seed")
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def seeds_sweep(tmp_path_factory):
+    """Three seeds of three learning rates (lr=-1 is refused by each of its jobs), reported with a pivot: the sweep
+    folder, the report's console output, and each finished job's final/best val/acc1 and final val/loss read here
+    with pandas, the independent computation."""
+    from helpers import run_here
 
-    # The independent computation: every job's metrics.csv, grouped by lr with pandas.
-    expected = []
-    for job in sweep.iterdir():
+    sweep = tmp_path_factory.mktemp("seeds") / "sweep"
+    code, _, err = run_here("train", "-m", *FAST, "dataset.train_size=96", "trainer.epochs=2", "seed=0,1,2",
+                            "optimizer.lr=0.05,0.2,-1.0", f"hydra.sweep.dir={sweep}")
+    assert code == 1 and "3 job(s) of the sweep failed" in err
+    code, out, err = run_here("report", str(sweep), "--rows", "optimizer.lr", "--cols", "seed")
+    assert code == 0, err
+    jobs = []
+    for job in sorted(sweep.iterdir()):
         if (job / "metrics.csv").is_file():
             overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
             frame = pd.read_csv(job / "metrics.csv")
-            expected.append({"optimizer.lr": overrides["optimizer.lr"], "final": frame["val/acc1"].iloc[-1],
-                             "best": frame["val/acc1"].max(), "loss": frame["val/loss"].iloc[-1]})
-    expected = pd.DataFrame(expected).groupby("optimizer.lr").agg(["mean", "std", "count"])
+            jobs.append({"optimizer.lr": overrides["optimizer.lr"], "seed": overrides["seed"],
+                         "final": frame["val/acc1"].iloc[-1], "best": frame["val/acc1"].max(),
+                         "loss": frame["val/loss"].iloc[-1]})
+    return sweep, out, pd.DataFrame(jobs)
+
+
+def _expected(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs.drop(columns="seed").groupby("optimizer.lr").agg(["mean", "std", "count"])
+
+
+@pytest.mark.slow
+def test_seeds_are_summarised_as_mean_and_std(seeds_sweep):
+    sweep, _, jobs = seeds_sweep
+    expected = _expected(jobs)
     seeds = pd.read_csv(sweep / "seeds.csv", dtype={"optimizer.lr": str}).set_index("optimizer.lr")
     for lr in ("0.05", "0.2"):
         assert seeds.loc[lr, "n"] == expected.loc[lr, ("final", "count")] == 3
@@ -147,6 +160,12 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
             assert seeds.loc[lr, f"{ours} mean"] == pytest.approx(expected.loc[lr, (theirs, "mean")], abs=1e-12)
             assert seeds.loc[lr, f"{ours} std"] == pytest.approx(expected.loc[lr, (theirs, "std")], abs=1e-12)
     assert seeds.loc["-1.0", "failed"] == 3 and seeds.loc["-1.0", "n"] == 0 and seeds.loc["0.05", "failed"] == 0
+
+
+@pytest.mark.slow
+def test_the_seed_tables_are_exported_for_a_paper(seeds_sweep):
+    sweep, _, jobs = seeds_sweep
+    expected = _expected(jobs)
     mean, std = expected.loc["0.05", ("final", "mean")], expected.loc["0.05", ("final", "std")]
     assert f"{mean:.4f} ± {std:.4f}" in (sweep / "seeds.md").read_text()
     assert r"$\pm$" in (sweep / "seeds.tex").read_text() and r"\begin{tabular}" in (sweep / "seeds.tex").read_text()
@@ -154,18 +173,26 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
     assert list(pivot.columns) == ["optimizer.lr \\ seed", "0", "1", "2"] and len(pivot) == 3
     report = (sweep / "report.md").read_text()
     assert "## Seeds: mean ± std" in report and "the band ± one standard deviation" in report
-    # Each lr against the first that ran (0.05; -1.0 failed), paired over the seeds: scipy's numbers.
+
+
+@pytest.mark.slow
+def test_a_pivot_says_whether_each_value_beats_the_first(seeds_sweep):
+    """Each lr against the first that ran (0.05; -1.0 failed), paired over the seeds: scipy's numbers."""
+    sweep, out, jobs = seeds_sweep
     evidence = pd.read_csv(sweep / "evidence.csv")
     assert list(evidence["B"]) == ["optimizer.lr=0.2"] and list(evidence["A"]) == ["optimizer.lr=0.05"]
-    final = {lr: [float(pd.read_csv(j / "metrics.csv")["val/acc1"].iloc[-1]) for j in sorted(sweep.iterdir())
-                  if (j / "metrics.csv").is_file() and f"optimizer.lr={lr}" in (j / ".hydra" / "overrides.yaml")
-                  .read_text().replace("- ", "")] for lr in ("0.05", "0.2")}
+    final = {lr: jobs[jobs["optimizer.lr"] == lr].sort_values("seed")["final"].tolist() for lr in ("0.05", "0.2")}
     differences = [b - a for a, b in zip(final["0.05"], final["0.2"])]
     assert evidence["difference"].iloc[0] == pytest.approx(sum(differences) / 3)
     if pd.Series(differences).std() > 0:
         assert evidence["p"].iloc[0] == pytest.approx(stats.ttest_rel(final["0.2"], final["0.05"]).pvalue)
     assert f"optimizer.lr=0.2 vs optimizer.lr=0.05: {evidence['verdict'].iloc[0]}" in out
-    # `trainlab runs --seeds` gives the same groups from any folder of runs.
+
+
+@pytest.mark.slow
+def test_runs_seeds_gives_the_same_groups_from_any_folder(seeds_sweep, capsys):
+    sweep, _, jobs = seeds_sweep
+    expected = _expected(jobs)
     code, out, err = run(capsys, "runs", str(sweep), "--seeds", "--csv")
     assert code == 0, err
     listed = pd.read_csv(io.StringIO(out), dtype={"optimizer.lr": str}).set_index("optimizer.lr")
@@ -174,6 +201,11 @@ def test_seeds_are_summarised_as_mean_and_std(tmp_path, capsys, monkeypatch):
         assert listed.loc[lr, "final val/acc1 mean"] == pytest.approx(expected.loc[lr, ("final", "mean")], abs=1e-12)
         assert listed.loc[lr, "final val/acc1 std"] == pytest.approx(expected.loc[lr, ("final", "std")], abs=1e-12)
     assert listed.loc["-1.0", "failed"] == 3
+
+
+@pytest.mark.slow
+def test_a_pivot_of_a_key_the_jobs_share_is_one_line(seeds_sweep):
+    sweep, _, _ = seeds_sweep
     code, out, err = shell("report", str(sweep), "--rows", "optimizer.momentum", "--cols", "seed")
     assert_one_line(code, out, err, "'optimizer.momentum' is not an override that differs", "optimizer.lr, seed")
 
