@@ -5,6 +5,9 @@
 set -euo pipefail
 TRAINLAB_EXTRAS=test
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+# Hydra's Optuna sweeper, which trainlab's search is tested against (its search-space syntax, a resumed study) and
+# benchmarked against: it pins optuna<3, trainlab's search needs 4+, and it runs on 4+ as far as trainlab uses it.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps hydra-optuna-sweeper 2> >(grep -v "is ignored: it is neither" >&2)
 # The test that draws Chinese class names compares real glyphs, so CI installs a small CJK font (Debian's
 # fonts-wqy-zenhei, ~10 MB) when none is there; elsewhere that one test is skipped, saying why.
 if [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \

@@ -78,7 +78,7 @@ def test_optuna_preset_runs_trials_and_survives_a_failing_one(tmp_path, capsys, 
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
     assert run(capsys, "report", str(sweep))[0] == 0
     text = (sweep / "report.html").read_text()
-    assert "Hyper-parameter search (Optuna)" in text
+    assert "Hyper-parameter search" in text and "1 complete, 1 failed" in text
     assert "failed: cannot build the optimizer: Invalid learning rate: -1.0" in text
 
 

@@ -215,7 +215,12 @@ def test_an_interrupted_optuna_study_continues_from_its_storage(tmp_path, capsys
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     monkeypatch.chdir(tmp_path)
     sweep, log = tmp_path / "optuna", tmp_path / "optuna.log"
-    args = ["+hparams_search=optuna", *FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2",
+    # Hydra's own Optuna sweeper (trainlab's preset uses trainlab's search): its SQLite study continues too.
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.study_name=trainlab",
+            f"hydra.sweeper.storage=sqlite:///{sweep}/optuna.db", "hydra.sweeper.sampler.seed=0",
+            "optimizer.lr=tag(log, interval(0.001, 0.5))", "optimizer.weight_decay=tag(log, interval(0.00001, 0.01))",
+            *FAST, *LONGER_STEPS, "dataset.train_size=400", "trainer.log_every_n_steps=2",
             "trainer.epochs=2", "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path, log)

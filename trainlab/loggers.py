@@ -137,7 +137,7 @@ class MLflowLogger(Logger):
         if self.log_checkpoint and best.is_file():
             self._client.log_artifact(self._run_id, str(best), artifact_path="checkpoints")
         self._client.set_tag(self._run_id, "trainlab.stopped", summary.get("stopped", ""))
-        status = {"completed": "FINISHED", "early_stopping": "FINISHED", "interrupted": "KILLED"}
+        status = {"completed": "FINISHED", "early_stopping": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED"}
         self._client.set_terminated(self._run_id, status=status.get(summary.get("stopped"), "FAILED"))
 
 
@@ -177,4 +177,4 @@ class WandbLogger(Logger):
             if (run_dir / name).is_file():
                 self._run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
         self._run.summary["stopped"] = summary.get("stopped", "")
-        self._run.finish(exit_code=0 if summary.get("stopped") in ("completed", "early_stopping") else 1)
+        self._run.finish(exit_code=0 if summary.get("stopped") in ("completed", "early_stopping", "pruned") else 1)

@@ -107,3 +107,43 @@ def confusion_figure(confusion: torch.Tensor, labels: list[str], title: str):
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
     return fig
+
+
+def search_curves(curves: dict[int, pd.DataFrame], states: dict[int, str], column: str):
+    """A search's trials: `column` per epoch, one line per trial; a pruned trial ends in an x where it stopped."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for number, history in sorted(curves.items()):
+        if column not in history or not history[column].notna().any():
+            continue
+        pruned = states.get(number) == "pruned"
+        line, = ax.plot(history["epoch"], history[column], marker="o", markersize=2, linewidth=1,
+                        alpha=0.45 if pruned else 0.9, label=f"trial {number}" + (" (pruned)" if pruned else ""))
+        if pruned:
+            ax.plot(history["epoch"].iloc[-1], history[column].iloc[-1], marker="x", markersize=8,
+                    color=line.get_color())
+    ax.set_title("each trial's monitored value; x: where the pruner stopped it", fontsize=9)
+    fig = _per_epoch(fig, ax, column)
+    if len(curves) > 12:
+        ax.legend().remove()
+    return fig
+
+
+def value_against_parameters(table: pd.DataFrame, params: list[str], ylabel: str):
+    """One panel per parameter: each trial's value against the parameter's value (log axis for a positive
+    parameter spanning more than a factor of 100); pruned trials (their last reported value) hollow."""
+    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.2), dpi=100, squeeze=False)
+    finished = table[table["state"].isin(["complete", "pruned"])]
+    for ax, param in zip(axes[0], params):
+        for state, style in (("complete", {"color": "C0"}), ("pruned", {"facecolors": "none", "edgecolors": "C1"})):
+            rows = finished[finished["state"] == state]
+            x = pd.to_numeric(rows[param], errors="coerce")
+            ax.scatter(x if x.notna().all() else rows[param].astype(str), rows["value"], s=18, label=state, **style)
+        numbers = pd.to_numeric(finished[param], errors="coerce")
+        if numbers.notna().all() and len(numbers) and numbers.min() > 0 and numbers.max() / numbers.min() > 100:
+            ax.set_xscale("log")
+        ax.set_xlabel(param, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -150,6 +150,9 @@ def _check_group_choices(overrides: list[str], configs: Configs) -> bool:
 def choose(hint: str, options) -> str:
     return f"{hint} (the options: {', '.join(options)})" if hint else f": choose one of {', '.join(options)}"
 
+SEARCH = "hydra_plugins.trainlab_launcher.search.SearchSweeper"  # hydra/sweeper=search (cli.search)
+
+
 def preflight(args: list[str], config_name: str, check: Callable | None):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
     and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
@@ -157,6 +160,7 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     import yaml
     from hydra import compose
     from hydra.errors import HydraException, OverrideParseException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if hydra_flag(args):
@@ -165,7 +169,10 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
     overrides = [a for a in args
                  if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     # Hydra's own groups (hydra/launcher=submitit_slurm) are composed too: a plugin that is missing is one line.
-    plugins = [a for a in args if a.startswith("hydra/") and "=" in a]
+    # ... and so are the settings of the sweeper and launcher, which trainlab's own ones check before anything runs.
+    plugins = [a for a in args if (a.startswith("hydra/") and "=" in a)
+               or a.lstrip("+~").startswith(("hydra.sweeper.", "hydra.launcher."))]
+    given = list(overrides)  # a search reads its space from them
     try:
         swept = _check_group_choices(overrides, configs)
         if is_sweep(args) or swept:
@@ -173,13 +180,15 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
             # job), and its fixed settings (data, components) without the swept ones; each job checks its own values
             # as it starts, so one bad value of a search space fails only its job.
             first = _first_job(overrides)
-            if first is None:  # a search space only the sweeper reads (interval(...)): the jobs check it
-                return None
             with configs.initialize():
                 compose(configs.name, overrides=first + configs.searchpath())
-            overrides = [o for o, f in zip(overrides, first) if o == f]
+            overrides = [o for o in overrides if o in first]  # the fixed ones
         with configs.initialize():
             cfg = compose(configs.name, overrides=overrides + plugins + configs.searchpath(), return_hydra_config=True)
+        if OmegaConf.select(cfg, "hydra.sweeper._target_", default="") == SEARCH:
+            from trainlab.cli.search import check as check_search
+
+            check_search(cfg.hydra.sweeper, cfg, given)
         if check is not None:
             check(cfg, overrides)
         return cfg
@@ -194,8 +203,11 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
         plugin = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", str(e))
         if plugin:  # a Hydra plugin that is not installed: the package that brings it
             kind, name = plugin.groups()
-            package = "'trainlab[optuna]'" if name == "optuna" else "'trainlab[slurm]'" if "submitit" in name \
-                else f"hydra-{name.split('_')[0]}-{kind}"
+            if name == "optuna":  # Hydra's: it pins optuna<3, which trainlab's own search cannot use
+                raise ConfigError("the Hydra sweeper 'optuna' is not installed: trainlab's own hydra/sweeper=search "
+                                  "reads the same settings (pip install 'trainlab[optuna]'); Hydra's needs pip install "
+                                  "hydra-optuna-sweeper 'optuna<3' in an environment of its own") from None
+            package = "'trainlab[slurm]'" if "submitit" in name else f"hydra-{name.split('_')[0]}-{kind}"
             raise ConfigError(f"the Hydra {kind} '{name}' is not installed: pip install {package}") from None
         misspelt = re.match(r"Could not override '([^']+)'", str(e))
         if misspelt and "not in" in str(e.__cause__ or e):
@@ -214,9 +226,9 @@ def is_sweep(args: list[str]) -> bool:
     return any(a in MULTIRUN_FLAGS or a.lstrip("+").startswith("hparams_search=") or a == "hydra.mode=MULTIRUN"
                for a in args)
 
-def _first_job(overrides: list[str]) -> list[str] | None:
-    """The overrides of a sweep's first job (each swept key at its first value), or None when a swept value is a
-    search space only the sweeper can sample."""
+def _first_job(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's first job: each swept key at its first value, a search space only the sweeper
+    can sample (interval(...)) left out (its key keeps its default here; each job checks its own value)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -228,7 +240,7 @@ def _first_job(overrides: list[str]) -> list[str] | None:
         try:
             value = next(iter(override.sweep_string_iterator()))
         except (HydraException, StopIteration, TypeError, ValueError):
-            return None
+            continue
         first.append(as_override(override.get_key_element(), value))
     return first
 

@@ -26,6 +26,7 @@ from trainlab.cli.compose import (
     quoted,
 )
 from trainlab.cli.output import OWN_FULL_ERROR, debug, fail, log_to_files, one_line
+from trainlab.cli.search import trial_for_job
 from trainlab.core.errors import ConfigError, Crashed, RunStopped, SweepFailed, TrainlabError
 from trainlab.core.options import unquote
 from trainlab.record import sweep
@@ -172,7 +173,9 @@ def job(command: CommandRun, cfg) -> object:
                 return best_value(run_dir)
         try:
             run = importlib.import_module(command.module).run
-            return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+            trial = trial_for_job(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None  # a search's trial
+            return run(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices),
+                       **({"trial": trial} if trial is not None else {}))
         except OSError as e:  # a full disk or a read-only folder met while writing the record
             if e.errno not in WRITE_ERRNOS or debug():
                 raise

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_jobs_at_once, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
 from trainlab.core.machine import usable_cores
-from trainlab.record.sweep import first_line, job_best, job_saved, note_launcher
+from trainlab.record.sweep import first_line, job_ended, job_outcome, job_saved, note_launcher
 
 log = logging.getLogger("trainlab.launcher")
 
@@ -51,6 +51,7 @@ class _Job:
     conn: object = None
     started: float = 0.0
     result: JobReturn | None = None
+    outcome: str = ""                # completed | pruned | failed | stopped (by a signal: it continues on resume)
 
 
 class ParallelLauncher(Launcher):
@@ -88,7 +89,44 @@ class ParallelLauncher(Launcher):
             return self._one_by_one(jobs)  # nothing to split: no process to start per job
         return _Run(self, jobs, pool, at_once, sweep_dir).until_done()
 
-    def _one_by_one(self, jobs: list[_Job]) -> list[JobReturn]:
+    def launch_open(self, more: Callable[[], tuple[int, list[str]] | None], ended: Callable[[_Job], None],
+                    at_once: int | None) -> None:
+        """Jobs asked for one at a time as devices free up, with no batch barrier: `more()` gives the next job's
+        (number, overrides), or None when there are no more; `ended(job)` is told as each one ends. A search's
+        trials run this way (cli.search). `at_once`: the search's n_jobs, or None for this launcher's own rule."""
+        from hydra.core.utils import configure_log, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.resuming = bool(OmegaConf.select(self.config, "resume", default=None))
+        first = more()
+        if first is None:
+            return
+        job = self._plan(*first)
+        pool = DevicePool(_gpus(), self.jobs_per_device)
+        rule, why = self._at_once([job], pool, open_ended=True)
+        at_once, why = (at_once, "hydra.sweeper.n_jobs") if at_once else (rule, why)
+        if at_once < 1:
+            raise ConfigError(f"hydra.sweeper.n_jobs must be >= 1 (got {at_once})")
+        note_launcher(sweep_dir, {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
+        log.info("hydra/launcher=parallel: trials %d at once (%s)%s", at_once, why,
+                 f"; each trial's console output is in {sweep_dir / CONSOLE_DIR}" if at_once > 1 else "")
+        if at_once == 1 and len(pool.gpus) <= 1:  # one after another in this process
+            while job is not None:
+                self._one_by_one([job], noun="trial")
+                ended(job)
+                if job.outcome == "failed" and self.fail_fast:
+                    log.info("hydra.launcher.fail_fast=true: trial %d failed, so no new trial starts: continue the "
+                             "search with trainlab train -m resume=%s", job.idx, sweep_dir)
+                    return
+                following = more()
+                job = self._plan(*following) if following is not None else None
+            return
+        plan = lambda: (lambda nxt: self._plan(*nxt) if nxt is not None else None)(more())  # noqa: E731
+        _Run(self, [job], pool, at_once, sweep_dir, more=plan, ended=ended, noun="trial").until_done()
+
+    def _one_by_one(self, jobs: list[_Job], noun: str = "job") -> list[JobReturn]:
         """One job at a time in this process, as Hydra's basic launcher runs them (no process to start per job),
         with the same console lines and fail_fast."""
         from hydra.core.hydra_config import HydraConfig
@@ -100,8 +138,8 @@ class ParallelLauncher(Launcher):
         for n, job in enumerate(jobs):
             cfg = job.config  # composed once, by _plan
             HydraConfig.instance().set_config(cfg)
-            log.info("job %d started: %s [%s, in this process]", job.idx, " ".join(job.overrides) or "(no overrides)",
-                     job.device)
+            log.info("%s %d started: %s [%s, in this process]", noun, job.idx,
+                     " ".join(job.overrides) or "(no overrides)", job.device)
             started = time.monotonic()
             ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -109,8 +147,9 @@ class ParallelLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             results.append(ret)
             failed = ret.status != JobStatus.COMPLETED or (job.folder / ERROR_TXT).exists()
-            status = f"failed: {first_line(job.folder / ERROR_TXT)}" if failed else "completed" + job_best(job.folder)
-            log.info("job %d %s in %.1f min", job.idx, status, (time.monotonic() - started) / 60)
+            job.result, job.outcome = ret, "failed" if failed else job_outcome(job.folder)
+            status = f"failed: {first_line(job.folder / ERROR_TXT)}" if failed else job_ended(job.folder)
+            log.info("%s %d %s in %.1f min", noun, job.idx, status, (time.monotonic() - started) / 60)
             if failed and self.fail_fast and n + 1 < len(jobs):
                 log.info("hydra.launcher.fail_fast=true: job %d failed, so no new job starts (%d left): continue the "
                          "sweep with trainlab train -m resume=%s", job.idx, len(jobs) - n - 1,
@@ -129,7 +168,7 @@ class ParallelLauncher(Launcher):
         folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
         return _Job(idx, overrides, device, count, folder, cfg)
 
-    def _at_once(self, jobs: list[_Job], pool: DevicePool) -> tuple[int, str]:
+    def _at_once(self, jobs: list[_Job], pool: DevicePool, open_ended: bool = False) -> tuple[int, str]:
         gpu_jobs = any(j.device == "cuda" for j in jobs)
         if self.jobs is not None:
             if int(self.jobs) < 1:
@@ -140,15 +179,18 @@ class ParallelLauncher(Launcher):
             return max(1, pool.slots // per_job), (f"one per {per_job} of the {len(pool.gpus)} visible GPU(s)"
                                                     + (f", {self.jobs_per_device} per GPU"
                                                        if self.jobs_per_device > 1 else ""))
-        return cpu_jobs_at_once(usable_cores(), len(jobs))
+        return cpu_jobs_at_once(usable_cores(), None if open_ended else len(jobs))
 
 
 class _Run:
     """One launch: starts jobs while slots and devices are free, collects them as they end, handles signals."""
 
-    def __init__(self, launcher: ParallelLauncher, jobs: list[_Job], pool: DevicePool, at_once: int, sweep_dir: Path):
+    def __init__(self, launcher: ParallelLauncher, jobs: list[_Job], pool: DevicePool, at_once: int, sweep_dir: Path,
+                 more: Callable[[], _Job | None] | None = None, ended: Callable[[_Job], None] | None = None,
+                 noun: str = "job"):
         self.launcher, self.jobs, self.pool, self.at_once, self.sweep_dir = launcher, jobs, pool, at_once, sweep_dir
         self.waiting, self.running = list(jobs), []
+        self.more, self.ended, self.noun = more, ended, noun  # a search: its next trial when a slot frees up
         self.stop_signal: int | None = None
         self.stopped_launching = False
 
@@ -156,7 +198,7 @@ class _Run:
         (self.sweep_dir / CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.waiting or self.running:
+            while self.waiting or self.running or self.more is not None:
                 self._start_what_fits()
                 self._collect()
                 time.sleep(0.05 if self.running else 0)
@@ -182,12 +224,22 @@ class _Run:
                 os.kill(job.process.pid, signum)
 
     def _start_what_fits(self) -> None:
-        while self.waiting and len(self.running) < self.at_once and self.stop_signal is None \
-                and not self.stopped_launching:
+        while len(self.running) < self.at_once and self.stop_signal is None and not self.stopped_launching:
+            if not self.waiting and self.more is not None:
+                following = self.more()
+                if following is None:
+                    self.more = None
+                else:
+                    self.waiting.append(following)
+                    self.jobs.append(following)
+            if not self.waiting:
+                break
             job = self.waiting[0]
             if self.launcher.resuming and _finished(job.folder):  # it only says so: no process to start for that
                 self.waiting.pop(0)
-                job.result = self.launcher._one_by_one([job])[0]
+                job.result = self.launcher._one_by_one([job], noun=self.noun)[0]
+                if self.ended is not None:
+                    self.ended(job)
                 continue
             if job.device == "cuda":
                 try:
@@ -204,7 +256,7 @@ class _Run:
         if self.stop_signal is not None or self.stopped_launching:
             for job in self.waiting:  # never started: a resume of the sweep runs them
                 job.result = _returned(job, JobStatus.COMPLETED, None)
-            self.waiting = []
+            self.waiting, self.more = [], None
 
     def _start(self, job: _Job) -> None:
         from trainlab.core.runtime import JOB_CORES  # read by the job's runtime: "cores/jobs", its share
@@ -228,7 +280,7 @@ class _Run:
         child.close()
         job.conn, job.started = parent, time.monotonic()
         self.running.append(job)
-        log.info("job %d started: %s [%s]", job.idx, " ".join(job.overrides) or "(no overrides)", where)
+        log.info("%s %d started: %s [%s]", self.noun, job.idx, " ".join(job.overrides) or "(no overrides)", where)
 
     def _collect(self) -> None:
         for job in list(self.running):
@@ -261,17 +313,20 @@ class _Run:
         job.result = _returned(job, JobStatus.COMPLETED, value)
         if stopped:
             status = f"stopped ({job_saved(job.folder)})" if code > 0 else "stopped while starting"
+            job.outcome = "stopped"
         elif failed:
             detail = (message or {}).get("error") or first_line(job.folder / ERROR_TXT)
-            status = f"failed: {detail}"
+            status, job.outcome = f"failed: {detail}", "failed"
         else:
-            status = "completed" + job_best(job.folder)
-        log.info("job %d %s in %.1f min", job.idx, status, minutes)
+            status, job.outcome = job_ended(job.folder), job_outcome(job.folder)
+        log.info("%s %d %s in %.1f min", self.noun, job.idx, status, minutes)
+        if self.ended is not None:
+            self.ended(job)
         if failed and not stopped and self.launcher.fail_fast and not self.stopped_launching:
             self.stopped_launching = True
-            log.info("hydra.launcher.fail_fast=true: job %d failed, so no new job starts (%d left; the running ones "
-                     "finish): continue the sweep with trainlab train -m resume=%s", job.idx, len(self.waiting),
-                     self.sweep_dir)
+            log.info("hydra.launcher.fail_fast=true: %s %d failed, so no new one starts (%d left; the running ones "
+                     "finish): continue the sweep with trainlab train -m resume=%s", self.noun, job.idx,
+                     len(self.waiting), self.sweep_dir)
 
     def _unplaceable(self, job: _Job, why: str) -> None:
         message = f"job {job.idx} ({' '.join(job.overrides)}) {why}"
@@ -322,6 +377,20 @@ class _Spawn:
     env: dict
     console: str
     command: str
+    parent: int = field(default_factory=os.getpid)  # the launcher's process
+
+
+def _stop_with(parent: int) -> None:
+    """Linux: when the launcher's process dies without a word (kill -9, out of memory), its jobs are sent SIGTERM,
+    as Ctrl-C would send them: each saves its checkpoint and stops, and a resume continues it. (Elsewhere a job
+    runs on to its end.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before this process could ask
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _run_job(conn, spec: _Spawn) -> None:
@@ -329,6 +398,7 @@ def _run_job(conn, spec: _Spawn) -> None:
     idx, overrides, hydra_context, config = spec.idx, spec.overrides, spec.hydra_context, spec.config
     singleton_state, env, console, command = spec.singleton_state, spec.env, spec.console, spec.command
     os.setpgrp()  # Ctrl-C reaches the launcher only; it forwards the signal, once, to every job
+    _stop_with(spec.parent)
     os.environ.update(env)  # its devices or its share of the cores (set before torch is imported here)
     out = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)

@@ -72,9 +72,9 @@ def cpu_share(cores: int, jobs: int) -> int:
 THREADS_PER_CPU_JOB = 8
 
 
-def cpu_jobs_at_once(cores: int, jobs: int) -> tuple[int, str]:
+def cpu_jobs_at_once(cores: int, jobs: int | None) -> tuple[int, str]:
     """(jobs at once, why) for a sweep of `jobs` CPU jobs on `cores` cores: one per THREADS_PER_CPU_JOB cores, so a
     laptop or a small VM runs them one after another (in the launcher's own process) and a many-core server several
     at once, each with its share of the cores."""
-    at_once = max(1, min(jobs, cores // THREADS_PER_CPU_JOB))
+    at_once = max(1, min(jobs or cores, cores // THREADS_PER_CPU_JOB))  # jobs None: as many as come (a search)
     return at_once, (f"{cores} cores, one job per {THREADS_PER_CPU_JOB}; hydra.launcher.jobs=N to choose")

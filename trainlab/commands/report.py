@@ -1,7 +1,8 @@
 """`trainlab report <run_dir | multirun_dir>`: report.md and a self-contained report.html (images embedded,
 no network) from what a run already recorded: config, final and best metrics, curves, the last confusion
 matrix with the most-confused pairs, per-class accuracy, and the diagnostics as the analysis. For a sweep:
-a table of every job's final metrics, val curves overlaid, and the Optuna results when there are some."""
+a table of every job's final metrics, val curves overlaid, and for a search its trials, curves, best trial and the
+parameters' importances."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from trainlab.record.run_dir import (
     read_settings,
     sweep_jobs,
 )
+from trainlab.record.study import SEARCH_CSV
 from trainlab.record.sweep import best_trial_line
 
 log = logging.getLogger(__name__)
@@ -328,14 +330,61 @@ def sweep_report(sweep_dir: Path, pivot_rows: str | None = None, pivot_cols: str
                        "val/loss per epoch, one line per job")
     if any(o.startswith("device") for job in jobs for o in overrides[job] if o not in common):
         _scaling_section(doc, sweep_dir, [job for job in jobs if not entries[job]["damaged"]])
-    optuna = sweep_dir / "optimization_results.yaml"
-    if optuna.is_file():
+    if (sweep_dir / SEARCH_CSV).is_file():
+        _search_section(doc, sweep_dir)
+    elif (optuna := sweep_dir / "optimization_results.yaml").is_file():  # Hydra's Optuna sweeper
         doc.heading("Hyper-parameter search (Optuna)")
         line = best_trial_line(sweep_dir)
         if line:
             doc.text(line[0].upper() + line[1:] + ".")
         doc.code(optuna.read_text())
     return doc.write()
+
+
+def _search_section(doc: Document, sweep_dir: Path) -> None:
+    """hydra/sweeper=search: every trial (search.csv), each one's monitored curve, the best trial, the parameters'
+    importances (Optuna's fANOVA, from the study) and the value against each parameter."""
+    from trainlab.analysis.plots import search_curves, value_against_parameters
+    from trainlab.record.study import FIXED_COLUMNS, importances
+
+    table = pd.read_csv(sweep_dir / SEARCH_CSV)
+    params = [c for c in table.columns if c not in FIXED_COLUMNS]
+    counts = table["state"].value_counts()
+    doc.heading("Hyper-parameter search")
+    doc.text(f"{len(table)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + ". "
+             "A pruned trial's value is the last one it reported (its epoch is where the pruner stopped it); every "
+             "trial's folder keeps its whole record. Also in search.csv.")
+    line = best_trial_line(sweep_dir)
+    if line:
+        doc.text(line[0].upper() + line[1:] + ".")
+    doc.table(table.drop(columns=["folder"]).fillna(""), floats="{:.4g}")
+    curves, monitor = {}, "val/acc1"
+    for _, row in table.iterrows():
+        folder = Path(str(row["folder"]))
+        history = read_metrics(folder) if folder.is_dir() else None
+        if history is not None:
+            curves[int(row["number"])] = history
+            monitor = _monitor(folder) or monitor
+    if curves:
+        doc.figure(search_curves(curves, dict(zip(table["number"], table["state"])), monitor), "search_curves.png",
+                   f"{monitor} per epoch, one line per trial")
+    found = importances(sweep_dir)
+    if isinstance(found, str):
+        doc.text(f"Parameter importances: {found}.")
+    else:
+        doc.text("Parameter importances (Optuna's fANOVA over the completed trials: the share of the value's "
+                 "variance each parameter explains):")
+        doc.table(pd.DataFrame({"parameter": list(found), "importance": list(found.values())}))
+    if params and (table["state"].isin(["complete", "pruned"])).any():
+        doc.figure(value_against_parameters(table, params, monitor), "search_parameters.png",
+                   "each trial's value against each parameter (hollow: pruned, at its last reported value)")
+
+
+def _monitor(run_dir: Path) -> str | None:
+    try:
+        return read_json(run_dir, SUMMARY_JSON).get("monitor")
+    except TrainlabError:
+        return None
 
 
 def scaling_table(jobs: list[Path]) -> pd.DataFrame:

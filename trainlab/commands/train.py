@@ -18,6 +18,7 @@ from trainlab.engine.ready import stored_run
 from trainlab.engine.resume import before_decay, check_length
 from trainlab.record.checkpoint import find_checkpoint
 from trainlab.record.run_dir import OUTPUTS_ROOT, best_value
+from trainlab.record.study import TrialReport
 from trainlab.record.sweep import is_sweep_dir
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,11 @@ def check(cfg: DictConfig, overrides: list[str]) -> None:
     build(cfg.dataset, "dataset").check_root()
 
 
-def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict | None = None) -> dict:
-    """`choices`: the config group options picked (Hydra's runtime.choices), stored with the checkpoints. With
-    `device.count > 1` the training processes are started here, inside this (one) Hydra job, each with the
-    resolved config."""
+def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict | None = None,
+                  trial: TrialReport | None = None) -> dict:
+    """`choices`: the config group options picked (Hydra's runtime.choices), stored with the checkpoints. `trial`:
+    the search trial this run is (hydra/sweeper=search). With `device.count > 1` the training processes are started
+    here, inside this (one) Hydra job, each with the resolved config."""
     resumed_from, changed = None, ()
     if cfg.get("resume"):
         path, ckpt, cfg, changed = _resumed(str(cfg.resume), overrides, say=True)
@@ -69,10 +71,11 @@ def train_command(cfg: DictConfig, run_dir: Path, overrides: list[str], choices:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     return distributed.run(train, settings.device.type, settings.device.count, int(cfg.dataset.batch_size),
                            cfg, Path(run_dir), resumed_from=resumed_from, changed=tuple(changed), choices=choices,
-                           settings=settings)
+                           settings=settings, trial=trial)
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict) -> float | None:
-    """Returns the best value of checkpoint.monitor: what a sweeper (Optuna) optimises."""
-    train_command(cfg, run_dir, overrides, choices)
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], choices: dict,
+        trial: TrialReport | None = None) -> float | None:
+    """Returns the best value of checkpoint.monitor: what a sweeper (Optuna, trainlab's search) optimises."""
+    train_command(cfg, run_dir, overrides, choices, trial)
     return best_value(run_dir)

@@ -99,12 +99,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class FolderLock:
-    """An advisory lock on `folder/.trainlab.lock` (flock), held until `release()` or the process ends
-    (a killed process frees it). On systems without fcntl it locks nothing."""
+class FileLock:
+    """An advisory lock on the file `path` (flock), held until `release()` or the process ends (a killed process
+    frees it). On systems without fcntl it locks nothing."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> bool:
@@ -137,12 +137,19 @@ class FolderLock:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> FileLock:
         self.acquire(wait=True)
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class FolderLock(FileLock):
+    """The lock on a folder trainlab writes into: `folder/.trainlab.lock`."""
+
+    def __init__(self, folder: Path):
+        super().__init__(Path(folder) / LOCK_NAME)
 
 
 def contents(folder: Path) -> list[str]:

@@ -37,13 +37,15 @@ from trainlab.record.environment import environment, requirements
 from trainlab.record.recorder import RunRecorder, SilentRecorder
 from trainlab.record.run_dir import RUN_JSON
 from trainlab.record.stored_run import check_classes
+from trainlab.record.study import TrialReport
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
-    """How the epochs ended: completed, early_stopping, interrupted (by `signum`) or nan, and why."""
+    """How the epochs ended: completed, early_stopping, pruned (by a search), interrupted (by `signum`) or nan, and
+    why."""
     kind: str
     reason: str
     signum: int | None = None
@@ -145,10 +147,12 @@ def _record_start(recorder: SilentRecorder, cfg: DictConfig, settings: Settings,
 
 
 def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, changed: tuple[str, ...] = (),
-          choices: dict | None = None, group: Group = SINGLE, settings: Settings | None = None) -> dict:
+          choices: dict | None = None, group: Group = SINGLE, settings: Settings | None = None,
+          trial: TrialReport | None = None) -> dict:
     """Train as configured, writing the whole record into `run_dir`; with `resumed_from` (a checkpoint)
     continue that run. `group`: the training processes this one is part of (rank 0 writes everything).
-    `settings`: cfg's, when the caller has loaded them. Returns the last epoch's metrics; raises RunStopped after
+    `settings`: cfg's, when the caller has loaded them. `trial`: a search's trial, told the monitored value after
+    each epoch; its pruner may stop the run there. Returns the last epoch's metrics; raises RunStopped after
     a NaN or a signal."""
     settings = settings or load_settings(cfg)
     trainer, started = settings.trainer, time.perf_counter()
@@ -206,6 +210,11 @@ def train(cfg: DictConfig, run_dir: Path, resumed_from: str | None = None, chang
             if group.any(stop.requested):
                 outcome = Outcome("interrupted", f"{stop.name or 'another rank'} at the end of epoch {epoch}; "
                                                  "saved last.ckpt", stop.signum)
+                break
+            if trial is not None and group.any(group.is_main and trial.prune(epoch, row.get(best.monitor))):
+                outcome = Outcome("pruned", f"the search's {trial.pruner} pruner stopped trial {trial.number} after "
+                                            f"epoch {epoch} ({best.monitor} {row.get(best.monitor):.4f})")
+                log.info("pruned: %s", outcome.reason)
                 break
             if stopper.should_stop():
                 log.info("stopping early: %s", stopper.reason())

@@ -25,7 +25,7 @@ RECORD = "sweep.json"  # trainlab's record of how the sweep started (written bef
 HYDRA_RECORD = "multirun.yaml"  # Hydra's (basic sweeper only; rewritten by every launch): read for older sweeps
 # Keys of the command, not of the sweep: they may differ between the start and a resume.
 _OWN = ("resume", "overwrite", "hydra.sweep.dir", "hydra.output_subdir", "hydra.mode")
-FINISHED = ("completed", "early_stopping", "nan")  # a result: running it again would give the same
+FINISHED = ("completed", "early_stopping", "nan", "pruned")  # a result: running it again would give the same
 
 
 def is_sweep_dir(path) -> bool:
@@ -131,7 +131,11 @@ def _optuna_resume(sweep_dir: Path) -> list[str]:
     state = optuna.trial.TrialState
     killed = [t for t in study.get_trials(deepcopy=False) if t.state == state.RUNNING]
     for trial in killed:  # no process runs it any more (this sweep's jobs are locked by the one resuming it)
-        study._storage.set_trial_state(trial._trial_id, state.FAIL)
+        storage = study._storage  # optuna 2.x (what Hydra's sweeper allows) and 3+ name this differently
+        if hasattr(storage, "set_trial_state_values"):
+            storage.set_trial_state_values(trial._trial_id, state.FAIL)
+        else:
+            storage.set_trial_state(trial._trial_id, state.FAIL)
         with warnings.catch_warnings():  # "experimental" in optuna 2.x, the only line the sweeper allows
             warnings.simplefilter("ignore")
             study.enqueue_trial(trial.params)
@@ -224,12 +228,18 @@ def job_saved(job_dir: Path) -> str:
         "saved nothing new: it continues from its last checkpoint"
 
 
-def job_best(job_dir: Path) -> str:
-    """`, best val/acc1 0.9851` from the job's summary.json, or nothing when it has none."""
+def job_outcome(job_dir: Path) -> str:
+    """How a job that ran to its end ended: pruned (a search's pruner stopped it) or completed."""
+    return "pruned" if _job_summary(job_dir).get("stopped") == "pruned" else "completed"
+
+
+def job_ended(job_dir: Path) -> str:
+    """`completed, best val/acc1 0.9851` (or `pruned at epoch 2, best ...`) from the job's summary.json."""
     summary = _job_summary(job_dir)
     monitor = summary.get("monitor")
     best = (summary.get("best") or {}).get(monitor)
-    return f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else ""
+    how = f"pruned at epoch {summary.get('epochs_run')}" if summary.get("stopped") == "pruned" else "completed"
+    return how + (f", best {monitor} {best:.4f}" if isinstance(best, (int, float)) else "")
 
 
 def first_line(path: Path) -> str:
