@@ -27,6 +27,8 @@ from helpers import REPO
     ("bench_sweep.py", ["--train-size", "32", "--image-size", "16", "--model", "small_cnn", "--jobs", "2"],
      ["parallel_vs_sequential", "parallel2_vs_sequential"]),
     ("bench_devices.py", ["--steps", "1", "--batch-size", "16", "--per-class", "4", "--rounds", "1"], ["ddp2_vs_1"]),
+    ("bench_search.py", ["--trials", "3", "--epochs", "1", "--base", "+debug=fast"],
+     ["async_vs_batched", "pruned_vs_batched"]),
 ])
 def test_bench_script_prints_ratios(script, args, ratios, capsys, monkeypatch):
     # In this process, as `python scripts/<script>` runs it (its __main__ block, scripts/ first on sys.path): a

@@ -124,6 +124,8 @@ def test_the_median_pruner_stops_a_trial_worse_than_the_median_and_keeps_its_rec
             assert row["epochs"] == expected[row["number"]] == len(curves[row["number"]])
             assert (sweep / str(row["number"]) / "checkpoints" / "last.ckpt").is_file()
     assert set(table["state"]) == {"complete", "pruned"}  # both happened: the rule above was put to the test
+    record = json.loads((sweep / "sweep.json").read_text())["search"]
+    assert record["trials"] == {str(n): state for n, state in zip(table["number"], table["state"])}
     # The study is an ordinary Optuna study: its trials, states and each epoch's value read back by Optuna itself.
     study = load_study(sweep)
     assert [t.state.name.lower().replace("fail", "failed") for t in study.trials] == list(table["state"])

@@ -150,17 +150,14 @@ def _check_group_choices(overrides: list[str], configs: Configs) -> bool:
 def choose(hint: str, options) -> str:
     return f"{hint} (the options: {', '.join(options)})" if hint else f": choose one of {', '.join(options)}"
 
-SEARCH = "hydra_plugins.trainlab_launcher.search.SearchSweeper"  # hydra/sweeper=search (cli.search)
-
-
-def preflight(args: list[str], config_name: str, check: Callable | None):
+def preflight(args: list[str], config_name: str, check: Callable | None, check_sweeper: Callable | None = None):
     """Compose the config once before Hydra starts the job, so a config mistake is one line on stderr
-    and no run directory is created for it. Returns the composed config (with Hydra's node, to find the
-    run directory), or None for a sweep or a Hydra flag (--cfg, --help, -cd, ...)."""
+    and no run directory is created for it; `check` is the command's, `check_sweeper(cfg, task overrides)` the
+    sweeper's (cli.search). Returns the composed config (with Hydra's node, to find the run directory), or None for
+    a Hydra flag (--cfg, --help, -cd, ...)."""
     import yaml
     from hydra import compose
     from hydra.errors import HydraException, OverrideParseException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if hydra_flag(args):
@@ -185,10 +182,8 @@ def preflight(args: list[str], config_name: str, check: Callable | None):
             overrides = [o for o in overrides if o in first]  # the fixed ones
         with configs.initialize():
             cfg = compose(configs.name, overrides=overrides + plugins + configs.searchpath(), return_hydra_config=True)
-        if OmegaConf.select(cfg, "hydra.sweeper._target_", default="") == SEARCH:
-            from trainlab.cli.search import check as check_search
-
-            check_search(cfg.hydra.sweeper, cfg, given)
+        if check_sweeper is not None:
+            check_sweeper(cfg, given)
         if check is not None:
             check(cfg, overrides)
         return cfg

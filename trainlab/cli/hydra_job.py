@@ -26,6 +26,7 @@ from trainlab.cli.compose import (
     quoted,
 )
 from trainlab.cli.output import OWN_FULL_ERROR, debug, fail, log_to_files, one_line
+from trainlab.cli.search import check as check_search
 from trainlab.cli.search import trial_for_job
 from trainlab.core.errors import ConfigError, Crashed, RunStopped, SweepFailed, TrainlabError
 from trainlab.core.options import unquote
@@ -278,7 +279,7 @@ def run_hydra(name: str, args: list[str], commands) -> None:
         from trainlab.core.config import register_schemas
 
         register_schemas()  # a primary config of the user's own composes with trainlab's typed keys too
-    cfg = preflight(args, config, getattr(command, "check", None))
+    cfg = preflight(args, config, getattr(command, "check", None), check_search)
     if training:
         args = torchrun_args(args)
     this = CommandRun(module)

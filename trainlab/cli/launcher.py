@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from trainlab.cli.placement import DevicePool, Unplaceable, cpu_jobs_at_once, cpu_share, visible_gpus
 from trainlab.core.errors import ConfigError
 from trainlab.core.machine import usable_cores
-from trainlab.record.sweep import first_line, job_ended, job_outcome, job_saved, note_launcher
+from trainlab.record.sweep import first_line, job_ended, job_outcome, job_saved, note
 
 log = logging.getLogger("trainlab.launcher")
 
@@ -82,7 +82,7 @@ class ParallelLauncher(Launcher):
             raise ConfigError(f"hydra.launcher.jobs_per_device must be >= 1 (got {self.jobs_per_device})")
         pool = DevicePool(_gpus(), self.jobs_per_device)
         at_once, why = self._at_once(jobs, pool)
-        note_launcher(sweep_dir, {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
+        note(sweep_dir, "launcher", {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
         log.info("hydra/launcher=parallel: %d job(s), %d at once (%s)%s", len(jobs), at_once, why,
                  f"; each job's console output is in {sweep_dir / CONSOLE_DIR}" if at_once > 1 else "")
         if at_once == 1 and len(pool.gpus) <= 1:
@@ -100,16 +100,20 @@ class ParallelLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self.resuming = bool(OmegaConf.select(self.config, "resume", default=None))
-        first = more()
-        if first is None:
+
+        def following() -> _Job | None:
+            asked = more()
+            return self._plan(*asked) if asked is not None else None
+
+        job = following()
+        if job is None:
             return
-        job = self._plan(*first)
         pool = DevicePool(_gpus(), self.jobs_per_device)
         rule, why = self._at_once([job], pool, open_ended=True)
         at_once, why = (at_once, "hydra.sweeper.n_jobs") if at_once else (rule, why)
         if at_once < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs must be >= 1 (got {at_once})")
-        note_launcher(sweep_dir, {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
+        note(sweep_dir, "launcher", {"jobs_at_once": at_once, "why": why, "gpus": pool.gpus})
         log.info("hydra/launcher=parallel: trials %d at once (%s)%s", at_once, why,
                  f"; each trial's console output is in {sweep_dir / CONSOLE_DIR}" if at_once > 1 else "")
         if at_once == 1 and len(pool.gpus) <= 1:  # one after another in this process
@@ -120,11 +124,9 @@ class ParallelLauncher(Launcher):
                     log.info("hydra.launcher.fail_fast=true: trial %d failed, so no new trial starts: continue the "
                              "search with trainlab train -m resume=%s", job.idx, sweep_dir)
                     return
-                following = more()
-                job = self._plan(*following) if following is not None else None
+                job = following()
             return
-        plan = lambda: (lambda nxt: self._plan(*nxt) if nxt is not None else None)(more())  # noqa: E731
-        _Run(self, [job], pool, at_once, sweep_dir, more=plan, ended=ended, noun="trial").until_done()
+        _Run(self, [job], pool, at_once, sweep_dir, more=following, ended=ended, noun="trial").until_done()
 
     def _one_by_one(self, jobs: list[_Job], noun: str = "job") -> list[JobReturn]:
         """One job at a time in this process, as Hydra's basic launcher runs them (no process to start per job),
@@ -226,12 +228,12 @@ class _Run:
     def _start_what_fits(self) -> None:
         while len(self.running) < self.at_once and self.stop_signal is None and not self.stopped_launching:
             if not self.waiting and self.more is not None:
-                following = self.more()
-                if following is None:
+                asked = self.more()
+                if asked is None:
                     self.more = None
                 else:
-                    self.waiting.append(following)
-                    self.jobs.append(following)
+                    self.waiting.append(asked)
+                    self.jobs.append(asked)
             if not self.waiting:
                 break
             job = self.waiting[0]

@@ -23,12 +23,13 @@ from pathlib import Path
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab.cli.compose import SEARCH
 from trainlab.core.errors import ConfigError
 from trainlab.core.fs import FileLock
 from trainlab.record import study as studies
 
 log = logging.getLogger("trainlab.search")
+
+SEARCH = "hydra_plugins.trainlab_launcher.search.SearchSweeper"  # hydra/sweeper=search's _target_
 
 
 def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict[str, str]]:
@@ -75,9 +76,12 @@ def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict[
     return space, fixed
 
 
-def check(sweeper: DictConfig, cfg: DictConfig, arguments: list[str]) -> None:
-    """The search's own settings and its space (`params` and the command line's task overrides, `arguments`),
-    before anything is written (cli.compose's preflight): one line each."""
+def check(cfg: DictConfig, arguments: list[str]) -> None:
+    """For hydra/sweeper=search: its own settings and its space (`params` and the command line's task overrides,
+    `arguments`), before anything is written (cli.compose's preflight): one line each."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper")
+    if OmegaConf.select(cfg, "hydra.sweeper._target_", default="") != SEARCH:
+        return
     studies.optuna()
     if OmegaConf.select(cfg, "hydra.launcher._target_", default="") != \
             "hydra_plugins.trainlab_launcher.parallel.ParallelLauncher":
@@ -119,12 +123,10 @@ class SearchSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        from trainlab.cli.launcher import ParallelLauncher
-
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
                                                                 task_function=task_function)
-        if not isinstance(self.launcher, ParallelLauncher):
+        if not hasattr(self.launcher, "launch_open"):  # cli.launcher.ParallelLauncher: trials one at a time
             raise ConfigError("hydra/sweeper=search runs its trials through hydra/launcher=parallel: add "
                               "hydra/launcher=parallel")
 
@@ -219,8 +221,11 @@ class Search:
 
     def ended(self, job) -> None:
         """Tell the study how the trial ended; a trial stopped by a signal stays running (a resume continues it)."""
+        from hydra.core.utils import JobStatus
+
         state = studies.optuna().trial.TrialState
-        value = job.result.return_value if job.result is not None else None
+        ret = job.result
+        value = ret._return_value if ret is not None and ret.status == JobStatus.COMPLETED else None
         if job.outcome == "pruned":
             self.study.tell(job.idx, state=state.PRUNED)
         elif job.outcome == "completed" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -6,7 +6,6 @@ imported only here and by the sweeper: `pip install 'trainlab[optuna]'`."""
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -15,8 +14,6 @@ from pathlib import Path
 
 from trainlab.core.errors import ConfigError, TrainlabError
 from trainlab.core.fs import atomic_write_text
-
-log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"    # the default storage, in the sweep folder
 SEARCH_CSV = "search.csv"     # one row per trial
@@ -130,10 +127,19 @@ def write_record(study, sweep_dir: Path) -> None:
     end of `trainlab train -m` and `trainlab report` read for either sweeper."""
     import yaml
 
+    from trainlab.record.sweep import note
+
+    rows = trial_rows(study, sweep_dir)
     write_search_csv(study, sweep_dir)
     try:
         best = study.best_trial
     except ValueError:  # no trial completed yet
+        best = None
+    note(Path(sweep_dir), "search", {
+        "study": study.study_name, "trials": {str(r["number"]): r["state"] for r in rows},
+        "best": {"number": best.number, "value": best.value, "params": best.params,
+                 "folder": best.user_attrs.get("folder")} if best else None})
+    if best is None:
         return
     atomic_write_text(Path(sweep_dir) / "optimization_results.yaml", yaml.safe_dump(
         {"name": "trainlab-search", "best_params": dict(best.params), "best_value": float(best.value)},

@@ -51,15 +51,15 @@ def record_start(sweep_dir: Path, args: list[str], multirun_flags: set[str], swe
     atomic_write_text(sweep_dir / RECORD, json.dumps(record, indent=2) + "\n")
 
 
-def note_launcher(sweep_dir: Path, entry: dict) -> None:
-    """What the launcher chose for the sweep (hydra/launcher=parallel: jobs at once and why), kept in sweep.json
-    under "launcher" (the latest launch's: a resume or an Optuna batch says it again)."""
+def note(sweep_dir: Path, key: str, entry: dict) -> None:
+    """Kept in sweep.json under `key`, the latest said: "launcher", what hydra/launcher=parallel chose (jobs at once
+    and why; a resume says it again), and "search", a search's trials by state and its best trial."""
     path = sweep_dir / RECORD
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # no trainlab record to add to (a sweep's folder is trainlab's only once it holds one)
-    atomic_write_text(path, json.dumps({**record, "launcher": entry}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({**record, key: entry}, indent=2) + "\n")
 
 
 def _record(sweep_dir: Path) -> dict:
