@@ -5,12 +5,14 @@
 #      resident-data path),
 #   3. runs scripts/bench_gpu.py at full Tiny-ImageNet scale within a time budget,
 #   4. with two or more GPUs, a two-process DDP job over them (nccl),
+#   5. a search (hydra/sweeper=search on hydra/launcher=parallel, one trial per GPU at once): where each trial ran,
 # and writes what it measured into $OUT (gpu_check.json, and each step's log). On a machine without a GPU it skips
-# steps 2-4 and says so (exit 0).
+# steps 2-4 and says so, and runs step 5 on the CPU to check the plumbing (exit 0).
 #
-# Here (with network):  .venv/bin/pip download --no-deps -d wheels hydra-core omegaconf antlr4-python3-runtime==4.9.3 torchinfo
+# Here (with network):  .venv/bin/pip download --no-deps -d wheels hydra-core omegaconf antlr4-python3-runtime==4.9.3 torchinfo \
+#                           optuna colorlog tqdm
 # Device (run tool):    carry ["wheels"], timeout_s=540:  bash scripts/gpu_check.sh
-# Budgets (seconds) may be set: GPU_CHECK_TESTS=240 GPU_CHECK_BENCH=200 GPU_CHECK_DDP=90.
+# Budgets (seconds) may be set: GPU_CHECK_TESTS=240 GPU_CHECK_BENCH=200 GPU_CHECK_DDP=90 GPU_CHECK_SEARCH=90.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-gpu_check_out}
@@ -41,7 +43,14 @@ else
         tail -1 "$OUT/ddp.log"
     fi
 fi
-RC_TESTS=${rc[tests]:-} RC_BENCH=${rc[bench]:-} RC_DDP=${rc[ddp]:-} GPUS=$gpus OUT=$OUT "$PY" - <<'PYEOF'
+device=$([ "$gpus" -gt 0 ] && echo cuda || echo cpu)
+trials=$(( gpus > 1 ? 2 * gpus : 2 ))
+echo "gpu_check: a search of $trials trials on $device (at most ${GPU_CHECK_SEARCH:-90} s)"
+timeout "${GPU_CHECK_SEARCH:-90}" "$PY" -m trainlab train -m +debug=fast device=$device hydra/sweeper=search \
+    hydra/launcher=parallel "optimizer.lr=interval(0.01,0.1)" hydra.sweeper.n_trials=$trials hydra.sweeper.pruner=none \
+    "hydra.sweep.dir=$OUT/search" > "$OUT/search.log" 2>&1; rc[search]=$?
+tail -1 "$OUT/search.log"
+RC_TESTS=${rc[tests]:-} RC_BENCH=${rc[bench]:-} RC_DDP=${rc[ddp]:-} RC_SEARCH=${rc[search]:-} GPUS=$gpus OUT=$OUT "$PY" - <<'PYEOF'
 import json, os, re
 from pathlib import Path
 
@@ -60,10 +69,14 @@ record = {
                                                      re.findall(r"(\S+)=([-\d.]+)", line)},
               "lines": [ln for ln in bench.splitlines() if "images/s" in ln or "50 epochs" in ln]},
     "ddp": {"exit": status("RC_DDP")} if gpus >= 2 else None,
+    # Where each trial ran, as the launcher said it: "GPU 1" (one of its own), or "cpu/cuda, in this process".
+    "search": {"exit": status("RC_SEARCH"), "placed": dict(re.findall(
+        r"trial (\d+) started: .* \[([^\]]+)\]", (out / "search.log").read_text() if (out / "search.log").is_file()
+        else ""))},
 }
 (out / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
 print(f"gpu_check: wrote {out / 'gpu_check.json'}")
-failed = [k for k in ("tests", "bench") if record[k]["exit"] not in (None, 0)] + \
+failed = [k for k in ("tests", "bench", "search") if record[k]["exit"] not in (None, 0)] + \
     (["ddp"] if record["ddp"] and record["ddp"]["exit"] != 0 else [])
 raise SystemExit(f"gpu_check: failed: {', '.join(failed)} (logs in {out})" if failed else 0)
 PYEOF

@@ -77,3 +77,5 @@ def test_gpu_check_skips_the_gpu_parts_cleanly_without_a_gpu(tmp_path):
     record = json.loads((tmp_path / "gpu_check.json").read_text())
     assert record["gpus"] == 0 and record["skipped"] == ["cuda tests", "bench_gpu", "ddp"]
     assert record["tests"]["exit"] is None and record["ddp"] is None
+    assert record["search"]["exit"] == 0 and record["search"]["placed"] == {"0": "cpu, in this process",
+                                                                           "1": "cpu, in this process"}
