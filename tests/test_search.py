@@ -78,6 +78,9 @@ def test_a_bad_pruner_is_one_line_before_anything_runs(tmp_path):
     (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials must be >= 1"),
     (["hydra.sweeper.direction=up"], "hydra.sweeper.direction must be maximize, minimize or null"),
     (["hydra/launcher=basic"], "hydra/sweeper=search runs its trials through hydra/launcher=parallel"),
+    (["hydra.sweeper.params={optimizer.lr: 'interval(0.01,0.1)'}"],
+     "cannot set hydra.sweeper.params: Key 'optimizer.lr' is not in struct; to add keys write +hydra.sweeper.params="),
+    (["hydra.launcher.jobz=2"], "cannot set hydra.launcher.jobz: Key 'jobz' not in 'ParallelLauncherConf'"),
     (["+hparams_search=optuna", "hydra.sweeper.params.scheduler='interval(0.1'"],
      "cannot read 'scheduler=interval(0.1' of the search space"),
 ])
@@ -149,7 +152,8 @@ def test_a_freed_device_takes_the_next_trial_at_once(tmp_path):
     batches it would wait for the long one)."""
     sweep = tmp_path / "s"
     code, out, err = shell("train", "-m", *FAST, *LONGER_STEPS, *SEARCH, "trainer.epochs=choice(1,5)",
-                         "optimizer.lr=interval(0.01,0.05)", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
+                           "+hydra.sweeper.params={optimizer.lr: 'interval(0.01,0.05)'}",  # the space in params too
+                           "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
                          "hydra.sweeper.pruner=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert code == 0, err
     table = search_csv(sweep)

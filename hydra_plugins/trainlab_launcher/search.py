@@ -48,7 +48,7 @@ class SearchSweeperConf:
     n_jobs: Optional[int] = None  # noqa: UP045  # trials at once; null: hydra/launcher=parallel's rule
     pruner: str = "median"           # median | percentile | successive_halving | hyperband | none
     pruner_args: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006  # the pruner's own parameters
-    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045  # key: choice(...) | interval(...) | range(...)
+    params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006  # key: choice(...) | interval(...) | range(...)
 
 
 store = ConfigStore.instance()

@@ -205,6 +205,11 @@ def preflight(args: list[str], config_name: str, check: Callable | None, check_s
             package = "'trainlab[slurm]'" if "submitit" in name else f"hydra-{name.split('_')[0]}-{kind}"
             raise ConfigError(f"the Hydra {kind} '{name}' is not installed: pip install {package}") from None
         misspelt = re.match(r"Could not override '([^']+)'", str(e))
+        if misspelt and misspelt.group(1).startswith("hydra."):  # a sweeper's or launcher's: Hydra's own hint
+            hint = re.search(r"To append to your config use (\S+)=", str(e)) if "not in struct" in str(e.__cause__) \
+                else None  # a dict that takes new keys (hydra.sweeper.params), not a misspelt setting
+            raise ConfigError(f"cannot set {misspelt.group(1)}: {str(e.__cause__ or e).splitlines()[0]}"
+                              + (f"; to add keys write {hint.group(1)}=..." if hint else "")) from None
         if misspelt and "not in" in str(e.__cause__ or e):
             raise ConfigError(_unknown_key(overrides, misspelt.group(1), configs)) from None
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
