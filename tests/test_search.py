@@ -181,7 +181,8 @@ def test_a_search_killed_with_kill_9_continues_its_trials_exactly(tmp_path):
             "trainer.epochs=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=none",
             f"hydra.sweep.dir={sweep}"]
     proc = start_cli(["-m", *args], tmp_path, tmp_path / "search.log")
-    wait_for(sweep / "3" / "train.log", "epoch 1 train", proc, timeout=240)  # trials 0 and 1 have ended
+    for n in ("2", "3"):  # both training (trials 0 and 1 have ended): each has a step to save at
+        wait_for(sweep / n / "train.log", "epoch 1 train", proc, timeout=240)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Its jobs get SIGTERM as it dies: each saves a checkpoint and lets go of its folder.
