@@ -144,6 +144,11 @@ def test_the_median_pruner_stops_a_trial_worse_than_the_median_and_keeps_its_rec
     assert "## Hyper-parameter search" in report and "Parameter importances" in report
     assert (sweep / "report_files" / "search_curves.png").is_file()
     assert (sweep / "report_files" / "search_parameters.png").is_file()
+    (sweep / "search.csv").write_text('number,state\n"unterminated')  # damaged: the rest is still reported
+    code, out, err = shell("report", str(sweep), cwd=tmp_path)
+    assert code == 0 and "Traceback" not in err, err
+    assert f"{sweep / 'search.csv'} could not be read" in err
+    assert "search.csv could not be read" in (sweep / "report.md").read_text()
 
 
 @pytest.mark.slow

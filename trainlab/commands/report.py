@@ -347,10 +347,20 @@ def _search_section(doc: Document, sweep_dir: Path) -> None:
     from trainlab.analysis.plots import search_curves, value_against_parameters
     from trainlab.record.study import FIXED_COLUMNS, importances
 
-    table = pd.read_csv(sweep_dir / SEARCH_CSV)
+    doc.heading("Hyper-parameter search")
+    try:
+        table = pd.read_csv(sweep_dir / SEARCH_CSV)
+        missing = [c for c in FIXED_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+    except (OSError, ValueError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        why = " ".join(str(e).split())
+        log.warning("%s could not be read (%s): the search's section is left out; the jobs are reported",
+                    sweep_dir / SEARCH_CSV, why)
+        doc.text(f"search.csv could not be read ({why}); the jobs above are reported from their own folders.")
+        return
     params = [c for c in table.columns if c not in FIXED_COLUMNS]
     counts = table["state"].value_counts()
-    doc.heading("Hyper-parameter search")
     doc.text(f"{len(table)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + ". "
              "A pruned trial's value is the last one it reported (its epoch is where the pruner stopped it); every "
              "trial's folder keeps its whole record. Also in search.csv.")

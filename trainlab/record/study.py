@@ -129,8 +129,8 @@ def write_record(study, sweep_dir: Path) -> None:
 
     from trainlab.record.sweep import note
 
-    rows = trial_rows(study, sweep_dir)
-    write_search_csv(study, sweep_dir)
+    rows = trial_rows(study, sweep_dir)  # the study read once
+    write_search_csv(rows, sweep_dir)
     try:
         best = study.best_trial
     except ValueError:  # no trial completed yet
@@ -146,10 +146,10 @@ def write_record(study, sweep_dir: Path) -> None:
         sort_keys=False))
 
 
-def write_search_csv(study, sweep_dir: Path) -> Path:
+def write_search_csv(rows: list[dict], sweep_dir: Path) -> Path:
     import pandas as pd
 
-    path, rows = Path(sweep_dir) / SEARCH_CSV, trial_rows(study, sweep_dir)
+    path = Path(sweep_dir) / SEARCH_CSV
     params = sorted({k for row in rows for k in row} - set(FIXED_COLUMNS))
     atomic_write_text(path, pd.DataFrame(rows).reindex(columns=FIXED_COLUMNS + params).to_csv(index=False))
     return path
